@@ -1,0 +1,59 @@
+// Picks the CPU kernel build for the running processor: x86-64-v4 (AVX-512), x86-64-v3
+// (AVX2 + FMA) or the baseline, chosen once. The default build thereby runs on any x86-64
+// and still uses the widest vectors this machine has.
+#include "cpu_dispatch.h"
+
+#include "cpu_kernels.h"
+
+TRAINRT_DECLARE_CPU_KERNELS(kern)
+#if defined(TRAINRT_CPU_MULTI_ISA)
+TRAINRT_DECLARE_CPU_KERNELS(kern_v3)
+TRAINRT_DECLARE_CPU_KERNELS(kern_v4)
+#endif
+
+namespace trainrt {
+namespace cpu {
+namespace {
+
+CpuKernels make(const char* isa, decltype(CpuKernels::cast) c,
+                decltype(CpuKernels::softmax_forward) sf, decltype(CpuKernels::softmax_backward) sb,
+                decltype(CpuKernels::cross_entropy) ce, decltype(CpuKernels::pointwise_loss) pl) {
+  CpuKernels k;
+  k.isa = isa;
+  k.cast = c;
+  k.softmax_forward = sf;
+  k.softmax_backward = sb;
+  k.cross_entropy = ce;
+  k.pointwise_loss = pl;
+  return k;
+}
+
+#define TRAINRT_CPU_TABLE(isa, ns)                                              \
+  make(isa, &ns::cpu_cast, &ns::cpu_softmax_forward, &ns::cpu_softmax_backward, \
+       &ns::cpu_cross_entropy, &ns::cpu_pointwise_loss)
+
+CpuKernels select() {
+#if defined(TRAINRT_CPU_MULTI_ISA) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return TRAINRT_CPU_TABLE("x86-64-v4", trainrt::kern_v4);
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("bmi2")) {
+    return TRAINRT_CPU_TABLE("x86-64-v3", trainrt::kern_v3);
+  }
+#endif
+  return TRAINRT_CPU_TABLE("baseline", trainrt::kern);
+}
+
+}  // namespace
+
+const CpuKernels& kernels() {
+  static const CpuKernels k = select();
+  return k;
+}
+
+}  // namespace cpu
+}  // namespace trainrt

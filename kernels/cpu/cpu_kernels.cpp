@@ -1,0 +1,606 @@
+// OpenMP CPU kernels: cast, softmax / log_softmax, the cross-entropy family and the
+// element-wise losses.
+//
+// Contract of the loss kernels: each reads its input once from memory and writes the loss and
+// the gradient once; nothing of size N x C is allocated. Rows are split across threads
+// (static schedule); within a row, max and sum of exponentials are computed online over
+// L1-sized blocks, and the gradient pass re-reads the row from cache. Reductions over rows or
+// element chunks go through per-row / per-chunk partials summed in a fixed order, so results
+// do not depend on the thread count.
+//
+// This file is compiled once per ISA level (see cpu_dispatch.cpp) and must not use C++
+// library types.
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/losses.h"
+#include "cpu_kernels.h"
+
+namespace trainrt {
+namespace TRAINRT_KNS {
+namespace {
+
+constexpr int64_t kBlock = 2048;     // online max/sum block (8 KiB of f32: stays in L1)
+constexpr int64_t kChunk = 1 << 14;  // element-wise chunk
+constexpr double kNoScale = 1.0;
+
+template <class T>
+struct dtype_tag {
+  using type = T;
+};
+
+template <class F>
+void dispatch_float(int32_t dtype, F&& f) {
+  switch (dtype) {
+    case TRAINRT_F32: f(dtype_tag<float>{}); break;
+    case TRAINRT_F64: f(dtype_tag<double>{}); break;
+    case TRAINRT_F16: f(dtype_tag<f16_t>{}); break;
+    case TRAINRT_BF16: f(dtype_tag<bf16_t>{}); break;
+    default: break;
+  }
+}
+
+template <class A>
+A upstream_scale(double grad_scale, const float* grad_scale_ptr) {
+  // On the CPU the device scalar is host memory.
+  return (A)(grad_scale * (grad_scale_ptr ? (double)*grad_scale_ptr : kNoScale));
+}
+
+/// Converts n elements of a row to A (no-op view when T == A).
+template <class T, class A>
+const A* row_as_acc(const T* src, int64_t n, A* buf) {
+  for (int64_t i = 0; i < n; ++i) buf[i] = load<A>(src, i);
+  return buf;
+}
+template <>
+const float* row_as_acc<float, float>(const float* src, int64_t, float*) {
+  return src;
+}
+template <>
+const double* row_as_acc<double, double>(const double* src, int64_t, double*) {
+  return src;
+}
+
+/// Online max / sum of exp over a row of n values, L1-sized blocks.
+template <class A>
+MaxSum<A> row_max_sum(const A* z, int64_t n) {
+  MaxSum<A> st{neg_inf<A>(), A(0)};
+  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+    const int64_t len = n - c0 < kBlock ? n - c0 : kBlock;
+    const A* zb = z + c0;
+    A bm = neg_inf<A>();
+    bool has_nan = false;
+#pragma omp simd reduction(max : bm) reduction(| : has_nan)
+    for (int64_t i = 0; i < len; ++i) {
+      bm = zb[i] > bm ? zb[i] : bm;
+      has_nan |= zb[i] != zb[i];
+    }
+    if (has_nan) return MaxSum<A>{(A)NAN, (A)NAN};
+    A bs = A(0);
+    if (bm != neg_inf<A>()) {
+#pragma omp simd reduction(+ : bs)
+      for (int64_t i = 0; i < len; ++i) bs += exp_nonpos(zb[i] - bm);
+    }
+    st = merge(st, MaxSum<A>{bm, bs});
+  }
+  return st;
+}
+
+template <class A>
+A row_sum(const A* v, int64_t n) {
+  A s = A(0);
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+
+template <class A>
+A row_dot(const A* a, const A* b, int64_t n) {
+  A s = A(0);
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <class T>
+size_t acc_bytes() {
+  return sizeof(typename acc_type<T>::type);
+}
+
+// ----------------------------------------------------------------------------------------
+// cast
+// ----------------------------------------------------------------------------------------
+template <class S, class D>
+void cast_loop(const S* s, D* d, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > kChunk)
+  for (int64_t i = 0; i < n; ++i) d[i] = (D)s[i];
+}
+
+double load_any(const void* p, int32_t dt, int64_t i) {
+  switch (dt) {
+    case TRAINRT_F32: return ((const float*)p)[i];
+    case TRAINRT_F64: return ((const double*)p)[i];
+    case TRAINRT_F16: return f16_bits_to_float(((const f16_t*)p)[i].bits);
+    case TRAINRT_BF16: return bf16_bits_to_float(((const bf16_t*)p)[i].bits);
+    case TRAINRT_I32: return ((const int32_t*)p)[i];
+    case TRAINRT_I64: return (double)((const int64_t*)p)[i];
+    case TRAINRT_U8: return ((const uint8_t*)p)[i];
+  }
+  return 0;
+}
+
+void store_any(void* p, int32_t dt, int64_t i, double v) {
+  switch (dt) {
+    case TRAINRT_F32: ((float*)p)[i] = (float)v; break;
+    case TRAINRT_F64: ((double*)p)[i] = v; break;
+    case TRAINRT_F16: ((f16_t*)p)[i].bits = float_to_f16_bits((float)v); break;
+    case TRAINRT_BF16: ((bf16_t*)p)[i].bits = float_to_bf16_bits((float)v); break;
+    case TRAINRT_I32: ((int32_t*)p)[i] = (int32_t)v; break;
+    case TRAINRT_I64: ((int64_t*)p)[i] = (int64_t)v; break;
+    case TRAINRT_U8: ((uint8_t*)p)[i] = (uint8_t)v; break;
+  }
+}
+
+bool is_float_dt(int32_t dt) {
+  return dt == TRAINRT_F32 || dt == TRAINRT_F64 || dt == TRAINRT_F16 || dt == TRAINRT_BF16;
+}
+
+// ----------------------------------------------------------------------------------------
+// softmax
+// ----------------------------------------------------------------------------------------
+template <class T>
+void softmax_fwd(const trainrt_softmax_args* a) {
+  using A = typename acc_type<T>::type;
+  const T* x = (const T*)a->x;
+  T* y = (T*)a->out;
+  const int64_t R = a->rows, C = a->cols;
+  const bool log = a->log != 0;
+#pragma omp parallel
+  {
+    A* buf = (A*)malloc((size_t)(C > 0 ? C : 1) * sizeof(A));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      const A* z = row_as_acc<T, A>(x + r * C, C, buf);
+      const MaxSum<A> st = row_max_sum(z, C);
+      T* yr = y + r * C;
+      if (log) {
+        const A lse = lse_of(st);
+        for (int64_t c = 0; c < C; ++c) store<A>(yr, c, z[c] - lse);
+      } else {
+        const A inv = A(1) / st.s;
+        const A m = st.m;
+        for (int64_t c = 0; c < C; ++c) store<A>(yr, c, exp_nonpos(z[c] - m) * inv);
+      }
+    }
+    free(buf);
+  }
+}
+
+template <>
+void softmax_fwd<float>(const trainrt_softmax_args* a) {
+  const float* x = (const float*)a->x;
+  float* y = (float*)a->out;
+  const int64_t R = a->rows, C = a->cols;
+  const bool log = a->log != 0;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float* z = x + r * C;
+    const MaxSum<float> st = row_max_sum(z, C);
+    float* yr = y + r * C;
+    if (log) {
+      const float lse = lse_of(st);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yr[c] = z[c] - lse;
+    } else {
+      const float inv = 1.0f / st.s;
+      const float m = st.m;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yr[c] = exp_nonpos(z[c] - m) * inv;
+    }
+  }
+}
+
+template <class T>
+void softmax_bwd(const trainrt_softmax_args* a) {
+  using A = typename acc_type<T>::type;
+  const T* y = (const T*)a->y;
+  const T* dy = (const T*)a->dy;
+  T* dx = (T*)a->out;
+  const int64_t R = a->rows, C = a->cols;
+  const bool log = a->log != 0;
+#pragma omp parallel
+  {
+    A* buf = (A*)malloc((size_t)(C > 0 ? 2 * C : 1) * sizeof(A));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      const A* yr = row_as_acc<T, A>(y + r * C, C, buf);
+      const A* dyr = row_as_acc<T, A>(dy + r * C, C, buf + C);
+      T* dxr = dx + r * C;
+      if (log) {
+        const A s = row_sum(dyr, C);
+        for (int64_t c = 0; c < C; ++c) store<A>(dxr, c, dyr[c] - exp_nonpos(yr[c]) * s);
+      } else {
+        const A s = row_dot(yr, dyr, C);
+        for (int64_t c = 0; c < C; ++c) store<A>(dxr, c, yr[c] * (dyr[c] - s));
+      }
+    }
+    free(buf);
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// cross-entropy family
+// ----------------------------------------------------------------------------------------
+template <class A>
+struct CeShared {
+  int64_t C;
+  const A* w;  // nullptr: all ones
+  A W;         // sum of weights (C without weights)
+  A eps, zl, softcap;
+  A coef;  // upstream scale / denominator
+  int64_t ignore_index;
+};
+
+template <class TI>
+int64_t target_at(const void* t, int64_t n) {
+  return (int64_t)((const TI*)t)[n];
+}
+
+/// Index targets: validates and sums the denominator (sum of w[y] over counted rows) in row
+/// order; returns false with *err for the first out-of-range target.
+template <class A>
+bool ce_scan_targets(const trainrt_cross_entropy_args* a, const A* w, double* denom,
+                     DataError* err) {
+  double d = 0.0;
+  for (int64_t n = 0; n < a->rows; ++n) {
+    const int64_t y = a->target_dtype == TRAINRT_I64 ? target_at<int64_t>(a->target, n)
+                                                     : target_at<int32_t>(a->target, n);
+    if (y == a->ignore_index) continue;
+    if (y < 0 || y >= a->cols) {
+      err->code = kDataErrTargetRange;
+      err->op = a->input_is_logp ? kOpNllLoss : kOpCrossEntropy;
+      err->index = n;
+      err->limit = a->cols;
+      err->value = (double)y;
+      return false;
+    }
+    d += w ? (double)w[y] : 1.0;
+  }
+  *denom = d;
+  return true;
+}
+
+/// One row with a class-index target. z: the (soft-capped) scores as A; x_row: the raw
+/// input (for the soft-cap derivative); g: gradient row or nullptr.
+template <class T, class A>
+A ce_index_row(const CeShared<A>& s, const A* z, int64_t y, T* g) {
+  const int64_t C = s.C;
+  const MaxSum<A> st = row_max_sum(z, C);
+  const A lse = lse_of(st);
+  const A w_y = s.w ? s.w[y] : A(1);
+  A sum_wz = A(0);
+  if (s.eps != A(0)) sum_wz = s.w ? row_dot(s.w, z, C) : row_sum(z, C);
+  const A loss = ce_index_row_loss(lse, z[y], w_y, sum_wz, s.W, s.eps, (A)C, s.zl);
+  if (g) {
+    const CeIndexRow<A> r = ce_index_row_grad(lse, w_y, s.W, s.eps, (A)C, s.zl);
+    const A coef = s.coef;
+    if (s.w == nullptr && s.softcap == A(0)) {
+      const A cp = r.coef_p * coef, off = r.eps_over_c * coef;
+      for (int64_t c = 0; c < C; ++c) store<A>(g, c, exp_nonpos(z[c] - lse) * cp - off);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        A gc = ce_index_grad(r, exp_nonpos(z[c] - lse), s.w ? s.w[c] : A(1), false) * coef;
+        if (s.softcap != A(0)) gc *= softcap_dzdx(z[c], s.softcap);
+        store<A>(g, c, gc);
+      }
+    }
+    A gy = ce_index_grad(r, exp_nonpos(z[y] - lse), w_y, true) * coef;
+    if (s.softcap != A(0)) gy *= softcap_dzdx(z[y], s.softcap);
+    store<A>(g, y, gy);
+  }
+  return loss;
+}
+
+/// f32 row without soft-capping or weights: the hot path, fully vectorised.
+template <>
+float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64_t y, float* g) {
+  if (s.w != nullptr || s.softcap != 0.0f) {
+    // general path
+    const int64_t C = s.C;
+    const MaxSum<float> st = row_max_sum(z, C);
+    const float lse = lse_of(st);
+    const float w_y = s.w ? s.w[y] : 1.0f;
+    float sum_wz = 0.0f;
+    if (s.eps != 0.0f) sum_wz = s.w ? row_dot(s.w, z, C) : row_sum(z, C);
+    const float loss = ce_index_row_loss(lse, z[y], w_y, sum_wz, s.W, s.eps, (float)C, s.zl);
+    if (g) {
+      const CeIndexRow<float> r = ce_index_row_grad(lse, w_y, s.W, s.eps, (float)C, s.zl);
+      for (int64_t c = 0; c < C; ++c) {
+        float gc = ce_index_grad(r, exp_nonpos(z[c] - lse), s.w ? s.w[c] : 1.0f, c == y) * s.coef;
+        if (s.softcap != 0.0f) gc *= softcap_dzdx(z[c], s.softcap);
+        g[c] = gc;
+      }
+    }
+    return loss;
+  }
+  const int64_t C = s.C;
+  const MaxSum<float> st = row_max_sum(z, C);
+  const float lse = lse_of(st);
+  const float sum_z = s.eps != 0.0f ? row_sum(z, C) : 0.0f;
+  const float loss = ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
+  if (g) {
+    const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
+    const float cp = r.coef_p * s.coef, off = r.eps_over_c * s.coef;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) g[c] = exp_nonpos(z[c] - lse) * cp - off;
+    g[y] -= r.target_w * s.coef;
+  }
+  return loss;
+}
+
+template <class T, class A>
+A ce_prob_row(const CeShared<A>& s, const A* z, const A* t, A* wt, T* g) {
+  const int64_t C = s.C;
+  const MaxSum<A> st = row_max_sum(z, C);
+  const A lse = lse_of(st);
+  // wt_c = w_c * smoothed t_c
+  for (int64_t c = 0; c < C; ++c)
+    wt[c] = (s.w ? s.w[c] : A(1)) * ce_smoothed_target(t[c], s.eps, (A)C);
+  const A T_sum = row_sum(wt, C);
+  const A loss = ce_prob_row_loss(lse, T_sum, row_dot(wt, z, C), s.zl);
+  if (g) {
+    for (int64_t c = 0; c < C; ++c) {
+      A gc = ce_prob_grad(exp_nonpos(z[c] - lse), T_sum, wt[c], s.zl, lse) * s.coef;
+      if (s.softcap != A(0)) gc *= softcap_dzdx(z[c], s.softcap);
+      store<A>(g, c, gc);
+    }
+  }
+  return loss;
+}
+
+template <class T>
+int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
+  using A = typename acc_type<T>::type;
+  const int64_t N = a->rows, C = a->cols;
+  const A* w = (const A*)a->weight;
+  const bool index = !a->prob_targets;
+  double denom = (double)N;
+  if (index && !ce_scan_targets<A>(a, w, &denom, err)) return 1;
+
+  CeShared<A> s;
+  s.C = C;
+  s.w = w;
+  s.W = w ? row_sum(w, C) : (A)C;
+  s.eps = (A)a->label_smoothing;
+  s.zl = (A)a->z_loss;
+  s.softcap = (A)a->softcap;
+  s.ignore_index = a->ignore_index;
+  const double scale = (double)upstream_scale<A>(a->grad_scale, a->grad_scale_ptr);
+  s.coef = (A)(a->reduction == TRAINRT_RED_MEAN ? scale / denom : scale);
+
+  const T* x = (const T*)a->logits;
+  T* grad = (T*)a->grad;
+  A* row_loss = (A*)malloc((size_t)(N > 0 ? N : 1) * sizeof(A));
+  const bool need_z_buf = !(sizeof(T) == sizeof(A) && s.softcap == A(0));
+  // For f32/f64 without soft-capping the row is used in place; otherwise converted.
+#pragma omp parallel
+  {
+    A* zbuf = (A*)malloc((size_t)(C > 0 ? 3 * C : 1) * sizeof(A));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* xr = x + n * C;
+      T* gr = grad ? grad + n * C : nullptr;
+      if (a->input_is_logp) {  // nll_loss
+        const int64_t y = a->target_dtype == TRAINRT_I64 ? target_at<int64_t>(a->target, n)
+                                                         : target_at<int32_t>(a->target, n);
+        if (gr) memset(gr, 0, (size_t)C * sizeof(T));
+        if (y == s.ignore_index) {
+          row_loss[n] = A(0);
+          continue;
+        }
+        const A w_y = w ? w[y] : A(1);
+        row_loss[n] = -w_y * load<A>(xr, y);
+        if (gr) store<A>(gr, y, -w_y * s.coef);
+        continue;
+      }
+      const A* z;
+      if (need_z_buf) {
+        for (int64_t c = 0; c < C; ++c) {
+          const A v = load<A>(xr, c);
+          zbuf[c] = s.softcap != A(0) ? softcap_apply(v, s.softcap) : v;
+        }
+        z = zbuf;
+      } else {
+        z = (const A*)(const void*)xr;
+      }
+      if (index) {
+        const int64_t y = a->target_dtype == TRAINRT_I64 ? target_at<int64_t>(a->target, n)
+                                                         : target_at<int32_t>(a->target, n);
+        if (y == s.ignore_index) {
+          row_loss[n] = A(0);
+          if (gr) memset(gr, 0, (size_t)C * sizeof(T));
+          continue;
+        }
+        row_loss[n] = ce_index_row<T, A>(s, z, y, gr);
+      } else {
+        const T* tr = (const T*)a->target + n * C;
+        const A* t = row_as_acc<T, A>(tr, C, zbuf + C);
+        row_loss[n] = ce_prob_row<T, A>(s, z, t, zbuf + 2 * C, gr);
+      }
+    }
+    free(zbuf);
+  }
+
+  T* loss = (T*)a->loss;
+  if (a->reduction == TRAINRT_RED_NONE) {
+    for (int64_t n = 0; n < N; ++n) store<A>(loss, n, row_loss[n]);
+  } else {
+    double total = 0.0;
+    for (int64_t n = 0; n < N; ++n) total += (double)row_loss[n];
+    if (a->reduction == TRAINRT_RED_MEAN) total /= denom;
+    store<double>(loss, 0, total);
+  }
+  free(row_loss);
+  return 0;
+}
+
+// ----------------------------------------------------------------------------------------
+// element-wise losses
+// ----------------------------------------------------------------------------------------
+template <class Op, class T>
+int pointwise_t(const trainrt_pointwise_loss_args* a, DataError* err) {
+  using A = typename acc_type<T>::type;
+  const int64_t n = a->numel;
+  const int64_t inner = a->inner > 0 ? a->inner : 1;
+  const T* x = (const T*)a->input;
+  const T* y = (const T*)a->target;
+  const A* w = (const A*)a->weight;
+  const bool w_full = w && a->weight_numel == n;
+  const A* pw = (const A*)a->pos_weight;
+  T* grad = (T*)a->grad;
+  T* loss = (T*)a->loss;
+  const bool none = a->reduction == TRAINRT_RED_NONE;
+  const bool check_prob = a->kind == TRAINRT_LOSS_BCE;
+  PointwiseParams<A> p;
+  p.param = (A)a->param;
+  p.alpha = (A)a->alpha;
+  p.log_target = a->log_target;
+  const double scale = (double)upstream_scale<A>(a->grad_scale, a->grad_scale_ptr);
+  const A coef = (A)(none || a->reduction == TRAINRT_RED_SUM ? scale : scale / a->divisor);
+
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  A* partial = (A*)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(A));
+  int64_t* bad = (int64_t*)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(int64_t));
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t b = ch * kChunk;
+    const int64_t e = b + kChunk < n ? b + kChunk : n;
+    A acc = A(0);
+    int64_t first_bad = -1;
+    for (int64_t i = b; i < e; ++i) {
+      const A xi = load<A>(x, i);
+      const A yi = load<A>(y, i);
+      if (check_prob && (xi < A(0) || xi > A(1)) && first_bad < 0) first_bad = i;
+      const A pwi = pw ? pw[i % inner] : A(1);
+      A l, g;
+      Op::template eval<A>(xi, yi, pwi, p, l, g);
+      if (w) {
+        const A wi = w_full ? w[i] : w[i % inner];
+        l *= wi;
+        g *= wi;
+      }
+      if (none) store<A>(loss, i, l);
+      acc += l;
+      if (grad) store<A>(grad, i, g * coef);
+    }
+    partial[ch] = acc;
+    bad[ch] = first_bad;
+  }
+  int rc = 0;
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    if (bad[ch] >= 0) {
+      err->code = kDataErrProbRange;
+      err->op = kOpBce;
+      err->index = bad[ch];
+      err->limit = 0;
+      err->value = (double)load<A>(x, bad[ch]);
+      rc = 1;
+      break;
+    }
+  }
+  if (rc == 0 && !none) {
+    double total = 0.0;
+    for (int64_t ch = 0; ch < nchunks; ++ch) total += (double)partial[ch];
+    if (a->reduction != TRAINRT_RED_SUM) total /= a->divisor;
+    store<double>(loss, 0, total);
+  }
+  free(partial);
+  free(bad);
+  return rc;
+}
+
+template <class T>
+int pointwise_dispatch(const trainrt_pointwise_loss_args* a, DataError* err) {
+  switch (a->kind) {
+    case TRAINRT_LOSS_MSE: return pointwise_t<MseOp, T>(a, err);
+    case TRAINRT_LOSS_L1: return pointwise_t<L1Op, T>(a, err);
+    case TRAINRT_LOSS_SMOOTH_L1: return pointwise_t<SmoothL1Op, T>(a, err);
+    case TRAINRT_LOSS_HUBER: return pointwise_t<HuberOp, T>(a, err);
+    case TRAINRT_LOSS_BCE: return pointwise_t<BceOp, T>(a, err);
+    case TRAINRT_LOSS_BCE_LOGITS: return pointwise_t<BceLogitsOp, T>(a, err);
+    case TRAINRT_LOSS_FOCAL: return pointwise_t<FocalOp, T>(a, err);
+    case TRAINRT_LOSS_KL_DIV: return pointwise_t<KlDivOp, T>(a, err);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int cpu_cast(const void* src, int32_t sdt, void* dst, int32_t ddt, int64_t n) {
+  if (sdt == ddt) {
+    memcpy(dst, src,
+           (size_t)n * (sdt == TRAINRT_F64 || sdt == TRAINRT_I64   ? 8
+                        : sdt == TRAINRT_F32 || sdt == TRAINRT_I32 ? 4
+                        : sdt == TRAINRT_U8                        ? 1
+                                                                   : 2));
+    return 0;
+  }
+  if (sdt == TRAINRT_F32 && ddt == TRAINRT_F64) {
+    cast_loop((const float*)src, (double*)dst, n);
+    return 0;
+  }
+  if (sdt == TRAINRT_F64 && ddt == TRAINRT_F32) {
+    cast_loop((const double*)src, (float*)dst, n);
+    return 0;
+  }
+  if (is_float_dt(sdt) && is_float_dt(ddt) && sdt != TRAINRT_F64 && ddt != TRAINRT_F64) {
+    // 16-bit <-> f32 through float: exact widening, one rounding when narrowing
+#pragma omp parallel for schedule(static) if (n > kChunk)
+    for (int64_t i = 0; i < n; ++i) {
+      float v;
+      switch (sdt) {
+        case TRAINRT_F16: v = f16_bits_to_float(((const f16_t*)src)[i].bits); break;
+        case TRAINRT_BF16: v = bf16_bits_to_float(((const bf16_t*)src)[i].bits); break;
+        default: v = ((const float*)src)[i]; break;
+      }
+      switch (ddt) {
+        case TRAINRT_F16: ((f16_t*)dst)[i].bits = float_to_f16_bits(v); break;
+        case TRAINRT_BF16: ((bf16_t*)dst)[i].bits = float_to_bf16_bits(v); break;
+        default: ((float*)dst)[i] = v; break;
+      }
+    }
+    return 0;
+  }
+#pragma omp parallel for schedule(static) if (n > kChunk)
+  for (int64_t i = 0; i < n; ++i) store_any(dst, ddt, i, load_any(src, sdt, i));
+  return 0;
+}
+
+int cpu_softmax_forward(const trainrt_softmax_args* a) {
+  dispatch_float(a->dtype, [&](auto tag) { softmax_fwd<typename decltype(tag)::type>(a); });
+  return 0;
+}
+
+int cpu_softmax_backward(const trainrt_softmax_args* a) {
+  dispatch_float(a->dtype, [&](auto tag) { softmax_bwd<typename decltype(tag)::type>(a); });
+  return 0;
+}
+
+int cpu_cross_entropy(const trainrt_cross_entropy_args* a, DataError* err) {
+  int rc = 0;
+  dispatch_float(a->dtype,
+                 [&](auto tag) { rc = cross_entropy_t<typename decltype(tag)::type>(a, err); });
+  return rc;
+}
+
+int cpu_pointwise_loss(const trainrt_pointwise_loss_args* a, DataError* err) {
+  int rc = 0;
+  dispatch_float(a->dtype,
+                 [&](auto tag) { rc = pointwise_dispatch<typename decltype(tag)::type>(a, err); });
+  return rc;
+}
+
+}  // namespace TRAINRT_KNS
+}  // namespace trainrt

@@ -1,0 +1,128 @@
+// The built-in CPU backend: host memory (64-byte aligned) and the OpenMP kernels, exposed
+// through the same C table as the CUDA module. Data errors are reported at once.
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../../kernels/cpu/cpu_dispatch.h"
+#include "../internal.hpp"
+
+namespace trainrt {
+namespace detail {
+namespace {
+
+thread_local std::string g_last_error;
+
+int set_error(const std::string& m) {
+  g_last_error = m;
+  return 1;
+}
+
+const char* cpu_last_error() { return g_last_error.c_str(); }
+
+int cpu_device_count(std::int32_t* count) {
+  *count = 1;
+  return 0;
+}
+
+int cpu_device_name(std::int32_t, char* buf, size_t len) {
+  const std::string s =
+      fmt::format("host, {} OpenMP threads, {} kernels", omp_get_max_threads(), cpu::kernels().isa);
+  std::snprintf(buf, len, "%s", s.c_str());
+  return 0;
+}
+
+int cpu_supports(std::int32_t op, std::int32_t dtype) {
+  const bool flt =
+      dtype == TRAINRT_F32 || dtype == TRAINRT_F64 || dtype == TRAINRT_F16 || dtype == TRAINRT_BF16;
+  if (op == TRAINRT_OP_CAST) return dtype >= TRAINRT_F32 && dtype <= TRAINRT_U8;
+  return flt ? 1 : 0;
+}
+
+int cpu_alloc(std::int32_t, size_t bytes, void** out) {
+  const size_t rounded = ((bytes + 63) / 64) * 64;
+  *out = rounded == 0 ? nullptr : std::aligned_alloc(64, rounded);
+  if (rounded != 0 && *out == nullptr) {
+    return set_error(fmt::format("out of host memory allocating {} bytes", bytes));
+  }
+  return 0;
+}
+
+int cpu_free(std::int32_t, void* p) {
+  std::free(p);
+  return 0;
+}
+
+int cpu_copy(std::int32_t, void* dst, const void* src, size_t bytes, std::int32_t) {
+  if (bytes) std::memcpy(dst, src, bytes);
+  return 0;
+}
+
+int cpu_memset_zero(std::int32_t, void* dst, size_t bytes) {
+  if (bytes) std::memset(dst, 0, bytes);
+  return 0;
+}
+
+int cpu_synchronize(std::int32_t) { return 0; }
+
+int cpu_cast(std::int32_t, const void* src, std::int32_t sdt, void* dst, std::int32_t ddt,
+             std::int64_t n) {
+  return cpu::kernels().cast(src, sdt, dst, ddt, n);
+}
+
+int cpu_softmax_forward(std::int32_t, const trainrt_softmax_args* a) {
+  return cpu::kernels().softmax_forward(a);
+}
+
+int cpu_softmax_backward(std::int32_t, const trainrt_softmax_args* a) {
+  return cpu::kernels().softmax_backward(a);
+}
+
+int report(int rc, const DataError& e) {
+  if (rc == 0) return 0;
+  char buf[512];
+  format_data_error(e, buf, sizeof buf);
+  return set_error(buf);
+}
+
+int cpu_cross_entropy(std::int32_t, const trainrt_cross_entropy_args* a) {
+  DataError e{};
+  return report(cpu::kernels().cross_entropy(a, &e), e);
+}
+
+int cpu_pointwise_loss(std::int32_t, const trainrt_pointwise_loss_args* a) {
+  DataError e{};
+  return report(cpu::kernels().pointwise_loss(a, &e), e);
+}
+
+}  // namespace
+
+const trainrt_backend_v1& cpu_backend() {
+  static const trainrt_backend_v1 table = [] {
+    trainrt_backend_v1 t{};
+    t.api_version = TRAINRT_BACKEND_API_VERSION;
+    t.struct_size = sizeof(trainrt_backend_v1);
+    t.name = "cpu";
+    t.last_error = &cpu_last_error;
+    t.device_count = &cpu_device_count;
+    t.device_name = &cpu_device_name;
+    t.supports = &cpu_supports;
+    t.alloc = &cpu_alloc;
+    t.free = &cpu_free;
+    t.copy = &cpu_copy;
+    t.memset_zero = &cpu_memset_zero;
+    t.synchronize = &cpu_synchronize;
+    t.cast = &cpu_cast;
+    t.softmax_forward = &cpu_softmax_forward;
+    t.softmax_backward = &cpu_softmax_backward;
+    t.cross_entropy = &cpu_cross_entropy;
+    t.pointwise_loss = &cpu_pointwise_loss;
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace detail
+}  // namespace trainrt
