@@ -1,0 +1,89 @@
+// Shared test harness: backends as test parameters, host<->tensor helpers, the log capture.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "trainrt/trainrt.hpp"
+
+namespace trainrt_test {
+
+/// Every backend a test body runs on. "cuda" is always listed; its cases skip with the
+/// reason where CUDA cannot run.
+inline std::vector<std::string> backend_names() { return {"cpu", "cuda"}; }
+
+/// The Device for a backend name, or GTEST_SKIP with the reason. Use as
+///   trainrt::Device dev; TRAINRT_DEVICE_OR_SKIP(GetParam(), dev);
+#define TRAINRT_DEVICE_OR_SKIP(name, dev)                                       \
+  do {                                                                          \
+    if (std::string(name) == "cpu") {                                           \
+      dev = trainrt::Device::cpu();                                             \
+    } else {                                                                    \
+      std::string why_;                                                         \
+      if (!trainrt::cuda_available(&why_)) GTEST_SKIP() << "no CUDA: " << why_; \
+      dev = trainrt::Device::cuda(0);                                           \
+    }                                                                           \
+  } while (0)
+
+/// Fixture for tests parameterised by backend name.
+class BackendTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { TRAINRT_DEVICE_OR_SKIP(GetParam(), dev); }
+  trainrt::Device dev;
+};
+
+inline std::string backend_param_name(const ::testing::TestParamInfo<std::string>& info) {
+  return info.param;
+}
+
+#define TRAINRT_INSTANTIATE_BACKENDS(suite)                                                     \
+  INSTANTIATE_TEST_SUITE_P(Backends, suite, ::testing::ValuesIn(trainrt_test::backend_names()), \
+                           trainrt_test::backend_param_name)
+
+/// Tensor from doubles in any floating dtype (values rounded to the dtype).
+inline trainrt::Tensor make_tensor(const std::vector<double>& v, const trainrt::Shape& shape,
+                                   trainrt::DType dtype, trainrt::Device dev) {
+  trainrt::Tensor t = trainrt::Tensor::from_vector(v, shape);
+  if (dtype != trainrt::DType::f64) t = t.to(dtype);
+  return t.to(dev);
+}
+
+/// Values in [lo, hi), deterministic for a seed.
+inline std::vector<double> uniform(std::size_t n, double lo, double hi, unsigned seed) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<double> d(lo, hi);
+  std::vector<double> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+/// The doubles a tensor of any dtype holds, after rounding to that dtype (what a kernel sees).
+inline std::vector<double> rounded(const std::vector<double>& v, trainrt::DType dtype) {
+  if (dtype == trainrt::DType::f64) return v;
+  return trainrt::Tensor::from_vector(v, {static_cast<std::int64_t>(v.size())})
+      .to(dtype)
+      .to_double_vector();
+}
+
+/// Relative/absolute tolerance for results of a dtype.
+inline double tol(trainrt::DType dtype) {
+  switch (dtype) {
+    case trainrt::DType::f64: return 1e-10;
+    case trainrt::DType::f32: return 2e-5;
+    case trainrt::DType::f16: return 2e-3;
+    case trainrt::DType::bf16: return 1.6e-2;
+    default: return 0;
+  }
+}
+
+/// Log capture: warnings and errors logged by "trainrt" fail the running test unless the
+/// test expects them (see ExpectLogged). Installed by test_main.cpp.
+std::vector<std::string> take_logged_warnings();
+/// Declares that the current test may log warnings; returns what was logged so far.
+void allow_warnings();
+
+}  // namespace trainrt_test
