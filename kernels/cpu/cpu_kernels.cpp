@@ -63,6 +63,22 @@ const double* row_as_acc<double, double>(const double* src, int64_t, double*) {
   return src;
 }
 
+/// Maximum of a block, ignoring NaN (-inf for an all-NaN or all -inf block).
+template <class A>
+A block_max(const A* z, int64_t n) {
+  A m = neg_inf<A>();
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+  return m;
+}
+
+template <class A>
+bool has_nan(const A* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (z[i] != z[i]) return true;
+  return false;
+}
+
 /// Online max / sum of exp over a row of n values, L1-sized blocks.
 template <class A>
 MaxSum<A> row_max_sum(const A* z, int64_t n) {
@@ -70,23 +86,62 @@ MaxSum<A> row_max_sum(const A* z, int64_t n) {
   for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
     const int64_t len = n - c0 < kBlock ? n - c0 : kBlock;
     const A* zb = z + c0;
-    A bm = neg_inf<A>();
-    bool has_nan = false;
-#pragma omp simd reduction(max : bm) reduction(| : has_nan)
-    for (int64_t i = 0; i < len; ++i) {
-      bm = zb[i] > bm ? zb[i] : bm;
-      has_nan |= zb[i] != zb[i];
-    }
-    if (has_nan) return MaxSum<A>{(A)NAN, (A)NAN};
+    // The max skips NaN; a NaN then shows up in the sum of exponentials.
+    const A bm = block_max(zb, len);
     A bs = A(0);
     if (bm != neg_inf<A>()) {
 #pragma omp simd reduction(+ : bs)
       for (int64_t i = 0; i < len; ++i) bs += exp_nonpos(zb[i] - bm);
+    } else if (has_nan(zb, len)) {
+      bs = (A)NAN;
     }
+    if (bs != bs) return MaxSum<A>{(A)NAN, (A)NAN};
     st = merge(st, MaxSum<A>{bm, bs});
   }
   return st;
 }
+
+/// As row_max_sum, and also stores e_c = exp(z_c - m_b) into out, where m_b is the maximum
+/// of the block holding c (kept in bmax[b]). A later pass turns e into exp(z - k) with one
+/// multiply by exp(m_b - k) per block: one exponential per element instead of two.
+inline MaxSum<float> row_max_sum_store(const float* z, int64_t n, float* out, float* bmax) {
+  MaxSum<float> st{neg_inf<float>(), 0.0f};
+  for (int64_t c0 = 0, b = 0; c0 < n; c0 += kBlock, ++b) {
+    const int64_t len = n - c0 < kBlock ? n - c0 : kBlock;
+    const float* zb = z + c0;
+    float* ob = out + c0;
+    const float bm = block_max(zb, len);
+    bmax[b] = bm;
+    float bs = 0.0f;
+    if (bm != neg_inf<float>()) {
+#pragma omp simd reduction(+ : bs)
+      for (int64_t i = 0; i < len; ++i) {
+        const float e = exp_nonpos(zb[i] - bm);
+        ob[i] = e;
+        bs += e;
+      }
+    } else {
+      for (int64_t i = 0; i < len; ++i) ob[i] = 0.0f;
+      if (has_nan(zb, len)) bs = NAN;
+    }
+    if (bs != bs) return MaxSum<float>{NAN, NAN};
+    st = merge(st, MaxSum<float>{bm, bs});
+  }
+  return st;
+}
+
+/// out_c = out_c * exp(m_b - k) * mul - off, per block b (see row_max_sum_store).
+inline void row_rescale(float* out, int64_t n, const float* bmax, float k, float mul, float off) {
+  for (int64_t c0 = 0, b = 0; c0 < n; c0 += kBlock, ++b) {
+    const int64_t len = n - c0 < kBlock ? n - c0 : kBlock;
+    const float f = bmax[b] == neg_inf<float>() ? 0.0f : exp_nonpos(bmax[b] - k) * mul;
+    float* ob = out + c0;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) ob[i] = ob[i] * f - off;
+  }
+}
+
+inline int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
 template <class A>
 A row_sum(const A* v, int64_t n) {
@@ -184,21 +239,27 @@ void softmax_fwd<float>(const trainrt_softmax_args* a) {
   float* y = (float*)a->out;
   const int64_t R = a->rows, C = a->cols;
   const bool log = a->log != 0;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    const float* z = x + r * C;
-    const MaxSum<float> st = row_max_sum(z, C);
-    float* yr = y + r * C;
-    if (log) {
-      const float lse = lse_of(st);
+#pragma omp parallel
+  {
+    float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      const float* z = x + r * C;
+      float* yr = y + r * C;
+      if (log) {
+        const float lse = lse_of(row_max_sum(z, C));
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = z[c] - lse;
-    } else {
-      const float inv = 1.0f / st.s;
-      const float m = st.m;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = exp_nonpos(z[c] - m) * inv;
+        for (int64_t c = 0; c < C; ++c) yr[c] = z[c] - lse;
+      } else {
+        const MaxSum<float> st = row_max_sum_store(z, C, yr, bmax);
+        if (st.m != st.m) {  // NaN in the row
+          for (int64_t c = 0; c < C; ++c) yr[c] = NAN;
+          continue;
+        }
+        row_rescale(yr, C, bmax, st.m, 1.0f / st.s, 0.0f);
+      }
     }
+    free(bmax);
   }
 }
 
@@ -241,6 +302,7 @@ struct CeShared {
   A eps, zl, softcap;
   A coef;  // upstream scale / denominator
   int64_t ignore_index;
+  float* bmax;  // per-thread scratch: block maxima of one row
 };
 
 template <class TI>
@@ -326,17 +388,22 @@ float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64
     return loss;
   }
   const int64_t C = s.C;
-  const MaxSum<float> st = row_max_sum(z, C);
-  const float lse = lse_of(st);
   const float sum_z = s.eps != 0.0f ? row_sum(z, C) : 0.0f;
-  const float loss = ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
-  if (g) {
-    const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
-    const float cp = r.coef_p * s.coef, off = r.eps_over_c * s.coef;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) g[c] = exp_nonpos(z[c] - lse) * cp - off;
-    g[y] -= r.target_w * s.coef;
+  if (!g) {
+    const float lse = lse_of(row_max_sum(z, C));
+    return ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
   }
+  // g holds exp(z - block max) after the first pass; one rescale pass finishes it.
+  const MaxSum<float> st = row_max_sum_store(z, C, g, s.bmax);
+  const float lse = lse_of(st);
+  const float loss = ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
+  const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
+  if (lse != lse) {
+    for (int64_t c = 0; c < C; ++c) g[c] = NAN;
+    return loss;
+  }
+  row_rescale(g, C, s.bmax, lse, r.coef_p * s.coef, r.eps_over_c * s.coef);
+  g[y] -= r.target_w * s.coef;
   return loss;
 }
 
@@ -370,6 +437,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
   if (index && !ce_scan_targets<A>(a, w, &denom, err)) return 1;
 
   CeShared<A> s;
+  s.bmax = nullptr;
   s.C = C;
   s.w = w;
   s.W = w ? row_sum(w, C) : (A)C;
@@ -387,7 +455,13 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
   // For f32/f64 without soft-capping the row is used in place; otherwise converted.
 #pragma omp parallel
   {
-    A* zbuf = (A*)malloc((size_t)(C > 0 ? 3 * C : 1) * sizeof(A));
+    // Scratch rows only where needed (a converted row, probability targets).
+    A* zbuf = (need_z_buf || !index) && !a->input_is_logp
+                  ? (A*)malloc((size_t)(C > 0 ? 3 * C : 1) * sizeof(A))
+                  : nullptr;
+    float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
+    CeShared<A> ts = s;  // per-thread copy holding this thread's scratch
+    ts.bmax = bmax;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + n * C;
@@ -423,7 +497,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
           if (gr) memset(gr, 0, (size_t)C * sizeof(T));
           continue;
         }
-        row_loss[n] = ce_index_row<T, A>(s, z, y, gr);
+        row_loss[n] = ce_index_row<T, A>(ts, z, y, gr);
       } else {
         const T* tr = (const T*)a->target + n * C;
         const A* t = row_as_acc<T, A>(tr, C, zbuf + C);
@@ -431,6 +505,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
       }
     }
     free(zbuf);
+    free(bmax);
   }
 
   T* loss = (T*)a->loss;
