@@ -252,7 +252,7 @@ void softmax_fwd<float>(const trainrt_softmax_args* a) {
         for (int64_t c = 0; c < C; ++c) yr[c] = z[c] - lse;
       } else {
         const MaxSum<float> st = row_max_sum_store(z, C, yr, bmax);
-        if (st.m != st.m) {  // NaN in the row
+        if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
           for (int64_t c = 0; c < C; ++c) yr[c] = NAN;
           continue;
         }
@@ -398,7 +398,7 @@ float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64
   const float lse = lse_of(st);
   const float loss = ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
   const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
-  if (lse != lse) {
+  if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
     for (int64_t c = 0; c < C; ++c) g[c] = NAN;
     return loss;
   }
