@@ -220,9 +220,9 @@ void softmax_fwd(const trainrt_softmax_args* a) {
       const A* z = row_as_acc<T, A>(x + r * C, C, buf);
       const MaxSum<A> st = row_max_sum(z, C);
       T* yr = y + r * C;
-      if (log) {
-        const A lse = lse_of(st);
-        for (int64_t c = 0; c < C; ++c) store<A>(yr, c, z[c] - lse);
+      if (log) {  // (z - max) - log(sum): an f32 lse = max + log(sum) would round at large max
+        const A m = st.m, ls = log_acc(st.s);
+        for (int64_t c = 0; c < C; ++c) store<A>(yr, c, (z[c] - m) - ls);
       } else {
         const A inv = A(1) / st.s;
         const A m = st.m;
@@ -246,10 +246,11 @@ void softmax_fwd<float>(const trainrt_softmax_args* a) {
     for (int64_t r = 0; r < R; ++r) {
       const float* z = x + r * C;
       float* yr = y + r * C;
-      if (log) {
-        const float lse = lse_of(row_max_sum(z, C));
+      if (log) {  // (z - max) - log(sum), see softmax_fwd
+        const MaxSum<float> st = row_max_sum(z, C);
+        const float m = st.m, ls = log_acc(st.s);
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = z[c] - lse;
+        for (int64_t c = 0; c < C; ++c) yr[c] = (z[c] - m) - ls;
       } else {
         const MaxSum<float> st = row_max_sum_store(z, C, yr, bmax);
         if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
@@ -334,6 +335,22 @@ bool ce_scan_targets(const trainrt_cross_entropy_args* a, const A* w, double* de
   return true;
 }
 
+/// Loss of a class-index row from the max / sum state rather than from lse = max + log(sum):
+/// with large logits an f32 lse is off by up to half an ulp of |max| (2.4e-4 at 1e4), an
+/// error every log-probability and the loss would inherit. SEMANTICS: logp = (z - max) -
+/// log sum exp(z - max), as PyTorch. sum_wz: sum_c w_c z_c (only used with smoothing).
+template <class A>
+A ce_index_loss_ms(MaxSum<A> st, A z_y, A w_y, A sum_wz, A W, A eps, A C, A zl) {
+  const A ls = log_acc(st.s);
+  const A shifted_sum = eps != A(0) ? sum_wz - st.m * W : A(0);
+  A l = ce_index_row_loss(ls, z_y - st.m, w_y, shifted_sum, W, eps, C, A(0));
+  if (zl != A(0)) {
+    const A lse = st.m + ls;
+    l += zl * lse * lse;
+  }
+  return l;
+}
+
 /// One row with a class-index target. z: the (soft-capped) scores as A; x_row: the raw
 /// input (for the soft-cap derivative); g: gradient row or nullptr.
 template <class T, class A>
@@ -344,21 +361,22 @@ A ce_index_row(const CeShared<A>& s, const A* z, int64_t y, T* g) {
   const A w_y = s.w ? s.w[y] : A(1);
   A sum_wz = A(0);
   if (s.eps != A(0)) sum_wz = s.w ? row_dot(s.w, z, C) : row_sum(z, C);
-  const A loss = ce_index_row_loss(lse, z[y], w_y, sum_wz, s.W, s.eps, (A)C, s.zl);
+  const A loss = ce_index_loss_ms(st, z[y], w_y, sum_wz, s.W, s.eps, (A)C, s.zl);
   if (g) {
     const CeIndexRow<A> r = ce_index_row_grad(lse, w_y, s.W, s.eps, (A)C, s.zl);
     const A coef = s.coef;
+    const A m = st.m, inv_s = A(1) / st.s;  // p_c = exp(z_c - max) / sum
     if (s.w == nullptr && s.softcap == A(0)) {
-      const A cp = r.coef_p * coef, off = r.eps_over_c * coef;
-      for (int64_t c = 0; c < C; ++c) store<A>(g, c, exp_nonpos(z[c] - lse) * cp - off);
+      const A cp = r.coef_p * coef * inv_s, off = r.eps_over_c * coef;
+      for (int64_t c = 0; c < C; ++c) store<A>(g, c, exp_nonpos(z[c] - m) * cp - off);
     } else {
       for (int64_t c = 0; c < C; ++c) {
-        A gc = ce_index_grad(r, exp_nonpos(z[c] - lse), s.w ? s.w[c] : A(1), false) * coef;
+        A gc = ce_index_grad(r, exp_nonpos(z[c] - m) * inv_s, s.w ? s.w[c] : A(1), false) * coef;
         if (s.softcap != A(0)) gc *= softcap_dzdx(z[c], s.softcap);
         store<A>(g, c, gc);
       }
     }
-    A gy = ce_index_grad(r, exp_nonpos(z[y] - lse), w_y, true) * coef;
+    A gy = ce_index_grad(r, exp_nonpos(z[y] - m) * inv_s, w_y, true) * coef;
     if (s.softcap != A(0)) gy *= softcap_dzdx(z[y], s.softcap);
     store<A>(g, y, gy);
   }
@@ -376,11 +394,13 @@ float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64
     const float w_y = s.w ? s.w[y] : 1.0f;
     float sum_wz = 0.0f;
     if (s.eps != 0.0f) sum_wz = s.w ? row_dot(s.w, z, C) : row_sum(z, C);
-    const float loss = ce_index_row_loss(lse, z[y], w_y, sum_wz, s.W, s.eps, (float)C, s.zl);
+    const float loss = ce_index_loss_ms(st, z[y], w_y, sum_wz, s.W, s.eps, (float)C, s.zl);
     if (g) {
       const CeIndexRow<float> r = ce_index_row_grad(lse, w_y, s.W, s.eps, (float)C, s.zl);
+      const float m = st.m, inv_s = 1.0f / st.s;
       for (int64_t c = 0; c < C; ++c) {
-        float gc = ce_index_grad(r, exp_nonpos(z[c] - lse), s.w ? s.w[c] : 1.0f, c == y) * s.coef;
+        const float p = exp_nonpos(z[c] - m) * inv_s;
+        float gc = ce_index_grad(r, p, s.w ? s.w[c] : 1.0f, c == y) * s.coef;
         if (s.softcap != 0.0f) gc *= softcap_dzdx(z[c], s.softcap);
         g[c] = gc;
       }
@@ -389,20 +409,18 @@ float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64
   }
   const int64_t C = s.C;
   const float sum_z = s.eps != 0.0f ? row_sum(z, C) : 0.0f;
-  if (!g) {
-    const float lse = lse_of(row_max_sum(z, C));
-    return ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
-  }
+  if (!g) return ce_index_loss_ms(row_max_sum(z, C), z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
   // g holds exp(z - block max) after the first pass; one rescale pass finishes it.
   const MaxSum<float> st = row_max_sum_store(z, C, g, s.bmax);
   const float lse = lse_of(st);
-  const float loss = ce_index_row_loss(lse, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
+  const float loss = ce_index_loss_ms(st, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
   const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
   if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
     for (int64_t c = 0; c < C; ++c) g[c] = NAN;
     return loss;
   }
-  row_rescale(g, C, s.bmax, lse, r.coef_p * s.coef, r.eps_over_c * s.coef);
+  // p_c = exp(z_c - max) / sum (not exp(z_c - lse): see ce_index_loss_ms)
+  row_rescale(g, C, s.bmax, st.m, r.coef_p * s.coef / st.s, r.eps_over_c * s.coef);
   g[y] -= r.target_w * s.coef;
   return loss;
 }
@@ -416,10 +434,16 @@ A ce_prob_row(const CeShared<A>& s, const A* z, const A* t, A* wt, T* g) {
   for (int64_t c = 0; c < C; ++c)
     wt[c] = (s.w ? s.w[c] : A(1)) * ce_smoothed_target(t[c], s.eps, (A)C);
   const A T_sum = row_sum(wt, C);
-  const A loss = ce_prob_row_loss(lse, T_sum, row_dot(wt, z, C), s.zl);
+  // T (lse - ...) from max and log(sum), as ce_index_loss_ms: sum_c wt_c (z_c - max)
+  const A m = st.m, ls = log_acc(st.s), inv_s = A(1) / st.s;
+  A sum_wtz = A(0);
+#pragma omp simd reduction(+ : sum_wtz)
+  for (int64_t c = 0; c < C; ++c) sum_wtz += wt[c] * (z[c] - m);
+  A loss = ce_prob_row_loss(ls, T_sum, sum_wtz, A(0));
+  if (s.zl != A(0)) loss += s.zl * lse * lse;
   if (g) {
     for (int64_t c = 0; c < C; ++c) {
-      A gc = ce_prob_grad(exp_nonpos(z[c] - lse), T_sum, wt[c], s.zl, lse) * s.coef;
+      A gc = ce_prob_grad(exp_nonpos(z[c] - m) * inv_s, T_sum, wt[c], s.zl, lse) * s.coef;
       if (s.softcap != A(0)) gc *= softcap_dzdx(z[c], s.softcap);
       store<A>(g, c, gc);
     }
