@@ -136,7 +136,8 @@ struct BceOp {
     const A lp = max_acc(log_acc(x), A(-100));
     const A l1p = max_acc(log_acc(A(1) - x), A(-100));
     l = -(y * lp + (A(1) - y) * l1p);
-    g = (x - y) / max_acc(x * (A(1) - x), A(1e-12));
+    // PyTorch's clamp is a float constant (EPSILON = 1e-12f), for double inputs too.
+    g = (x - y) / max_acc(x * (A(1) - x), A(1e-12f));
   }
 };
 
