@@ -1,0 +1,57 @@
+# Extra test targets, included by tests/CMakeLists.txt.
+
+# ---- fake CUDA backend modules for test_device ---------------------------------------------
+# The same source built once per failure mode, each as <build>/fake_backends/<mode>/
+# libtrainrt_cuda.so: the name and layout the loader looks for. The generator expression in
+# the output directory keeps multi-config generators from adding a per-config subdirectory.
+set(TRAINRT_FAKE_BACKEND_DIR ${CMAKE_BINARY_DIR}/fake_backends)
+set(TRAINRT_FAKE_BACKENDS
+  wrong_version:FAKE_WRONG_VERSION
+  null_entry:FAKE_NULL_ENTRY
+  no_entry:FAKE_NO_ENTRY
+  zero_devices:FAKE_ZERO_DEVICES
+  no_driver:FAKE_NO_DRIVER)
+
+if(TARGET test_device)
+  foreach(spec IN LISTS TRAINRT_FAKE_BACKENDS)
+    string(REPLACE ":" ";" spec "${spec}")
+    list(GET spec 0 mode)
+    list(GET spec 1 define)
+    set(target trainrt_fake_backend_${mode})
+    add_library(${target} MODULE ${CMAKE_CURRENT_SOURCE_DIR}/fake_backend_module.cpp)
+    target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/src/backend)
+    target_compile_definitions(${target} PRIVATE ${define})
+    set_target_properties(${target} PROPERTIES
+      PREFIX "lib"
+      OUTPUT_NAME trainrt_cuda
+      LIBRARY_OUTPUT_DIRECTORY ${TRAINRT_FAKE_BACKEND_DIR}/${mode}$<0:>
+      CXX_VISIBILITY_PRESET hidden)
+    add_dependencies(test_device ${target})
+  endforeach()
+  target_compile_definitions(test_device PRIVATE
+    TRAINRT_FAKE_BACKEND_DIR="${TRAINRT_FAKE_BACKEND_DIR}")
+
+  # The TRAINRT_BACKEND_PATH route, end to end: a fresh process whose first probe follows
+  # the variable. DeviceEnv.* skip unless TRAINRT_BACKEND_PATH is set, so the regular
+  # expressions make a skipped or missing test fail here.
+  add_test(NAME device_env_backend_path_wrong_version
+           COMMAND test_device --gtest_filter=DeviceEnv.*)
+  set_tests_properties(device_env_backend_path_wrong_version PROPERTIES
+    ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/wrong_version;TRAINRT_TEST_EXPECT_REASON=backend API version 999"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    TIMEOUT 60)
+  # A list: a missing entry first, then a module file named directly.
+  add_test(NAME device_env_backend_path_list
+           COMMAND test_device --gtest_filter=DeviceEnv.*)
+  set_tests_properties(device_env_backend_path_list PROPERTIES
+    ENVIRONMENT "TRAINRT_BACKEND_PATH=${CMAKE_BINARY_DIR}/no_such_dir:${TRAINRT_FAKE_BACKEND_DIR}/no_driver/libtrainrt_cuda.so;TRAINRT_TEST_EXPECT_REASON=no CUDA driver (fake)"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    TIMEOUT 60)
+endif()
+
+# ---- the core never links CUDA ----------------------------------------------------------
+# libtrainrt.so must load on machines without CUDA libraries: ldd must not list any.
+add_test(NAME trainrt_core_links_no_cuda
+         COMMAND sh -c "out=$(ldd \"$1\") || exit 1; echo \"$out\"; if echo \"$out\" | grep -Ei 'cuda|cublas'; then echo 'libtrainrt links CUDA libraries'; exit 1; fi"
+                 sh $<TARGET_FILE:trainrt>)
+set_tests_properties(trainrt_core_links_no_cuda PROPERTIES TIMEOUT 60)
