@@ -2,8 +2,9 @@
 // gradient, reduction mean) and softmax forward, at the logit shapes of docs/PERF.md, f32
 // and bf16, on the CPU and (when trainrt::cuda_available()) on CUDA. Beside them, in the
 // same run, a one-pass bandwidth ceiling over the same byte counts:
-//   ceiling_copy  dst[i] = src[i] (read + write; CPU: an OpenMP loop, CUDA: a device copy)
-//   ceiling_read  a read-only sum (CPU only)
+//   ceiling_copy     dst[i] = src[i] (read + write; CPU: an OpenMP loop, CUDA: a device copy)
+//   ceiling_copy_nt  the same with non-temporal stores (CPU only, x86): no read-for-ownership
+//   ceiling_read     a read-only sum (CPU only)
 // so each result reads as a fraction of the ceiling. Bytes counted (PERF.md): cross-entropy
 // fwd+bwd reads the logits once and writes the gradient once (8 bytes per f32 logit, 4 per
 // bf16); softmax forward reads and writes each element once (likewise).
@@ -18,12 +19,16 @@
 //   build/bin/bench_losses --benchmark_format=json --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 #include <omp.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -242,6 +247,26 @@ void cpu_copy(const Tensor& src, Tensor& dst) {
   for (std::int64_t i = 0; i < n; ++i) d[i] = s[i];
 }
 
+#if defined(__SSE2__)
+/// The same copy with non-temporal (streaming) stores: no read-for-ownership of the
+/// destination lines, so it can beat the plain copy; a kernel that streams its output can too.
+void cpu_copy_nt(const Tensor& src, Tensor& dst) {
+  const auto* s = static_cast<const __m128i*>(src.data());  // storage is 64-byte aligned
+  auto* d = static_cast<__m128i*>(dst.data());
+  const std::int64_t n = static_cast<std::int64_t>(src.nbytes() / 16);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) _mm_stream_si128(d + i, _mm_load_si128(s + i));
+    _mm_sfence();
+  }
+  const std::size_t tail = src.nbytes() % 16;  // the few bytes past the last full vector
+  if (tail) {
+    std::memcpy(reinterpret_cast<char*>(d + n), reinterpret_cast<const char*>(s + n), tail);
+  }
+}
+#endif
+
 std::uint32_t cpu_read(const Tensor& src) {
   const auto* s = static_cast<const std::uint32_t*>(src.data());
   const std::int64_t n = static_cast<std::int64_t>(src.nbytes() / 4);
@@ -270,6 +295,23 @@ void bm_ceiling_copy(benchmark::State& state, Device device, DType dtype, Shape2
   }
 }
 
+#if defined(__SSE2__)
+void bm_ceiling_copy_nt(benchmark::State& state, Device device, DType dtype, Shape2 s) {
+  try {
+    Pool& pool = get_pool(device, dtype, s);
+    ensure_dst(pool);
+    const std::size_t n = pool.x.size();
+    run_loop(state, device, [&](std::size_t i) {
+      cpu_copy_nt(pool.x[i % n], pool.dst[i % n]);
+      benchmark::ClobberMemory();
+    });
+    set_common(state, pool, 2.0 * static_cast<double>(pool.x.front().nbytes()));
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+#endif
+
 void bm_ceiling_read(benchmark::State& state, Device device, DType dtype, Shape2 s) {
   try {
     Pool& pool = get_pool(device, dtype, s);
@@ -294,6 +336,10 @@ void register_device(const Device& device) {
       regs.push_back(benchmark::RegisterBenchmark(("ceiling_copy" + suffix).c_str(),
                                                   bm_ceiling_copy, device, dt, s));
       if (!cuda) {
+#if defined(__SSE2__)
+        regs.push_back(benchmark::RegisterBenchmark(("ceiling_copy_nt" + suffix).c_str(),
+                                                    bm_ceiling_copy_nt, device, dt, s));
+#endif
         regs.push_back(benchmark::RegisterBenchmark(("ceiling_read" + suffix).c_str(),
                                                     bm_ceiling_read, device, dt, s));
       }
