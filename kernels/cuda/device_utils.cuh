@@ -1,0 +1,254 @@
+// Building blocks shared by the CUDA kernels: dtype dispatch, 16-byte packs, deterministic
+// warp / block reductions, the warp-per-row / block-per-row row groups, the online max/sum
+// update and the checked launch. The math itself comes from kernels/common.
+//
+// Reductions are deterministic: warps reduce with an xor butterfly (every lane ends with the
+// same bits, the operators are commutative), blocks reduce the per-warp values in warp order.
+// No float atomics anywhere.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include "../common/losses.h"
+#include "cuda_check.h"
+
+namespace trainrt {
+namespace gpu {
+
+using namespace ::trainrt::TRAINRT_KNS;  // f16_t, bf16_t, load/store, MaxSum, the loss math
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------
+// host: dtype dispatch, alignment, checked launches
+// ---------------------------------------------------------------------------------------
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+/// Calls f(Tag<T>{}) for the floating dtypes; fails for anything else.
+template <class F>
+void dispatch_float(int32_t dtype, F&& f) {
+  switch (dtype) {
+    case TRAINRT_F32: f(Tag<float>{}); return;
+    case TRAINRT_F64: f(Tag<double>{}); return;
+    case TRAINRT_F16: f(Tag<f16_t>{}); return;
+    case TRAINRT_BF16: f(Tag<bf16_t>{}); return;
+    default: break;
+  }
+  fail("unsupported dtype " + std::to_string(dtype) + " (expected f32, f16, bf16 or f64)");
+}
+
+/// Elements of T in one 16-byte vector access.
+template <class T>
+constexpr int vec_width() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+/// Rows of `cols` elements of T can be read with 16-byte accesses when every row start of
+/// every array is 16-byte aligned: each base pointer (nullptr = unused) aligned and cols a
+/// multiple of the vector width.
+template <class T>
+bool rows_vectorizable(int64_t cols, std::initializer_list<const void*> bases) {
+  if (cols % vec_width<T>() != 0) return false;
+  for (const void* p : bases) {
+    if (p != nullptr && !aligned16(p)) return false;
+  }
+  return true;
+}
+
+template <class... P, class... Args>
+void launch_checked(const char* file, int line, const char* name, void (*kernel)(P...),
+                    int64_t grid, int block, cudaStream_t stream, Args&&... args) {
+  if (grid <= 0) return;
+  kernel<<<static_cast<unsigned>(grid), static_cast<unsigned>(block), 0, stream>>>(
+      std::forward<Args>(args)...);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail_cuda(e, name, file, line);
+}
+
+/// TRAINRT_LAUNCH("what", kernel<...>, grid, block, stream, kernel arguments...)
+#define TRAINRT_LAUNCH(...) ::trainrt::gpu::launch_checked(__FILE__, __LINE__, __VA_ARGS__)
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------------------------------
+// device: packs
+// ---------------------------------------------------------------------------------------
+/// V consecutive elements, aligned so that one access moves them all (V = 1: scalar).
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+/// Pack j of p, i.e. elements [j*V, j*V + V); p + j*V must be aligned to sizeof(Pack).
+template <int V, class T>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p, int64_t j) {
+  return reinterpret_cast<const Pack<T, V>*>(p)[j];
+}
+template <int V, class T>
+__device__ __forceinline__ void store_pack(T* p, int64_t j, const Pack<T, V>& v) {
+  reinterpret_cast<Pack<T, V>*>(p)[j] = v;
+}
+
+// ---------------------------------------------------------------------------------------
+// device: reductions
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ float shfl_xor(float v, int m) {
+  return __shfl_xor_sync(kFullMask, v, m);
+}
+__device__ __forceinline__ double shfl_xor(double v, int m) {
+  return __shfl_xor_sync(kFullMask, v, m);
+}
+__device__ __forceinline__ long long shfl_xor(long long v, int m) {
+  return __shfl_xor_sync(kFullMask, v, m);
+}
+template <class A>
+__device__ __forceinline__ MaxSum<A> shfl_xor(MaxSum<A> v, int m) {
+  return MaxSum<A>{shfl_xor(v.m, m), shfl_xor(v.s, m)};
+}
+
+/// Per-row statistics of the cross-entropy family: online max/sum and two plain sums.
+template <class A>
+struct RowStats {
+  MaxSum<A> ms;
+  A a;
+  A b;
+};
+template <class A>
+__device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int m) {
+  return RowStats<A>{shfl_xor(v.ms, m), shfl_xor(v.a, m), shfl_xor(v.b, m)};
+}
+
+struct SumOp {
+  template <class S>
+  __device__ __forceinline__ S operator()(S x, S y) const {
+    return x + y;
+  }
+};
+struct MinOp {
+  __device__ __forceinline__ long long operator()(long long x, long long y) const {
+    return x < y ? x : y;
+  }
+};
+struct MergeOp {
+  template <class A>
+  __device__ __forceinline__ MaxSum<A> operator()(MaxSum<A> x, MaxSum<A> y) const {
+    return merge(x, y);
+  }
+  template <class A>
+  __device__ __forceinline__ RowStats<A> operator()(RowStats<A> x, RowStats<A> y) const {
+    return RowStats<A>{merge(x.ms, y.ms), x.a + y.a, x.b + y.b};
+  }
+};
+
+/// All 32 lanes get the same result (commutative op, xor butterfly). Whole warp must call.
+template <class S, class Op>
+__device__ __forceinline__ S warp_allreduce(S v, Op op) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v = op(v, shfl_xor(v, m));
+  return v;
+}
+
+/// All kThreads threads get the same result; per-warp values folded in warp order. Whole
+/// block must call (it synchronises twice, so it may be called repeatedly).
+template <int kThreads, class S, class Op>
+__device__ __forceinline__ S block_allreduce(S v, Op op) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block size");
+  constexpr int kWarps = kThreads / 32;
+  __shared__ S partial[kWarps];
+  v = warp_allreduce(v, op);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  S r = partial[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) r = op(r, partial[w]);
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// device: row groups. Short rows: one warp per row, 8 rows per 256-thread block. Long rows:
+// one 512-thread block per row. Both loop over rows with a grid stride, so any row count
+// works with a capped 1-D grid.
+// ---------------------------------------------------------------------------------------
+constexpr int64_t kWarpRowMaxCols = 1024;  // rows up to this many elements: warp per row
+constexpr int64_t kMaxRowBlocks = int64_t{1} << 20;
+
+template <bool kWarpPerRow>
+struct RowGroup;
+
+template <>
+struct RowGroup<true> {
+  static constexpr int kThreads = 256;
+  static constexpr int kRowsPerBlock = kThreads / 32;
+  static constexpr int kSize = 32;
+  __device__ static int rank() { return threadIdx.x & 31; }
+  __device__ static int64_t first_row() {
+    return static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  }
+  __device__ static int64_t row_stride() { return static_cast<int64_t>(gridDim.x) * kRowsPerBlock; }
+  template <class S, class Op>
+  __device__ static S allreduce(S v, Op op) {
+    return warp_allreduce(v, op);
+  }
+};
+
+template <>
+struct RowGroup<false> {
+  static constexpr int kThreads = 512;
+  static constexpr int kRowsPerBlock = 1;
+  static constexpr int kSize = kThreads;
+  __device__ static int rank() { return threadIdx.x; }
+  __device__ static int64_t first_row() { return blockIdx.x; }
+  __device__ static int64_t row_stride() { return gridDim.x; }
+  template <class S, class Op>
+  __device__ static S allreduce(S v, Op op) {
+    return block_allreduce<kThreads>(v, op);
+  }
+};
+
+template <bool kWarpPerRow>
+int64_t row_grid(int64_t rows) {
+  return min64(ceil_div(rows, RowGroup<kWarpPerRow>::kRowsPerBlock), kMaxRowBlocks);
+}
+
+// ---------------------------------------------------------------------------------------
+// device: online max / sum of exponentials, one element at a time. Same results as the
+// CPU's blocked scan (kernels/cpu): -inf elements add nothing, a NaN or a +inf anywhere in the
+// row makes the sum NaN (PyTorch gives NaN there too), and NaN sums stay NaN through merge().
+// ---------------------------------------------------------------------------------------
+template <class A>
+__device__ __forceinline__ void online_add(MaxSum<A>& st, A v) {
+  if (v > st.m) {
+    // new maximum: rescale; (v - v + 1) is 1, or NaN for v = +inf
+    st.s = st.s * exp_nonpos(st.m - v) + (v - v + A(1));
+    st.m = v;
+  } else if (v != neg_inf<A>()) {
+    st.s += exp_nonpos(v - st.m);  // NaN v, or +inf v == m, give NaN
+  }
+}
+
+template <class A>
+__device__ __forceinline__ MaxSum<A> empty_max_sum() {
+  return MaxSum<A>{neg_inf<A>(), A(0)};
+}
+
+/// The upstream gradient scale as the CPU computes it: (A)(grad_scale * *grad_scale_ptr).
+template <class A>
+__device__ __forceinline__ A upstream_scale(double grad_scale, const float* grad_scale_ptr) {
+  return static_cast<A>(grad_scale *
+                        (grad_scale_ptr != nullptr ? static_cast<double>(*grad_scale_ptr) : 1.0));
+}
+
+}  // namespace gpu
+}  // namespace trainrt
