@@ -126,9 +126,8 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
   const int64_t packs = C / V;
   const bool cap = p.softcap != A(0);
   const bool smooth = p.eps != A(0);
-  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};
-  for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-    const Pack<T, V> px = load_pack<V>(xr, j);
+  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};  // a = sum w z (smoothing only)
+  for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& px) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       A z = load<A>(px.v, k);
@@ -136,7 +135,7 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
       online_add(st.ms, z);
       if (smooth) st.a += p.w != nullptr ? p.w[j * V + k] * z : z;
     }
-  }
+  });
   st = G::allreduce(st, MergeOp{});
   const A lse = lse_of(st.ms);
   A z_y = load<A>(xr, y);
@@ -145,8 +144,7 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
   const A loss = ce_index_row_loss(lse, z_y, w_y, st.a, W, p.eps, static_cast<A>(C), p.zl);
   if (gr != nullptr) {
     const CeIndexRow<A> rg = ce_index_row_grad(lse, w_y, W, p.eps, static_cast<A>(C), p.zl);
-    for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-      const Pack<T, V> px = load_pack<V>(xr, j);
+    for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& px) {
       Pack<T, V> o;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -159,7 +157,7 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
         store<A>(o.v, k, g);
       }
       store_pack<V>(gr, j, o);
-    }
+    });
   }
   return loss;
 }
@@ -173,9 +171,7 @@ __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T
   const bool cap = p.softcap != A(0);
   const A Cf = static_cast<A>(C);
   RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};  // a = sum w t', b = sum w t' z
-  for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-    const Pack<T, V> px = load_pack<V>(xr, j);
-    const Pack<T, V> pt = load_pack<V>(tr, j);
+  for_each_pack2<G, V>(xr, tr, packs, [&](int64_t j, const Pack<T, V>& px, const Pack<T, V>& pt) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       A z = load<A>(px.v, k);
@@ -186,14 +182,12 @@ __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T
       st.a += wt;
       st.b += wt * z;
     }
-  }
+  });
   st = G::allreduce(st, MergeOp{});
   const A lse = lse_of(st.ms);
   const A loss = ce_prob_row_loss(lse, st.a, st.b, p.zl);
   if (gr != nullptr) {
-    for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-      const Pack<T, V> px = load_pack<V>(xr, j);
-      const Pack<T, V> pt = load_pack<V>(tr, j);
+    for_each_pack2<G, V>(xr, tr, packs, [&](int64_t j, const Pack<T, V>& px, const Pack<T, V>& pt) {
       Pack<T, V> o;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -206,7 +200,7 @@ __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T
         store<A>(o.v, k, g);
       }
       store_pack<V>(gr, j, o);
-    }
+    });
   }
   return loss;
 }

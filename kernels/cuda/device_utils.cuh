@@ -222,6 +222,60 @@ int64_t row_grid(int64_t rows) {
   return min64(ceil_div(rows, RowGroup<kWarpPerRow>::kRowsPerBlock), kMaxRowBlocks);
 }
 
+/// Packs a thread loads before it uses them: several loads in flight per thread keep a
+/// memory-bound row loop near bandwidth, but every element of the batch is an unrolled copy of
+/// the loop body, so the batch aims at 32 bytes and at most 8 elements (1 to 4 packs).
+template <class T, int V>
+constexpr int packs_in_flight() {
+  constexpr int by_bytes = 32 / (V * static_cast<int>(sizeof(T)));
+  constexpr int by_elems = 8 / V;
+  constexpr int n = by_bytes < by_elems ? by_bytes : by_elems;
+  return n < 1 ? 1 : (n > 4 ? 4 : n);
+}
+
+/// Calls f(j, pack j of a) for the packs of a row that belong to this thread of group G
+/// (j = rank, rank + size, ...), loading packs_in_flight() packs before calling f on them.
+template <class G, int V, class T, class F>
+__device__ __forceinline__ void for_each_pack(const T* a, int64_t packs, F&& f) {
+  constexpr int kPacksInFlight = packs_in_flight<T, V>();
+  for (int64_t j0 = G::rank(); j0 < packs; j0 += kPacksInFlight * G::kSize) {
+    Pack<T, V> pa[kPacksInFlight];
+#pragma unroll
+    for (int u = 0; u < kPacksInFlight; ++u) {
+      const int64_t j = j0 + static_cast<int64_t>(u) * G::kSize;
+      if (j < packs) pa[u] = load_pack<V>(a, j);
+    }
+#pragma unroll
+    for (int u = 0; u < kPacksInFlight; ++u) {
+      const int64_t j = j0 + static_cast<int64_t>(u) * G::kSize;
+      if (j < packs) f(j, pa[u]);
+    }
+  }
+}
+
+/// As for_each_pack over two arrays of the same shape: f(j, pack j of a, pack j of b).
+template <class G, int V, class T, class F>
+__device__ __forceinline__ void for_each_pack2(const T* a, const T* b, int64_t packs, F&& f) {
+  constexpr int kPacksInFlight = packs_in_flight<T, V>();
+  for (int64_t j0 = G::rank(); j0 < packs; j0 += kPacksInFlight * G::kSize) {
+    Pack<T, V> pa[kPacksInFlight];
+    Pack<T, V> pb[kPacksInFlight];
+#pragma unroll
+    for (int u = 0; u < kPacksInFlight; ++u) {
+      const int64_t j = j0 + static_cast<int64_t>(u) * G::kSize;
+      if (j < packs) {
+        pa[u] = load_pack<V>(a, j);
+        pb[u] = load_pack<V>(b, j);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kPacksInFlight; ++u) {
+      const int64_t j = j0 + static_cast<int64_t>(u) * G::kSize;
+      if (j < packs) f(j, pa[u], pb[u]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // device: online max / sum of exponentials, one element at a time. Same results as the
 // CPU's blocked scan (kernels/cpu): -inf elements add nothing, a NaN or a +inf anywhere in the

@@ -25,31 +25,28 @@ __global__ void __launch_bounds__(RowGroup<kWarpPerRow>::kThreads)
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
     MaxSum<A> st = empty_max_sum<A>();
-    for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-      const Pack<T, V> p = load_pack<V>(xr, j);
+    for_each_pack<G, V>(xr, packs, [&](int64_t, const Pack<T, V>& p) {
 #pragma unroll
       for (int k = 0; k < V; ++k) online_add(st, load<A>(p.v, k));
-    }
+    });
     st = G::allreduce(st, MergeOp{});
     if (log) {
       const A lse = lse_of(st);
-      for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-        const Pack<T, V> p = load_pack<V>(xr, j);
+      for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& p) {
         Pack<T, V> o;
 #pragma unroll
         for (int k = 0; k < V; ++k) store<A>(o.v, k, load<A>(p.v, k) - lse);
         store_pack<V>(yr, j, o);
-      }
+      });
     } else {
       const A inv = A(1) / st.s;
       const A m = st.m;
-      for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-        const Pack<T, V> p = load_pack<V>(xr, j);
+      for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& p) {
         Pack<T, V> o;
 #pragma unroll
         for (int k = 0; k < V; ++k) store<A>(o.v, k, exp_nonpos(load<A>(p.v, k) - m) * inv);
         store_pack<V>(yr, j, o);
-      }
+      });
     }
   }
 }
@@ -68,30 +65,30 @@ __global__ void __launch_bounds__(RowGroup<kWarpPerRow>::kThreads)
     const T* dyr = dy + r * cols;
     T* dxr = dx + r * cols;
     A s = A(0);
-    for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-      const Pack<T, V> pd = load_pack<V>(dyr, j);
-      if (log) {
+    if (log) {
+      for_each_pack<G, V>(dyr, packs, [&](int64_t, const Pack<T, V>& pd) {
 #pragma unroll
         for (int k = 0; k < V; ++k) s += load<A>(pd.v, k);
-      } else {
-        const Pack<T, V> py = load_pack<V>(yr, j);
+      });
+    } else {
+      for_each_pack2<G, V>(yr, dyr, packs,
+                           [&](int64_t, const Pack<T, V>& py, const Pack<T, V>& pd) {
 #pragma unroll
-        for (int k = 0; k < V; ++k) s += load<A>(py.v, k) * load<A>(pd.v, k);
-      }
+                             for (int k = 0; k < V; ++k) s += load<A>(py.v, k) * load<A>(pd.v, k);
+                           });
     }
     s = G::allreduce(s, SumOp{});
-    for (int64_t j = G::rank(); j < packs; j += G::kSize) {
-      const Pack<T, V> py = load_pack<V>(yr, j);
-      const Pack<T, V> pd = load_pack<V>(dyr, j);
-      Pack<T, V> o;
+    for_each_pack2<G, V>(yr, dyr, packs,
+                         [&](int64_t j, const Pack<T, V>& py, const Pack<T, V>& pd) {
+                           Pack<T, V> o;
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const A yv = load<A>(py.v, k);
-        const A dv = load<A>(pd.v, k);
-        store<A>(o.v, k, log ? dv - exp_nonpos(yv) * s : yv * (dv - s));
-      }
-      store_pack<V>(dxr, j, o);
-    }
+                           for (int k = 0; k < V; ++k) {
+                             const A yv = load<A>(py.v, k);
+                             const A dv = load<A>(pd.v, k);
+                             store<A>(o.v, k, log ? dv - exp_nonpos(yv) * s : yv * (dv - s));
+                           }
+                           store_pack<V>(dxr, j, o);
+                         });
   }
 }
 
