@@ -129,7 +129,16 @@ struct HuberOp {
   }
 };
 
-/// Input is a probability in [0, 1] (the backends check); logs clamped at -100 as PyTorch.
+/// binary_cross_entropy's input check: a probability in [0, 1]. NaN fails it, as in
+/// PyTorch (whose check is written the same way round); x < 0 || x > 1 would let a NaN
+/// through, and the clamped logs would then turn it into a finite loss of 100.
+template <class A>
+TRAINRT_HD bool bce_input_ok(A x) {
+  return x >= A(0) && x <= A(1);
+}
+
+/// Input is a probability in [0, 1] (the backends check with bce_input_ok); logs clamped at
+/// -100 as PyTorch.
 struct BceOp {
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>&, A& l, A& g) {

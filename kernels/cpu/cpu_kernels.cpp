@@ -581,7 +581,7 @@ int pointwise_t(const trainrt_pointwise_loss_args* a, DataError* err) {
     for (int64_t i = b; i < e; ++i) {
       const A xi = load<A>(x, i);
       const A yi = load<A>(y, i);
-      if (check_prob && (xi < A(0) || xi > A(1)) && first_bad < 0) first_bad = i;
+      if (check_prob && !bce_input_ok(xi) && first_bad < 0) first_bad = i;
       const A pwi = pw ? pw[i % inner] : A(1);
       A l, g;
       Op::template eval<A>(xi, yi, pwi, p, l, g);

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) pointwise_kernel(PwParams<T> p) {
        i += stride) {
     const A xi = load<A>(p.x, i);
     const A yi = load<A>(p.y, i);
-    if (p.check_prob && (xi < A(0) || xi > A(1)) && bad == LLONG_MAX) bad = i;
+    if (p.check_prob && !bce_input_ok(xi) && bad == LLONG_MAX) bad = i;
     const A pwi = p.pw != nullptr ? p.pw[i % p.inner] : A(1);
     A l, g;
     Op::template eval<A>(xi, yi, pwi, p.pp, l, g);
