@@ -9,7 +9,9 @@
 //     (sum of w[y] over counted rows; rows for probability targets) and the class-weight sum,
 //     and stores the gradient coefficient upstream_scale / denominator, all on the device.
 //  2. ce_rows: per row, one pass computes the online max/sum of exponentials and the sums
-//     the loss needs; a second pass re-reads the row (from L1/L2) and writes the gradient.
+//     the loss needs (kept relative to the running max); a second pass re-reads the row
+//     (from L1/L2) and writes the gradient. Log-probabilities are (z - max) - log(sum) and
+//     probabilities exp(z - max) / sum, as on the CPU.
 //     Writes the per-row loss ([rows] of dtype for reduction none, else an f32/f64
 //     workspace). Never materialises an N x C temporary (no softmax, no log-probabilities).
 //     Ignored rows: loss 0, gradient row 0. Out-of-range targets: loss NaN, gradient row 0,
@@ -118,7 +120,9 @@ __device__ __forceinline__ void zero_row(T* gr, int64_t packs) {
   for (int64_t j = G::rank(); j < packs; j += G::kSize) store_pack<V>(gr, j, o);
 }
 
-/// Class-index target y in [0, C).
+/// Class-index target y in [0, C). As the CPU backend, log-probabilities are taken as
+/// (z - max) - log(sum) and probabilities as exp(z - max) / sum, never through
+/// lse = max + log(sum), which rounds at a large max; lse only enters the z-loss terms.
 template <class G, int V, class T, class A = typename acc_type<T>::type>
 __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr, int64_t y, A W,
                                        A coef) {
@@ -126,24 +130,37 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
   const int64_t packs = C / V;
   const bool cap = p.softcap != A(0);
   const bool smooth = p.eps != A(0);
-  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};  // a = sum w z (smoothing only)
+  // smoothing: a = sum w, b = sum w (z - max)
+  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};
   for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& px) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       A z = load<A>(px.v, k);
       if (cap) z = softcap_apply(z, p.softcap);
-      online_add(st.ms, z);
-      if (smooth) st.a += p.w != nullptr ? p.w[j * V + k] * z : z;
+      if (smooth) {
+        online_add_weighted(st, z, p.w != nullptr ? p.w[j * V + k] : A(1));
+      } else {
+        online_add(st.ms, z);
+      }
     }
   });
-  st = G::allreduce(st, MergeOp{});
-  const A lse = lse_of(st.ms);
+  if (smooth) {
+    st = G::allreduce(st, MergeOp{});
+  } else {
+    st.ms = G::allreduce(st.ms, MergeOp{});
+  }
+  const A m = st.ms.m;
+  const A ls = log_acc(st.ms.s);
   A z_y = load<A>(xr, y);
   if (cap) z_y = softcap_apply(z_y, p.softcap);
   const A w_y = p.w != nullptr ? p.w[y] : A(1);
-  const A loss = ce_index_row_loss(lse, z_y, w_y, st.a, W, p.eps, static_cast<A>(C), p.zl);
+  const A Cf = static_cast<A>(C);
+  A loss = ce_index_row_loss(ls, z_y - m, w_y, st.b, W, p.eps, Cf, A(0));
+  const A lse = m + ls;
+  if (p.zl != A(0)) loss += p.zl * lse * lse;
   if (gr != nullptr) {
-    const CeIndexRow<A> rg = ce_index_row_grad(lse, w_y, W, p.eps, static_cast<A>(C), p.zl);
+    const CeIndexRow<A> rg = ce_index_row_grad(lse, w_y, W, p.eps, Cf, p.zl);
+    const A inv_s = A(1) / st.ms.s;
     for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& px) {
       Pack<T, V> o;
 #pragma unroll
@@ -152,7 +169,7 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
         A z = load<A>(px.v, k);
         if (cap) z = softcap_apply(z, p.softcap);
         const A w_c = p.w != nullptr ? p.w[c] : A(1);
-        A g = ce_index_grad(rg, exp_nonpos(z - lse), w_c, c == y) * coef;
+        A g = ce_index_grad(rg, exp_nonpos(z - m) * inv_s, w_c, c == y) * coef;
         if (cap) g *= softcap_dzdx(z, p.softcap);
         store<A>(o.v, k, g);
       }
@@ -162,7 +179,8 @@ __device__ __forceinline__ A index_row(const CeParams<T>& p, const T* xr, T* gr,
   return loss;
 }
 
-/// Probability targets t (same shape as the input), smoothed t' = (1-eps) t + eps/C.
+/// Probability targets t (same shape as the input), smoothed t' = (1-eps) t + eps/C;
+/// log-probabilities and probabilities as in index_row.
 template <class G, int V, class T, class A = typename acc_type<T>::type>
 __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T* tr, T* gr,
                                       A coef) {
@@ -170,23 +188,25 @@ __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T
   const int64_t packs = C / V;
   const bool cap = p.softcap != A(0);
   const A Cf = static_cast<A>(C);
-  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};  // a = sum w t', b = sum w t' z
+  RowStats<A> st{empty_max_sum<A>(), A(0), A(0)};  // a = sum w t', b = sum w t' (z - max)
   for_each_pack2<G, V>(xr, tr, packs, [&](int64_t j, const Pack<T, V>& px, const Pack<T, V>& pt) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       A z = load<A>(px.v, k);
       if (cap) z = softcap_apply(z, p.softcap);
-      online_add(st.ms, z);
       const A w_c = p.w != nullptr ? p.w[j * V + k] : A(1);
       const A wt = w_c * ce_smoothed_target(load<A>(pt.v, k), p.eps, Cf);
-      st.a += wt;
-      st.b += wt * z;
+      online_add_weighted(st, z, wt);
     }
   });
   st = G::allreduce(st, MergeOp{});
-  const A lse = lse_of(st.ms);
-  const A loss = ce_prob_row_loss(lse, st.a, st.b, p.zl);
+  const A m = st.ms.m;
+  const A ls = log_acc(st.ms.s);
+  const A lse = m + ls;
+  A loss = ce_prob_row_loss(ls, st.a, st.b, A(0));
+  if (p.zl != A(0)) loss += p.zl * lse * lse;
   if (gr != nullptr) {
+    const A inv_s = A(1) / st.ms.s;
     for_each_pack2<G, V>(xr, tr, packs, [&](int64_t j, const Pack<T, V>& px, const Pack<T, V>& pt) {
       Pack<T, V> o;
 #pragma unroll
@@ -195,7 +215,7 @@ __device__ __forceinline__ A prob_row(const CeParams<T>& p, const T* xr, const T
         if (cap) z = softcap_apply(z, p.softcap);
         const A w_c = p.w != nullptr ? p.w[j * V + k] : A(1);
         const A wt = w_c * ce_smoothed_target(load<A>(pt.v, k), p.eps, Cf);
-        A g = ce_prob_grad(exp_nonpos(z - lse), st.a, wt, p.zl, lse) * coef;
+        A g = ce_prob_grad(exp_nonpos(z - m) * inv_s, st.a, wt, p.zl, lse) * coef;
         if (cap) g *= softcap_dzdx(z, p.softcap);
         store<A>(o.v, k, g);
       }

@@ -117,7 +117,10 @@ __device__ __forceinline__ MaxSum<A> shfl_xor(MaxSum<A> v, int m) {
   return MaxSum<A>{shfl_xor(v.m, m), shfl_xor(v.s, m)};
 }
 
-/// Per-row statistics of the cross-entropy family: online max/sum and two plain sums.
+/// Per-row statistics of the cross-entropy family: the online max/sum of exponentials ms,
+/// a weight sum a = sum q and a weighted sum b = sum q (z - ms.m) kept relative to the
+/// running maximum (shifted whenever the maximum moves), so that it never carries the
+/// rounding error of a large |max| (see online_add_weighted and MergeOp).
 template <class A>
 struct RowStats {
   MaxSum<A> ms;
@@ -127,6 +130,13 @@ struct RowStats {
 template <class A>
 __device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int m) {
   return RowStats<A>{shfl_xor(v.ms, m), shfl_xor(v.a, m), shfl_xor(v.b, m)};
+}
+
+/// a * (m_old - m_new): moves a sum of q (z - m_old) to q (z - m_new); 0 when nothing moves
+/// (no weight, or the same maximum), so -inf maxima never produce 0 * inf.
+template <class A>
+__device__ __forceinline__ A shift_term(A a, A m_old, A m_new) {
+  return a == A(0) || m_old == m_new ? A(0) : a * (m_old - m_new);
 }
 
 struct SumOp {
@@ -147,7 +157,10 @@ struct MergeOp {
   }
   template <class A>
   __device__ __forceinline__ RowStats<A> operator()(RowStats<A> x, RowStats<A> y) const {
-    return RowStats<A>{merge(x.ms, y.ms), x.a + y.a, x.b + y.b};
+    const MaxSum<A> ms = merge(x.ms, y.ms);
+    const A bx = x.b + shift_term(x.a, x.ms.m, ms.m);
+    const A by = y.b + shift_term(y.a, y.ms.m, ms.m);
+    return RowStats<A>{ms, x.a + y.a, bx + by};
   }
 };
 
@@ -290,6 +303,19 @@ __device__ __forceinline__ void online_add(MaxSum<A>& st, A v) {
   } else if (v != neg_inf<A>()) {
     st.s += exp_nonpos(v - st.m);  // NaN v, or +inf v == m, give NaN
   }
+}
+
+/// online_add for z, plus a += q and b += q (z - max) relative to the running maximum. A -inf
+/// element adds q * -inf (NaN for q = 0), as q (z - max) does for any finite final maximum.
+template <class A>
+__device__ __forceinline__ void online_add_weighted(RowStats<A>& st, A z, A q) {
+  if (z > st.ms.m) {
+    st.b += shift_term(st.a, st.ms.m, z);  // the new element itself adds q (z - z) = 0
+  } else {
+    st.b += q * (z == neg_inf<A>() ? z : z - st.ms.m);
+  }
+  online_add(st.ms, z);
+  st.a += q;
 }
 
 template <class A>

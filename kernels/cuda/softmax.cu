@@ -31,11 +31,13 @@ __global__ void __launch_bounds__(RowGroup<kWarpPerRow>::kThreads)
     });
     st = G::allreduce(st, MergeOp{});
     if (log) {
-      const A lse = lse_of(st);
+      // (z - max) - log(sum): an f32 lse = max + log(sum) would round at a large max
+      const A m = st.m;
+      const A ls = log_acc(st.s);
       for_each_pack<G, V>(xr, packs, [&](int64_t j, const Pack<T, V>& p) {
         Pack<T, V> o;
 #pragma unroll
-        for (int k = 0; k < V; ++k) store<A>(o.v, k, load<A>(p.v, k) - lse);
+        for (int k = 0; k < V; ++k) store<A>(o.v, k, (load<A>(p.v, k) - m) - ls);
         store_pack<V>(yr, j, o);
       });
     } else {
