@@ -233,6 +233,29 @@ TEST_P(SoftmaxTest, SpecialValues) {
   }
 }
 
+TEST_P(SoftmaxTest, F32ExponentialIsAccurateToAFewUlp) {
+  // Rows [0, x]: y1 = e^x / (1 + e^x) involves one exponential, one sum and one division, so
+  // a correct f32 kernel (exp within ~2 ulp) stays within ~6 ulp. Covers the whole range of
+  // the exponential's argument, including the reduction boundaries at multiples of ln 2 / 2.
+  const std::int64_t rows = 20000;
+  std::vector<double> x(2 * rows);
+  const std::vector<double> u = uniform(rows, -87, 0, 8);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    x[2 * r] = 0;
+    x[2 * r + 1] = r < 200 ? -std::log(2.0) * (r / 2) - (r % 2 ? 0.3465 : 0.3466) : u[r];
+  }
+  const std::vector<double> xr = rounded(x, DType::f32);
+  const std::vector<double> ref = ref_forward(xr, 2, false);
+  const std::vector<double> got =
+      trainrt::softmax(make_tensor(x, {rows, 2}, DType::f32, dev)).to_double_vector();
+  std::vector<double> allow(ref.size());
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    // 6 ulp, relative; values below f32's normal range (e^-87) may flush to 0
+    allow[i] = 6 * std::ldexp(1.0, -23) * std::fabs(ref[i]) + 1.2e-38;
+  }
+  expect_close(got, ref, allow, "softmax f32 [0, x] rows");
+}
+
 TEST_P(SoftmaxTest, GradientMatchesFiniteDifferences) {
   // f(x) = sum(w * op(x)); df/dx from the op's backward with dy = w vs central differences.
   const Shape shapes[] = {{3, 7}, {2, 3, 5}, {1, 1}};
