@@ -55,3 +55,14 @@ add_test(NAME trainrt_core_links_no_cuda
          COMMAND sh -c "out=$(ldd \"$1\") || exit 1; echo \"$out\"; if echo \"$out\" | grep -Ei 'cuda|cublas'; then echo 'libtrainrt links CUDA libraries'; exit 1; fi"
                  sh $<TARGET_FILE:trainrt>)
 set_tests_properties(trainrt_core_links_no_cuda PROPERTIES TIMEOUT 60)
+
+# ---- the library as a user sees it ------------------------------------------------------
+# Exported symbols: the trainrt namespace and trainrt_* C entry points only.
+add_test(NAME trainrt_exports_only_api
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/check_exports.sh $<TARGET_FILE:trainrt>)
+# Public headers: self-contained, warning-free with -Wall -Wextra -Werror -pedantic, and free
+# of CUDA, OpenMP, spdlog and fmt headers.
+add_test(NAME trainrt_public_headers
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/check_public_headers.sh ${CMAKE_CXX_COMPILER}
+                 ${PROJECT_SOURCE_DIR}/include ${PROJECT_BINARY_DIR}/include)
+set_tests_properties(trainrt_exports_only_api trainrt_public_headers PROPERTIES TIMEOUT 120)
