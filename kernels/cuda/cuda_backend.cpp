@@ -180,6 +180,26 @@ int cuda_pointwise_loss(int32_t device, const trainrt_pointwise_loss_args* a) {
   });
 }
 
+// Optimizer, clipping and loss-scaling slots: not implemented on CUDA yet. They fail with a
+// clear message (the table must be fully filled: a NULL slot would crash the core).
+int not_implemented(const char* slot) {
+  return guarded([&] { fail(std::string(slot) + ": not implemented on CUDA yet"); });
+}
+
+int cuda_optimizer_step(int32_t, const trainrt_optim_step_args*) {
+  return not_implemented("optimizer_step");
+}
+
+int cuda_multi_tensor_norm(int32_t, const trainrt_multi_tensor_norm_args*) {
+  return not_implemented("multi_tensor_norm");
+}
+
+int cuda_multi_tensor_scale(int32_t, const trainrt_multi_tensor_scale_args*) {
+  return not_implemented("multi_tensor_scale");
+}
+
+int cuda_amp(int32_t, const trainrt_amp_args*) { return not_implemented("amp"); }
+
 const trainrt_backend_v1& backend_table() {
   static const trainrt_backend_v1 table = [] {
     trainrt_backend_v1 t{};
@@ -200,6 +220,10 @@ const trainrt_backend_v1& backend_table() {
     t.softmax_backward = &cuda_softmax_backward;
     t.cross_entropy = &cuda_cross_entropy;
     t.pointwise_loss = &cuda_pointwise_loss;
+    t.optimizer_step = &cuda_optimizer_step;
+    t.multi_tensor_norm = &cuda_multi_tensor_norm;
+    t.multi_tensor_scale = &cuda_multi_tensor_scale;
+    t.amp = &cuda_amp;
     return t;
   }();
   return table;

@@ -20,7 +20,9 @@
  * Versioning: a module exports
  *     const trainrt_backend_v1* trainrt_backend_entry(uint32_t requested_api_version);
  * returning NULL if it cannot serve that version. The core also checks api_version and
- * struct_size of the table it gets. Any change to this file bumps the version.
+ * struct_size of the table it gets. Until the first release, new slots are appended at the
+ * end of the table under version 1 (struct_size tells a stale module apart); after it, any
+ * change to this file bumps the version.
  */
 #ifndef TRAINRT_BACKEND_API_H
 #define TRAINRT_BACKEND_API_H
@@ -55,7 +57,9 @@ enum trainrt_op_c {
   TRAINRT_OP_CAST = 0,
   TRAINRT_OP_SOFTMAX = 1,
   TRAINRT_OP_CROSS_ENTROPY = 2,
-  TRAINRT_OP_POINTWISE_LOSS = 3
+  TRAINRT_OP_POINTWISE_LOSS = 3,
+  TRAINRT_OP_OPTIMIZER_STEP = 4, /* dtype: of the params (f32 master params) */
+  TRAINRT_OP_MULTI_TENSOR = 5    /* multi_tensor_norm / multi_tensor_scale; dtype: of the tensors */
 };
 
 /* softmax / log_softmax over the last dimension of a contiguous [rows, cols] array.
@@ -137,6 +141,179 @@ typedef struct trainrt_pointwise_loss_args {
   const float* grad_scale_ptr;
 } trainrt_pointwise_loss_args;
 
+/* ---- Optimizers, gradient clipping and loss scaling -------------------------------------
+ *
+ * Multi-tensor slots: each call takes host arrays of n_tensors device pointers and sizes
+ * (a CUDA backend packs them into chunked kernel arguments; the CPU runs one OpenMP loop over
+ * a flattened list of fixed-size chunks). Tensors are contiguous; numel may be 0.
+ *
+ * Scalars that change from step to step live in small f32 blocks in device memory, so that
+ * a step needs no host round trip, changing the lr needs no new launch configuration, and the
+ * step can be captured in a CUDA graph:
+ *   - the optimizer scalars block (TRAINRT_OS_COUNT floats), one per optimizer_step call,
+ *     written by the host (each value computed in double, rounded once to f32);
+ *   - the grad scalars block (TRAINRT_GS_COUNT floats), one per optimizer, written by the
+ *     multi_tensor_norm and amp slots (and reset by the host with a copy).
+ * A grad as a step sees it is g_eff = (g * gs[INV_SCALE]) * gs[CLIP_COEF], negated when
+ * maximizing; with no grad scalars block, g_eff = g. */
+
+/* Grad scalars block: indices into an f32 array of TRAINRT_GS_COUNT in device memory. */
+enum trainrt_grad_scalar_c {
+  TRAINRT_GS_INV_SCALE = 0, /* 1 / loss scale (GradScaler.unscale_), else 1 */
+  TRAINRT_GS_CLIP_COEF = 1, /* product of global-norm clip coefficients, else 1 */
+  TRAINRT_GS_FOUND_INF = 2, /* non-zero: a grad held inf or NaN; optimizer_step does nothing */
+  TRAINRT_GS_RESERVED = 3,
+  TRAINRT_GS_COUNT = 4
+};
+
+/* optimizer_step algorithms; the per-element math is kernels/common/optim.h. State lists
+ * (states[0..2] of the args):
+ *   SGD:      [0] momentum_buffer (flag MOMENTUM)
+ *   ADAM:     Adam and AdamW: [0] exp_avg, [1] exp_avg_sq, [2] max_exp_avg_sq (flag AMSGRAD)
+ *   RMSPROP:  [0] square_avg, [1] momentum_buffer (MOMENTUM), [2] grad_avg (CENTERED)
+ *   ADAGRAD:  [0] sum
+ *   RADAM:    [0] exp_avg, [1] exp_avg_sq
+ *   LAMB:     Apex FusedLAMB in adam_w_mode: [0] exp_avg, [1] exp_avg_sq */
+enum trainrt_optim_algo_c {
+  TRAINRT_OPTIM_SGD = 0,
+  TRAINRT_OPTIM_ADAM = 1,
+  TRAINRT_OPTIM_RMSPROP = 2,
+  TRAINRT_OPTIM_ADAGRAD = 3,
+  TRAINRT_OPTIM_RADAM = 4,
+  TRAINRT_OPTIM_LAMB = 5
+};
+
+/* optimizer_step flags (bit set). */
+enum trainrt_optim_flag_c {
+  TRAINRT_OPTIM_MAXIMIZE = 1,  /* g = -g first */
+  TRAINRT_OPTIM_L2 = 2,        /* g += WEIGHT_DECAY * p (coupled weight decay) */
+  TRAINRT_OPTIM_DECOUPLED = 4, /* p *= DECAY before the update (AdamW, RAdam decoupled) */
+  TRAINRT_OPTIM_MOMENTUM = 8,  /* SGD / RMSprop: a momentum buffer is present and used */
+  TRAINRT_OPTIM_NESTEROV = 16, /* SGD */
+  TRAINRT_OPTIM_AMSGRAD = 32,  /* Adam */
+  TRAINRT_OPTIM_CENTERED = 64, /* RMSprop */
+  TRAINRT_OPTIM_NVLAMB = 128   /* LAMB: trust ratio even where WEIGHT_DECAY == 0 */
+};
+
+/* Optimizer scalars block: indices into an f32 array of TRAINRT_OS_COUNT in device memory.
+ * t is the parameter's step count after this step (1 at the first step); every tensor of one
+ * optimizer_step call has the same t. Unused entries are ignored.
+ *   SGD:      LR, WEIGHT_DECAY, MOMENTUM, BUF_SCALE = momentum (0 at t = 1),
+ *             BUF_GAIN = 1 - dampening (1 at t = 1): buf = buf * BUF_SCALE + BUF_GAIN * g
+ *   Adam(W):  LR, WEIGHT_DECAY, DECAY = 1 - lr * wd, BETA1, OMB1 = 1 - beta1, BETA2,
+ *             OMB2 = 1 - beta2, EPS, STEP_SIZE = lr / (1 - beta1^t), BC2_SQRT = sqrt(1 - beta2^t)
+ *   RMSprop:  LR, WEIGHT_DECAY, MOMENTUM, BETA2 = alpha, OMB2 = 1 - alpha, EPS
+ *   Adagrad:  LR = lr / (1 + (t - 1) * lr_decay), WEIGHT_DECAY, EPS
+ *   RAdam:    LR, WEIGHT_DECAY, DECAY, BETA1, OMB1, BETA2, OMB2, EPS, BC1 = 1 - beta1^t,
+ *             BC2_SQRT, RECT = rectification r when rho_t > 5, else 0 (unadapted step)
+ *   LAMB:     LR, WEIGHT_DECAY, BETA1, OMB1, BETA2, OMB2, EPS, BC1, BC2 = 1 - beta2^t,
+ *             MAX_GRAD_NORM; g = g_eff / (n > MAX_GRAD_NORM ? n / MAX_GRAD_NORM : 1) with
+ *             n = *global_grad_norm; u = (m / BC1) / (sqrt(v / BC2) + EPS) + wd * p;
+ *             p -= LR * trust * u with trust = |p| / |u| per tensor (1 if either is 0, or
+ *             if wd == 0 without NVLAMB) */
+enum trainrt_optim_scalar_c {
+  TRAINRT_OS_LR = 0,
+  TRAINRT_OS_WEIGHT_DECAY = 1,
+  TRAINRT_OS_DECAY = 2,
+  TRAINRT_OS_MOMENTUM = 3,
+  TRAINRT_OS_BUF_SCALE = 4,
+  TRAINRT_OS_BUF_GAIN = 5,
+  TRAINRT_OS_BETA1 = 6,
+  TRAINRT_OS_OMB1 = 7,
+  TRAINRT_OS_BETA2 = 8,
+  TRAINRT_OS_OMB2 = 9,
+  TRAINRT_OS_EPS = 10,
+  TRAINRT_OS_STEP_SIZE = 11,
+  TRAINRT_OS_BC1 = 12,
+  TRAINRT_OS_BC2 = 13,
+  TRAINRT_OS_BC2_SQRT = 14,
+  TRAINRT_OS_RECT = 15,
+  TRAINRT_OS_MAX_GRAD_NORM = 16,
+  TRAINRT_OS_COUNT = 24
+};
+
+/* One fused optimizer step over the tensors of one parameter group that share a step count:
+ * one pass per element over param, grad and state (LAMB: two, with per-tensor norms of p and
+ * u between them, reduced in a fixed order). Reads g_eff (see above); when grad_scalars is
+ * given and gs[FOUND_INF] != 0 the call changes nothing. When model_copies is given, each
+ * non-NULL entry receives the updated param rounded (nearest even) to model_dtype in the
+ * same pass. */
+typedef struct trainrt_optim_step_args {
+  int32_t algo;        /* trainrt_optim_algo_c */
+  uint32_t flags;      /* trainrt_optim_flag_c bits */
+  int32_t param_dtype; /* TRAINRT_F32 */
+  int32_t grad_dtype;  /* TRAINRT_F32 (the core requires grad dtype == param dtype) */
+  int32_t model_dtype; /* TRAINRT_F16 or TRAINRT_BF16 when model_copies is given */
+  int32_t reserved0;
+  int64_t n_tensors;
+  void* const* params;           /* host array of n_tensors device pointers (in/out) */
+  const void* const* grads;      /* host array of n_tensors device pointers */
+  void* const* states[3];        /* host arrays of device pointers per state list, or NULL */
+  void* const* model_copies;     /* NULL, or host array (entries may be NULL) */
+  const int64_t* numels;         /* host array of n_tensors element counts */
+  const float* scalars;          /* device: optimizer scalars block (TRAINRT_OS_COUNT f32) */
+  const float* grad_scalars;     /* device: grad scalars block, or NULL (g_eff = g) */
+  const float* global_grad_norm; /* LAMB: device f32, norm of all g_eff of the optimizer */
+} trainrt_optim_step_args;
+
+/* One deterministic read pass over a list of tensors (f32, f16 or bf16 each; f64 allowed):
+ * x = (v * gs[INV_SCALE]) * gs[CLIP_COEF] when grad_scalars is given, else v. Computes, per
+ * fixed-size chunk, sum |x|^p (accumulated in double) or max |x|, and whether any v is not
+ * finite; then reduces the chunk partials in a fixed order (no float atomics), so the result
+ * does not depend on the thread or block count.
+ *   total_norm: NULL, or receives (sum |x|^p)^(1/p) (max |x| for p = inf; NaN if any x is
+ *               NaN) as f32; 0 for no elements.
+ *   found_inf:  NULL, or set to 1.0f when some v is inf or NaN (never cleared here).
+ *   max_norm > 0 (needs grad_scalars): gs[CLIP_COEF] *= min(1, max_norm / (total + 1e-6))
+ *               with the clip coefficient computed in f32 as PyTorch does. */
+typedef struct trainrt_multi_tensor_norm_args {
+  int64_t n_tensors;
+  const void* const* tensors; /* host array of device pointers */
+  const int32_t* dtypes;      /* host array */
+  const int64_t* numels;      /* host array */
+  double norm_type;           /* p > 0 or INFINITY; 0: no norm (non-finite check only) */
+  double max_norm;            /* > 0: also fold the clip coefficient into grad_scalars */
+  float* grad_scalars;        /* device grad scalars block, or NULL */
+  float* total_norm;          /* device f32 scalar, or NULL */
+  float* found_inf;           /* device f32 scalar, or NULL */
+} trainrt_multi_tensor_norm_args;
+
+/* In place over a list of tensors (f32, f16, bf16 or f64 each), computed in f32 (f64 for f64):
+ *   v = (v * gs[INV_SCALE]) * gs[CLIP_COEF]   when grad_scalars is given,
+ *   v = v * *scale                            when scale is given,
+ *   v = min(max(v, clamp_lo), clamp_hi)       unless clamp_lo = -inf and clamp_hi = inf
+ *                                             (NaN stays NaN). */
+typedef struct trainrt_multi_tensor_scale_args {
+  int64_t n_tensors;
+  void* const* tensors;
+  const int32_t* dtypes;
+  const int64_t* numels;
+  const float* grad_scalars; /* device, or NULL */
+  const float* scale;        /* device f32 scalar, or NULL */
+  double clamp_lo, clamp_hi;
+} trainrt_multi_tensor_scale_args;
+
+enum trainrt_amp_op_c {
+  /* grad_scalars = {(float)(1.0 / (double)*scale), 1, 0, 0} */
+  TRAINRT_AMP_BEGIN_UNSCALE = 0,
+  /* torch._amp_update_scale_: found = any *found_infs[i] != 0; if found: *scale *= backoff,
+   * *growth_tracker = 0; else if ++*growth_tracker == growth_interval: the scale grows by
+   * growth_factor only if the result is finite, and *growth_tracker = 0. f32 arithmetic. */
+  TRAINRT_AMP_UPDATE_SCALE = 1
+};
+
+typedef struct trainrt_amp_args {
+  int32_t op;
+  int32_t n_found_infs;
+  float* scale;                   /* device f32 */
+  int32_t* growth_tracker;        /* device i32 */
+  float* grad_scalars;            /* BEGIN_UNSCALE: device grad scalars block */
+  const float* const* found_infs; /* UPDATE_SCALE: host array of n_found_infs device pointers */
+  double growth_factor;
+  double backoff_factor;
+  int64_t growth_interval;
+} trainrt_amp_args;
+
 typedef struct trainrt_backend_v1 {
   uint32_t api_version; /* TRAINRT_BACKEND_API_VERSION */
   uint32_t struct_size; /* sizeof(trainrt_backend_v1) */
@@ -166,6 +343,12 @@ typedef struct trainrt_backend_v1 {
   int (*softmax_backward)(int32_t device, const trainrt_softmax_args* args);
   int (*cross_entropy)(int32_t device, const trainrt_cross_entropy_args* args);
   int (*pointwise_loss)(int32_t device, const trainrt_pointwise_loss_args* args);
+
+  /* Optimizers, clipping, loss scaling (see the argument structs above). */
+  int (*optimizer_step)(int32_t device, const trainrt_optim_step_args* args);
+  int (*multi_tensor_norm)(int32_t device, const trainrt_multi_tensor_norm_args* args);
+  int (*multi_tensor_scale)(int32_t device, const trainrt_multi_tensor_scale_args* args);
+  int (*amp)(int32_t device, const trainrt_amp_args* args);
 } trainrt_backend_v1;
 
 typedef const trainrt_backend_v1* (*trainrt_backend_entry_fn)(uint32_t requested_api_version);

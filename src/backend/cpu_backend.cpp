@@ -72,10 +72,10 @@ class HostCache {
       }
     }
     const size_t align = cls >= kHuge ? kHuge : 4096;
-    void* p = std::aligned_alloc(align, cls);
+    void* p = aligned_block(align, cls);
     if (p == nullptr) {
       release_all();
-      p = std::aligned_alloc(align, cls);
+      p = aligned_block(align, cls);
       if (p == nullptr) return nullptr;
     }
 #ifdef MADV_HUGEPAGE
@@ -123,6 +123,12 @@ class HostCache {
     cap_ = mb << 20;
   }
   static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+  // posix_memalign, not std::aligned_alloc: a size class (e.g. 3 MiB) need not be a multiple
+  // of its alignment (2 MiB), which aligned_alloc requires (C11 7.22.3.1).
+  static void* aligned_block(size_t align, size_t bytes) {
+    void* p = nullptr;
+    return ::posix_memalign(&p, align, bytes) == 0 ? p : nullptr;
+  }
   static size_t size_class(size_t bytes) {
     size_t top = size_t(1) << (63 - __builtin_clzll(bytes));  // highest power of two <= bytes
     return round_up(bytes, top / 4);
@@ -190,6 +196,20 @@ int cpu_pointwise_loss(std::int32_t, const trainrt_pointwise_loss_args* a) {
   return report(cpu::kernels().pointwise_loss(a, &e), e);
 }
 
+int cpu_not_yet(const char* slot) {
+  return set_error(fmt::format("{}: not implemented on the CPU backend yet", slot));
+}
+int cpu_optimizer_step(std::int32_t, const trainrt_optim_step_args*) {
+  return cpu_not_yet("optimizer_step");
+}
+int cpu_multi_tensor_norm(std::int32_t, const trainrt_multi_tensor_norm_args*) {
+  return cpu_not_yet("multi_tensor_norm");
+}
+int cpu_multi_tensor_scale(std::int32_t, const trainrt_multi_tensor_scale_args*) {
+  return cpu_not_yet("multi_tensor_scale");
+}
+int cpu_amp(std::int32_t, const trainrt_amp_args*) { return cpu_not_yet("amp"); }
+
 }  // namespace
 
 const trainrt_backend_v1& cpu_backend() {
@@ -212,6 +232,10 @@ const trainrt_backend_v1& cpu_backend() {
     t.softmax_backward = &cpu_softmax_backward;
     t.cross_entropy = &cpu_cross_entropy;
     t.pointwise_loss = &cpu_pointwise_loss;
+    t.optimizer_step = &cpu_optimizer_step;
+    t.multi_tensor_norm = &cpu_multi_tensor_norm;
+    t.multi_tensor_scale = &cpu_multi_tensor_scale;
+    t.amp = &cpu_amp;
     return t;
   }();
   return table;
