@@ -24,6 +24,9 @@ namespace {
 
 constexpr int64_t kBlock = 2048;     // online max/sum block (8 KiB of f32: stays in L1)
 constexpr int64_t kChunk = 1 << 14;  // element-wise chunk
+// Below this many elements a parallel region costs more than it saves (and spinning
+// threads hurt when cores are shared): such calls run on the calling thread.
+constexpr int64_t kParallelMin = 1 << 15;
 constexpr double kNoScale = 1.0;
 
 template <class T>
@@ -212,7 +215,7 @@ void softmax_fwd(const trainrt_softmax_args* a) {
   T* y = (T*)a->out;
   const int64_t R = a->rows, C = a->cols;
   const bool log = a->log != 0;
-#pragma omp parallel
+#pragma omp parallel if (R * C > kParallelMin)
   {
     A* buf = (A*)malloc((size_t)(C > 0 ? C : 1) * sizeof(A));
 #pragma omp for schedule(static)
@@ -239,7 +242,7 @@ void softmax_fwd<float>(const trainrt_softmax_args* a) {
   float* y = (float*)a->out;
   const int64_t R = a->rows, C = a->cols;
   const bool log = a->log != 0;
-#pragma omp parallel
+#pragma omp parallel if (R * C > kParallelMin)
   {
     float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
 #pragma omp for schedule(static)
@@ -272,7 +275,7 @@ void softmax_bwd(const trainrt_softmax_args* a) {
   T* dx = (T*)a->out;
   const int64_t R = a->rows, C = a->cols;
   const bool log = a->log != 0;
-#pragma omp parallel
+#pragma omp parallel if (R * C > kParallelMin)
   {
     A* buf = (A*)malloc((size_t)(C > 0 ? 2 * C : 1) * sizeof(A));
 #pragma omp for schedule(static)
@@ -477,7 +480,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
   A* row_loss = (A*)malloc((size_t)(N > 0 ? N : 1) * sizeof(A));
   const bool need_z_buf = !(sizeof(T) == sizeof(A) && s.softcap == A(0));
   // For f32/f64 without soft-capping the row is used in place; otherwise converted.
-#pragma omp parallel
+#pragma omp parallel if (N * C > kParallelMin)
   {
     // Scratch rows only where needed (a converted row, probability targets).
     A* zbuf = (need_z_buf || !index) && !a->input_is_logp
@@ -572,7 +575,7 @@ int pointwise_t(const trainrt_pointwise_loss_args* a, DataError* err) {
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   A* partial = (A*)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(A));
   int64_t* bad = (int64_t*)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(int64_t));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t b = ch * kChunk;
     const int64_t e = b + kChunk < n ? b + kChunk : n;
