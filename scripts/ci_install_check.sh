@@ -11,13 +11,21 @@
 # Every run checks where the CUDA module was looked for: beside the installed libtrainrt.so
 # (or in TRAINRT_BACKEND_PATH), at its new place after the move. Without a GPU the module
 # still loads and reports "no driver/device", which names the file it loaded.
+# With DEST, the checked tree (library, headers, package files, the examples and the
+# installed consumer) is finally moved to DEST, checked once more there, and kept: that is
+# how docker/Dockerfile.* fill /opt/trainrt.
 # Exits non-zero on any failure.
 #
-#   scripts/ci_install_check.sh [BUILD_DIR]      # default: build
+#   scripts/ci_install_check.sh [BUILD_DIR [DEST]]      # default: build, nothing kept
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
 build=$(realpath "${1:-build}")
+dest=${2:-}
+if [ -n "$dest" ]; then
+  dest=$(realpath -m "$dest")
+  [ ! -e "$dest" ] || { echo "ci_install_check: $dest exists already" >&2; exit 1; }
+fi
 [ -f "$build/CMakeCache.txt" ] || { echo "ci_install_check: $build is not a configured build" >&2; exit 1; }
 unset TRAINRT_BACKEND_PATH TRAINRT_LOG_LEVEL
 
@@ -182,4 +190,13 @@ fi
 run_consumer backend-path-copy "$tmp/modules" TRAINRT_BACKEND_PATH="$tmp/modules" -- \
   "$moved/$bindir/trainrt_consumer"
 
+step "runtime packages (scripts/runtime_packages.sh)"
+bash "$src/scripts/runtime_packages.sh" "$moved" || fail "runtime_packages.sh failed"
+
+if [ -n "$dest" ]; then
+  step "mv $moved $dest"
+  mkdir -p "$(dirname "$dest")"
+  mv "$moved" "$dest"
+  run_consumer kept-installed-consumer "$dest/$libdir" -- "$dest/$bindir/trainrt_consumer"
+fi
 echo "ci_install_check: OK (install, CMake and pkg-config consumers, moved prefix, TRAINRT_BACKEND_PATH)"
