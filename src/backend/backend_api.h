@@ -294,7 +294,8 @@ typedef struct trainrt_multi_tensor_scale_args {
 } trainrt_multi_tensor_scale_args;
 
 enum trainrt_amp_op_c {
-  /* grad_scalars = {(float)(1.0 / (double)*scale), 1, 0, 0} */
+  /* grad_scalars[INV_SCALE] = (float)(1.0 / (double)*scale), grad_scalars[FOUND_INF] = 0;
+   * CLIP_COEF is left as it is */
   TRAINRT_AMP_BEGIN_UNSCALE = 0,
   /* torch._amp_update_scale_: found = any *found_infs[i] != 0; if found: *scale *= backoff,
    * *growth_tracker = 0; else if ++*growth_tracker == growth_interval: the scale grows by
