@@ -7,7 +7,7 @@ out=${1:-trainrt_consumer_pc}
 src=$(dirname "$0")/main.cpp
 cflags=$(pkg-config --cflags trainrt)
 libs=$(pkg-config --libs trainrt)
-libdir=$(pkg-config --variable=libdir trainrt)
+libdir=$(cd "$(pkg-config --variable=libdir trainrt)" && pwd -P) # without ${pcfiledir}/../..
 # shellcheck disable=SC2086 # the flags are word lists
 ${CXX:-c++} -std=c++17 -Wall -Wextra -Werror -pedantic -O2 $cflags "$src" -o "$out" $libs \
   -Wl,-rpath,"$libdir"
