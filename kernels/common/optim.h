@@ -153,7 +153,8 @@ TRAINRT_HD void radam_update(float& p, float g, float& m, float& v, const OptimS
   v = v * s.beta2 + (s.omb2 * g) * g;
   const float mhat = m / s.bc1;
   if (kRectified) {
-    const float adaptive = s.bc2_sqrt / (sqrtf(v) + s.eps);
+    // PyTorch: math.sqrt(bc2) / tensor, i.e. Tensor.__rtruediv__: reciprocal, then multiply.
+    const float adaptive = (1.0f / (sqrtf(v) + s.eps)) * s.bc2_sqrt;
     p = p - ((mhat * s.lr) * adaptive) * s.rect;
   } else {
     p = p - mhat * s.lr;
@@ -189,9 +190,10 @@ TRAINRT_HD float lamb_ratio(float param_norm, float update_norm, bool nvlamb,
 }
 
 // ---- clipping and loss scaling ---------------------------------------------------------------
-/// PyTorch's clip coefficient in f32: min(1, max_norm / (total + 1e-6)).
+/// PyTorch's clip coefficient in f32: min(1, max_norm / (total + 1e-6)), the division
+/// evaluated as PyTorch's Tensor.__rtruediv__ does: reciprocal, then multiply.
 TRAINRT_HD float clip_coefficient(float total_norm, float max_norm) {
-  const float c = max_norm / (total_norm + 1e-6f);
+  const float c = (1.0f / (total_norm + 1e-6f)) * max_norm;
   return c > 1.0f ? 1.0f : c;  // NaN stays NaN, as torch.clamp
 }
 

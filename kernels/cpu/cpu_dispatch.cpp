@@ -28,9 +28,22 @@ CpuKernels make(const char* isa, decltype(CpuKernels::cast) c,
   return k;
 }
 
-#define TRAINRT_CPU_TABLE(isa, ns)                                              \
-  make(isa, &ns::cpu_cast, &ns::cpu_softmax_forward, &ns::cpu_softmax_backward, \
-       &ns::cpu_cross_entropy, &ns::cpu_pointwise_loss)
+CpuKernels with_optim(CpuKernels k, decltype(CpuKernels::optimizer_step) step,
+                      decltype(CpuKernels::multi_tensor_norm) norm,
+                      decltype(CpuKernels::multi_tensor_scale) scale,
+                      decltype(CpuKernels::amp) amp) {
+  k.optimizer_step = step;
+  k.multi_tensor_norm = norm;
+  k.multi_tensor_scale = scale;
+  k.amp = amp;
+  return k;
+}
+
+#define TRAINRT_CPU_TABLE(isa, ns)                                                             \
+  with_optim(make(isa, &ns::cpu_cast, &ns::cpu_softmax_forward, &ns::cpu_softmax_backward,     \
+                  &ns::cpu_cross_entropy, &ns::cpu_pointwise_loss),                            \
+             &ns::cpu_optimizer_step, &ns::cpu_multi_tensor_norm, &ns::cpu_multi_tensor_scale, \
+             &ns::cpu_amp)
 
 CpuKernels select() {
 #if defined(TRAINRT_CPU_MULTI_ISA) && (defined(__x86_64__) || defined(__i386__))

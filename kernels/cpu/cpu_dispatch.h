@@ -14,6 +14,10 @@ struct CpuKernels {
   int (*softmax_backward)(const trainrt_softmax_args*);
   int (*cross_entropy)(const trainrt_cross_entropy_args*, DataError*);
   int (*pointwise_loss)(const trainrt_pointwise_loss_args*, DataError*);
+  int (*optimizer_step)(const trainrt_optim_step_args*);
+  int (*multi_tensor_norm)(const trainrt_multi_tensor_norm_args*);
+  int (*multi_tensor_scale)(const trainrt_multi_tensor_scale_args*);
+  int (*amp)(const trainrt_amp_args*);
 };
 
 const CpuKernels& kernels();

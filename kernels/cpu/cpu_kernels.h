@@ -3,7 +3,8 @@
 // and cpu_dispatch.cpp picks the best one the running CPU supports. They use no C++ library
 // types, so nothing compiled for a wider ISA can leak into baseline code.
 //
-// Every function returns 0, or 1 with *err filled for a data error.
+// Every function returns 0, or 1 with *err filled for a data error. The optimizer-family
+// functions (cpu_optim.cpp) return 0, 1 for arguments they do not support, 2 when out of memory.
 #pragma once
 
 #include "../../src/backend/backend_api.h"
@@ -17,5 +18,9 @@
   int cpu_softmax_backward(const trainrt_softmax_args* a);                                   \
   int cpu_cross_entropy(const trainrt_cross_entropy_args* a, DataError* err);                \
   int cpu_pointwise_loss(const trainrt_pointwise_loss_args* a, DataError* err);              \
+  int cpu_optimizer_step(const trainrt_optim_step_args* a);                                  \
+  int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a);                        \
+  int cpu_multi_tensor_scale(const trainrt_multi_tensor_scale_args* a);                      \
+  int cpu_amp(const trainrt_amp_args* a);                                                    \
   }                                                                                          \
   }

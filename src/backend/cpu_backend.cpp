@@ -41,6 +41,7 @@ int cpu_supports(std::int32_t op, std::int32_t dtype) {
   const bool flt =
       dtype == TRAINRT_F32 || dtype == TRAINRT_F64 || dtype == TRAINRT_F16 || dtype == TRAINRT_BF16;
   if (op == TRAINRT_OP_CAST) return dtype >= TRAINRT_F32 && dtype <= TRAINRT_U8;
+  if (op == TRAINRT_OP_OPTIMIZER_STEP) return dtype == TRAINRT_F32 ? 1 : 0;
   return flt ? 1 : 0;
 }
 
@@ -196,19 +197,28 @@ int cpu_pointwise_loss(std::int32_t, const trainrt_pointwise_loss_args* a) {
   return report(cpu::kernels().pointwise_loss(a, &e), e);
 }
 
-int cpu_not_yet(const char* slot) {
-  return set_error(fmt::format("{}: not implemented on the CPU backend yet", slot));
+/// Status of the optimizer-family kernels: 1 = unsupported arguments, 2 = out of memory.
+int optim_status(int rc, const char* slot) {
+  if (rc == 0) return 0;
+  if (rc == 2) return set_error(fmt::format("{}: out of host memory", slot));
+  return set_error(fmt::format("{}: unsupported dtype or arguments", slot));
 }
-int cpu_optimizer_step(std::int32_t, const trainrt_optim_step_args*) {
-  return cpu_not_yet("optimizer_step");
+
+int cpu_optimizer_step(std::int32_t, const trainrt_optim_step_args* a) {
+  return optim_status(cpu::kernels().optimizer_step(a), "optimizer_step");
 }
-int cpu_multi_tensor_norm(std::int32_t, const trainrt_multi_tensor_norm_args*) {
-  return cpu_not_yet("multi_tensor_norm");
+
+int cpu_multi_tensor_norm(std::int32_t, const trainrt_multi_tensor_norm_args* a) {
+  return optim_status(cpu::kernels().multi_tensor_norm(a), "multi_tensor_norm");
 }
-int cpu_multi_tensor_scale(std::int32_t, const trainrt_multi_tensor_scale_args*) {
-  return cpu_not_yet("multi_tensor_scale");
+
+int cpu_multi_tensor_scale(std::int32_t, const trainrt_multi_tensor_scale_args* a) {
+  return optim_status(cpu::kernels().multi_tensor_scale(a), "multi_tensor_scale");
 }
-int cpu_amp(std::int32_t, const trainrt_amp_args*) { return cpu_not_yet("amp"); }
+
+int cpu_amp(std::int32_t, const trainrt_amp_args* a) {
+  return optim_status(cpu::kernels().amp(a), "amp");
+}
 
 }  // namespace
 

@@ -1,0 +1,546 @@
+// OpenMP CPU kernels of the optimizer family: the fused optimizer step, the multi-tensor norm /
+// non-finite check, the multi-tensor scale / clamp, and the loss-scale update.
+//
+// Contract. Every call flattens its tensor list into fixed-size chunks (kChunk elements, a
+// chunk never spans two tensors) and runs one `omp parallel for schedule(static)` over that
+// list, so 200 small tensors split across threads as well as one large one. Inside a chunk the
+// loop is `omp simd` over contiguous f32 arrays, with the per-element math of
+// kernels/common/optim.h inlined:
+//   - optimizer step: one pass per element over param, grad and state (read p, g, state; write
+//     p, state; plus the low-precision model copy in the same pass). LAMB needs per-tensor
+//     norms of p and of the update u before it can apply anything, so it makes two passes and
+//     recomputes u in the second from the stored moments (the grads are never overwritten);
+//   - norm: one read pass; each chunk writes its partial (sum |x|^p in double, max |x|, a
+//     non-finite flag) into its own slot; the partials are then reduced in chunk order by one
+//     thread. No atomics: the result is the same for every thread count, run after run;
+//   - nothing allocates per element; the chunk list and partials are one malloc per call.
+// Skipping: when the grad scalars block says found_inf, the step returns before touching
+// anything.
+//
+// Compiled once per ISA level (see cpu_dispatch.cpp): no C++ library types here.
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "../common/half.h"
+#include "../common/optim.h"
+#include "cpu_kernels.h"
+
+namespace trainrt {
+namespace TRAINRT_KNS {
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;  // 16K elements: 64 KiB per f32 array
+
+struct Chunk {
+  int64_t tensor;
+  int64_t begin;
+  int64_t len;
+};
+
+/// The flattened chunk list of a tensor list (malloc'd; NULL when there are no elements).
+Chunk* make_chunks(int64_t n_tensors, const int64_t* numels, int64_t* n_chunks, int64_t* total) {
+  int64_t n = 0, tot = 0;
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    n += (numels[t] + kChunk - 1) / kChunk;
+    tot += numels[t];
+  }
+  *n_chunks = n;
+  *total = tot;
+  if (n == 0) return nullptr;
+  Chunk* c = (Chunk*)malloc((size_t)n * sizeof(Chunk));
+  if (c == nullptr) return nullptr;
+  int64_t k = 0;
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    for (int64_t b = 0; b < numels[t]; b += kChunk) {
+      c[k].tensor = t;
+      c[k].begin = b;
+      c[k].len = numels[t] - b < kChunk ? numels[t] - b : kChunk;
+      ++k;
+    }
+  }
+  return c;
+}
+
+/// Rounds n updated params into the model copy (f16 or bf16).
+void write_model_copy(const float* p, void* copy, int32_t dtype, int64_t n) {
+  if (dtype == TRAINRT_BF16) {
+    bf16_t* d = (bf16_t*)copy;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) d[i].bits = float_to_bf16_bits(p[i]);
+  } else {
+    f16_t* d = (f16_t*)copy;
+    for (int64_t i = 0; i < n; ++i) d[i].bits = float_to_f16_bits(p[i]);
+  }
+}
+
+/// Runs fn(tensor index, begin, len) over every chunk of the step's tensors, in parallel, and
+/// writes the model copies of each chunk right after it (while it is in cache).
+template <class F>
+int for_each_step_chunk(const trainrt_optim_step_args* a, F fn) {
+  int64_t n_chunks = 0, total = 0;
+  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
+  if (n_chunks > 0 && chunks == nullptr) return 2;
+#pragma omp parallel for schedule(static) if (total > kChunk)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const Chunk ch = chunks[c];
+    fn(ch.tensor, ch.begin, ch.len);
+    if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
+      const float* p = (const float*)a->params[ch.tensor] + ch.begin;
+      void* d = (char*)a->model_copies[ch.tensor] + ch.begin * 2;
+      write_model_copy(p, d, a->model_dtype, ch.len);
+    }
+  }
+  free(chunks);
+  return 0;
+}
+
+float* fptr(void* const* list, int64_t t, int64_t begin) {
+  return list == nullptr ? nullptr : (float*)list[t] + begin;
+}
+
+// ---- per-algorithm chunk loops ------------------------------------------------------------
+
+template <bool kL2, bool kMomentum, bool kNesterov>
+int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    float* p = fptr(a->params, t, b);
+    const float* g = (const float*)a->grads[t] + b;
+    float* buf = kMomentum ? fptr(a->states[0], t, b) : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], bi = kMomentum ? buf[i] : 0.0f;
+      sgd_update<kL2, kMomentum, kNesterov>(pi, effective_grad<false>(g[i], gm), bi, s);
+      p[i] = pi;
+      if (kMomentum) buf[i] = bi;
+    }
+  });
+}
+
+template <bool kL2, bool kDecoupled, bool kAmsgrad>
+int adam_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    float* p = fptr(a->params, t, b);
+    const float* g = (const float*)a->grads[t] + b;
+    float* m = fptr(a->states[0], t, b);
+    float* v = fptr(a->states[1], t, b);
+    float* vmax = kAmsgrad ? fptr(a->states[2], t, b) : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], mi = m[i], vi = v[i], wi = kAmsgrad ? vmax[i] : 0.0f;
+      adam_update<kL2, kDecoupled, kAmsgrad>(pi, effective_grad<false>(g[i], gm), mi, vi, wi, s);
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
+      if (kAmsgrad) vmax[i] = wi;
+    }
+  });
+}
+
+template <bool kL2, bool kCentered, bool kMomentum>
+int rmsprop_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    float* p = fptr(a->params, t, b);
+    const float* g = (const float*)a->grads[t] + b;
+    float* sq = fptr(a->states[0], t, b);
+    float* buf = kMomentum ? fptr(a->states[1], t, b) : nullptr;
+    float* ga = kCentered ? fptr(a->states[2], t, b) : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], si = sq[i], bi = kMomentum ? buf[i] : 0.0f, ai = kCentered ? ga[i] : 0.0f;
+      rmsprop_update<kL2, kCentered, kMomentum>(pi, effective_grad<false>(g[i], gm), si, bi, ai, s);
+      p[i] = pi;
+      sq[i] = si;
+      if (kMomentum) buf[i] = bi;
+      if (kCentered) ga[i] = ai;
+    }
+  });
+}
+
+template <bool kL2>
+int adagrad_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    float* p = fptr(a->params, t, b);
+    const float* g = (const float*)a->grads[t] + b;
+    float* sum = fptr(a->states[0], t, b);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], si = sum[i];
+      adagrad_update<kL2>(pi, effective_grad<false>(g[i], gm), si, s);
+      p[i] = pi;
+      sum[i] = si;
+    }
+  });
+}
+
+template <bool kL2, bool kDecoupled, bool kRectified>
+int radam_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    float* p = fptr(a->params, t, b);
+    const float* g = (const float*)a->grads[t] + b;
+    float* m = fptr(a->states[0], t, b);
+    float* v = fptr(a->states[1], t, b);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], mi = m[i], vi = v[i];
+      radam_update<kL2, kDecoupled, kRectified>(pi, effective_grad<false>(g[i], gm), mi, vi, s);
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
+    }
+  });
+}
+
+/// LAMB: pass 1 updates the moments and collects per-chunk sums of p^2 and u^2; the per-tensor
+/// norms are reduced in chunk order; pass 2 recomputes u and applies p -= ratio * u.
+int lamb_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+  int64_t n_chunks = 0, total = 0;
+  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
+  if (n_chunks == 0) return 0;
+  double* part = (double*)malloc((size_t)n_chunks * 2 * sizeof(double));
+  float* norms = (float*)malloc((size_t)a->n_tensors * 2 * sizeof(float));
+  if (chunks == nullptr || part == nullptr || norms == nullptr) {
+    free(chunks);
+    free(part);
+    free(norms);
+    return 2;
+  }
+  const float divisor = lamb_grad_divisor(a->global_grad_norm ? *a->global_grad_norm : 0.0f, s);
+  const bool nvlamb = (a->flags & TRAINRT_OPTIM_NVLAMB) != 0;
+#pragma omp parallel if (total > kChunk)
+  {
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const Chunk ch = chunks[c];
+      const float* p = fptr(a->params, ch.tensor, ch.begin);
+      const float* g = (const float*)a->grads[ch.tensor] + ch.begin;
+      float* m = fptr(a->states[0], ch.tensor, ch.begin);
+      float* v = fptr(a->states[1], ch.tensor, ch.begin);
+      double pn = 0.0, un = 0.0;
+#pragma omp simd reduction(+ : pn, un)
+      for (int64_t i = 0; i < ch.len; ++i) {
+        float mi = m[i], vi = v[i];
+        const float u = lamb_stage1(p[i], effective_grad<false>(g[i], gm), mi, vi, divisor, s);
+        m[i] = mi;
+        v[i] = vi;
+        pn += (double)p[i] * (double)p[i];
+        un += (double)u * (double)u;
+      }
+      part[2 * c] = pn;
+      part[2 * c + 1] = un;
+    }
+#pragma omp single
+    {
+      int64_t c = 0;
+      for (int64_t t = 0; t < a->n_tensors; ++t) {
+        double pn = 0.0, un = 0.0;
+        for (; c < n_chunks && chunks[c].tensor == t; ++c) {
+          pn += part[2 * c];
+          un += part[2 * c + 1];
+        }
+        norms[2 * t] = (float)sqrt(pn);
+        norms[2 * t + 1] = (float)sqrt(un);
+      }
+    }  // implicit barrier
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const Chunk ch = chunks[c];
+      float* p = fptr(a->params, ch.tensor, ch.begin);
+      const float* m = fptr(a->states[0], ch.tensor, ch.begin);
+      const float* v = fptr(a->states[1], ch.tensor, ch.begin);
+      const float ratio = lamb_ratio(norms[2 * ch.tensor], norms[2 * ch.tensor + 1], nvlamb, s);
+#pragma omp simd
+      for (int64_t i = 0; i < ch.len; ++i)
+        p[i] = p[i] - ratio * lamb_update_of(p[i], m[i], v[i], s);
+      if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
+        write_model_copy(p, (char*)a->model_copies[ch.tensor] + ch.begin * 2, a->model_dtype,
+                         ch.len);
+      }
+    }
+  }
+  free(chunks);
+  free(part);
+  free(norms);
+  return 0;
+}
+
+// ---- multi-tensor norm --------------------------------------------------------------------
+
+struct NormPartial {
+  double sum;       // sum |x|^p
+  float max;        // max |x| ignoring NaN
+  float nonfinite;  // NaN when some raw value is inf or NaN, else 0
+  int32_t has_nan;  // some x is NaN (inf norm only)
+  int32_t pad;
+};
+
+enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 4 };
+
+template <int kKind, class T>
+NormPartial norm_chunk(const T* v, int64_t n, float inv, float clip, bool scaled, double p) {
+  using A = typename acc_type<T>::type;
+  NormPartial r{0.0, 0.0f, 0.0f, 0, 0};
+  double sum = 0.0;
+  A mx = A(0);
+  A nf = A(0);
+  const A ai = (A)inv, ac = (A)clip;
+#pragma omp simd reduction(+ : sum, nf) reduction(max : mx)
+  for (int64_t i = 0; i < n; ++i) {
+    const A raw = load<A>(v, i);
+    const A x = scaled ? (raw * ai) * ac : raw;
+    const A ax = x < A(0) ? -x : x;
+    nf += raw - raw;
+    if (kKind == kNormL1) sum += (double)ax;
+    if (kKind == kNormL2) sum += (double)ax * (double)ax;
+    if (kKind == kNormP) sum += pow((double)ax, p);
+    if (kKind == kNormInf) mx = ax > mx ? ax : mx;
+  }
+  r.sum = sum;
+  r.max = (float)mx;
+  r.nonfinite = (float)nf;
+  if (kKind == kNormInf && nf != nf) {  // rare: is some x NaN (not only inf)?
+    for (int64_t i = 0; i < n; ++i) {
+      const A raw = load<A>(v, i);
+      const A x = scaled ? (raw * ai) * ac : raw;
+      if (x != x) {
+        r.has_nan = 1;
+        break;
+      }
+    }
+  }
+  return r;
+}
+
+template <int kKind>
+NormPartial norm_chunk_any(const void* base, int32_t dtype, int64_t begin, int64_t n, float inv,
+                           float clip, bool scaled, double p) {
+  switch (dtype) {
+    case TRAINRT_F32: return norm_chunk<kKind>((const float*)base + begin, n, inv, clip, scaled, p);
+    case TRAINRT_F64:
+      return norm_chunk<kKind>((const double*)base + begin, n, inv, clip, scaled, p);
+    case TRAINRT_F16: return norm_chunk<kKind>((const f16_t*)base + begin, n, inv, clip, scaled, p);
+    default: return norm_chunk<kKind>((const bf16_t*)base + begin, n, inv, clip, scaled, p);
+  }
+}
+
+template <int kKind>
+void norm_chunks(const trainrt_multi_tensor_norm_args* a, const Chunk* chunks, int64_t n_chunks,
+                 int64_t total, NormPartial* part) {
+  const GradMul gm = load_grad_mul(a->grad_scalars);
+  const bool scaled = a->grad_scalars != nullptr;
+  const double p = a->norm_type;
+#pragma omp parallel for schedule(static) if (total > kChunk)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const Chunk ch = chunks[c];
+    part[c] = norm_chunk_any<kKind>(a->tensors[ch.tensor], a->dtypes[ch.tensor], ch.begin, ch.len,
+                                    gm.inv_scale, gm.clip_coef, scaled, p);
+  }
+}
+
+bool float_dtype(int32_t d) {
+  return d == TRAINRT_F32 || d == TRAINRT_F64 || d == TRAINRT_F16 || d == TRAINRT_BF16;
+}
+
+// ---- multi-tensor scale / clamp -----------------------------------------------------------
+
+template <class T>
+void scale_chunk(T* v, int64_t n, bool use_gs, float inv, float clip, bool use_s, float sc,
+                 bool clamp, double lo, double hi) {
+  using A = typename acc_type<T>::type;
+  const A ai = (A)inv, ac = (A)clip, as = (A)sc, alo = (A)lo, ahi = (A)hi;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    A x = load<A>(v, i);
+    if (use_gs) x = (x * ai) * ac;
+    if (use_s) x = x * as;
+    if (clamp) x = x < alo ? alo : (x > ahi ? ahi : x);
+    store<A>(v, i, x);
+  }
+}
+
+}  // namespace
+
+int cpu_optimizer_step(const trainrt_optim_step_args* a) {
+  if (a->param_dtype != TRAINRT_F32 || a->grad_dtype != TRAINRT_F32) return 1;
+  if (a->model_copies != nullptr && a->model_dtype != TRAINRT_F16 &&
+      a->model_dtype != TRAINRT_BF16) {
+    return 1;
+  }
+  if (step_skipped(a->grad_scalars)) return 0;
+  const OptimScalars s = load_optim_scalars(a->scalars);
+  GradMul gm = load_grad_mul(a->grad_scalars);
+  // maximize folds into the sign of the clip coefficient: (g * inv) * (-clip) = -g_eff exactly.
+  if (a->flags & TRAINRT_OPTIM_MAXIMIZE) gm.clip_coef = -gm.clip_coef;
+  const uint32_t f = a->flags;
+  const bool l2 = (f & TRAINRT_OPTIM_L2) != 0, dec = (f & TRAINRT_OPTIM_DECOUPLED) != 0;
+  const bool mom = (f & TRAINRT_OPTIM_MOMENTUM) != 0;
+  switch (a->algo) {
+    case TRAINRT_OPTIM_SGD: {
+      const bool nes = (f & TRAINRT_OPTIM_NESTEROV) != 0;
+      if (!mom)
+        return l2 ? sgd_step<true, false, false>(a, s, gm)
+                  : sgd_step<false, false, false>(a, s, gm);
+      if (nes)
+        return l2 ? sgd_step<true, true, true>(a, s, gm) : sgd_step<false, true, true>(a, s, gm);
+      return l2 ? sgd_step<true, true, false>(a, s, gm) : sgd_step<false, true, false>(a, s, gm);
+    }
+    case TRAINRT_OPTIM_ADAM: {
+      const bool ams = (f & TRAINRT_OPTIM_AMSGRAD) != 0;
+      if (dec)
+        return ams ? adam_step<false, true, true>(a, s, gm)
+                   : adam_step<false, true, false>(a, s, gm);
+      if (l2)
+        return ams ? adam_step<true, false, true>(a, s, gm)
+                   : adam_step<true, false, false>(a, s, gm);
+      return ams ? adam_step<false, false, true>(a, s, gm)
+                 : adam_step<false, false, false>(a, s, gm);
+    }
+    case TRAINRT_OPTIM_RMSPROP: {
+      const bool cen = (f & TRAINRT_OPTIM_CENTERED) != 0;
+      if (l2) {
+        if (cen)
+          return mom ? rmsprop_step<true, true, true>(a, s, gm)
+                     : rmsprop_step<true, true, false>(a, s, gm);
+        return mom ? rmsprop_step<true, false, true>(a, s, gm)
+                   : rmsprop_step<true, false, false>(a, s, gm);
+      }
+      if (cen)
+        return mom ? rmsprop_step<false, true, true>(a, s, gm)
+                   : rmsprop_step<false, true, false>(a, s, gm);
+      return mom ? rmsprop_step<false, false, true>(a, s, gm)
+                 : rmsprop_step<false, false, false>(a, s, gm);
+    }
+    case TRAINRT_OPTIM_ADAGRAD:
+      return l2 ? adagrad_step<true>(a, s, gm) : adagrad_step<false>(a, s, gm);
+    case TRAINRT_OPTIM_RADAM: {
+      const bool rect = s.rect > 0.0f;
+      if (dec)
+        return rect ? radam_step<false, true, true>(a, s, gm)
+                    : radam_step<false, true, false>(a, s, gm);
+      if (l2)
+        return rect ? radam_step<true, false, true>(a, s, gm)
+                    : radam_step<true, false, false>(a, s, gm);
+      return rect ? radam_step<false, false, true>(a, s, gm)
+                  : radam_step<false, false, false>(a, s, gm);
+    }
+    case TRAINRT_OPTIM_LAMB: return lamb_step(a, s, gm);
+    default: return 1;
+  }
+}
+
+int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a) {
+  for (int64_t t = 0; t < a->n_tensors; ++t)
+    if (!float_dtype(a->dtypes[t])) return 1;
+  const double p = a->norm_type;
+  if (!(p == 0.0 || p > 0.0)) return 1;
+  int64_t n_chunks = 0, total = 0;
+  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
+  NormPartial* part =
+      n_chunks > 0 ? (NormPartial*)malloc((size_t)n_chunks * sizeof(NormPartial)) : nullptr;
+  if (n_chunks > 0 && (chunks == nullptr || part == nullptr)) {
+    free(chunks);
+    free(part);
+    return 2;
+  }
+  const int kind = p == 0.0   ? kNormNone
+                   : p == 1.0 ? kNormL1
+                   : p == 2.0 ? kNormL2
+                   : isinf(p) ? kNormInf
+                              : kNormP;
+  switch (kind) {
+    case kNormNone: norm_chunks<kNormNone>(a, chunks, n_chunks, total, part); break;
+    case kNormL1: norm_chunks<kNormL1>(a, chunks, n_chunks, total, part); break;
+    case kNormL2: norm_chunks<kNormL2>(a, chunks, n_chunks, total, part); break;
+    case kNormInf: norm_chunks<kNormInf>(a, chunks, n_chunks, total, part); break;
+    default: norm_chunks<kNormP>(a, chunks, n_chunks, total, part); break;
+  }
+  // Fixed-order reduction of the chunk partials.
+  double sum = 0.0;
+  float mx = 0.0f;
+  bool nonfinite = false, has_nan = false;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    sum += part[c].sum;
+    mx = part[c].max > mx ? part[c].max : mx;
+    if (part[c].nonfinite != 0.0f) nonfinite = true;  // NaN != 0
+    if (part[c].has_nan) has_nan = true;
+  }
+  free(chunks);
+  free(part);
+  float total_norm = 0.0f;
+  if (kind == kNormInf) {
+    total_norm = has_nan ? NAN : mx;
+  } else if (kind == kNormL1) {
+    total_norm = (float)sum;
+  } else if (kind == kNormL2) {
+    total_norm = (float)sqrt(sum);
+  } else if (kind == kNormP) {
+    total_norm = (float)pow(sum, 1.0 / p);
+  }
+  if (a->total_norm != nullptr) *a->total_norm = total_norm;
+  if (a->found_inf != nullptr && nonfinite) *a->found_inf = 1.0f;
+  if (a->max_norm > 0.0 && a->grad_scalars != nullptr && kind != kNormNone) {
+    a->grad_scalars[TRAINRT_GS_CLIP_COEF] *= clip_coefficient(total_norm, (float)a->max_norm);
+  }
+  return 0;
+}
+
+int cpu_multi_tensor_scale(const trainrt_multi_tensor_scale_args* a) {
+  for (int64_t t = 0; t < a->n_tensors; ++t)
+    if (!float_dtype(a->dtypes[t])) return 1;
+  const GradMul gm = load_grad_mul(a->grad_scalars);
+  const bool use_gs = a->grad_scalars != nullptr && (gm.inv_scale != 1.0f || gm.clip_coef != 1.0f);
+  const float sc = a->scale != nullptr ? *a->scale : 1.0f;
+  const bool use_s = a->scale != nullptr && sc != 1.0f;
+  const bool clamp =
+      !(isinf(a->clamp_lo) && a->clamp_lo < 0 && isinf(a->clamp_hi) && a->clamp_hi > 0);
+  // Multiplying by exactly 1 changes no value: skip the write pass.
+  if (!use_gs && !use_s && !clamp) return 0;
+  int64_t n_chunks = 0, total = 0;
+  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
+  if (n_chunks > 0 && chunks == nullptr) return 2;
+#pragma omp parallel for schedule(static) if (total > kChunk)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const Chunk ch = chunks[c];
+    void* base = a->tensors[ch.tensor];
+    switch (a->dtypes[ch.tensor]) {
+      case TRAINRT_F32:
+        scale_chunk((float*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
+                    clamp, a->clamp_lo, a->clamp_hi);
+        break;
+      case TRAINRT_F64:
+        scale_chunk((double*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
+                    clamp, a->clamp_lo, a->clamp_hi);
+        break;
+      case TRAINRT_F16:
+        scale_chunk((f16_t*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
+                    clamp, a->clamp_lo, a->clamp_hi);
+        break;
+      default:
+        scale_chunk((bf16_t*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
+                    clamp, a->clamp_lo, a->clamp_hi);
+        break;
+    }
+  }
+  free(chunks);
+  return 0;
+}
+
+int cpu_amp(const trainrt_amp_args* a) {
+  if (a->op == TRAINRT_AMP_BEGIN_UNSCALE) {
+    a->grad_scalars[TRAINRT_GS_INV_SCALE] = (float)(1.0 / (double)*a->scale);
+    a->grad_scalars[TRAINRT_GS_FOUND_INF] = 0.0f;
+    return 0;
+  }
+  if (a->op == TRAINRT_AMP_UPDATE_SCALE) {
+    bool found = false;
+    for (int32_t i = 0; i < a->n_found_infs; ++i)
+      if (*a->found_infs[i] != 0.0f) found = true;
+    amp_update_scale(*a->scale, *a->growth_tracker, found, a->growth_factor, a->backoff_factor,
+                     a->growth_interval);
+    return 0;
+  }
+  return 1;
+}
+
+}  // namespace TRAINRT_KNS
+}  // namespace trainrt
