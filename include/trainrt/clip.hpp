@@ -1,0 +1,47 @@
+// Gradient clipping (torch.nn.utils.clip_grad_norm_ / clip_grad_value_ semantics).
+//
+// The total norm is one deterministic multi-tensor read pass (per-chunk partials reduced in a
+// fixed order; sums of |g|^p accumulate in double, so 2e22 does not overflow an f32 grad's
+// norm), and it stays on the device: the result is a 0-d f32 tensor, read only if you call
+// item(). Two forms:
+//   clip_grad_norm_(params, ...)     PyTorch's: the grads are multiplied by the coefficient
+//                                    (a second, read-write pass; skipped when no clipping is
+//                                    needed on the CPU).
+//   clip_grad_norm_(optimizer, ...)  fused: the coefficient goes into the optimizer's device
+//                                    scalars and its next step() applies it in its own pass;
+//                                    the grad tensors are not rewritten. After
+//                                    GradScaler::unscale_(optimizer) this is the form to use
+//                                    (it also records the scaler's inf/NaN check in the same
+//                                    pass).
+#pragma once
+
+#include <vector>
+
+#include "trainrt/export.hpp"
+#include "trainrt/optim.hpp"
+#include "trainrt/parameter.hpp"
+#include "trainrt/tensor.hpp"
+
+namespace trainrt {
+
+/// Clips the grads of `params` (those that have one) so that their total norm is at most
+/// max_norm: coef = min(1, max_norm / (total + 1e-6)), every grad *= coef. norm_type is p > 0
+/// or INFINITY (max |g|). Returns the total norm before clipping (0-d f32 on the grads'
+/// device). Throws for max_norm <= 0, a bad norm_type, grads on different devices, grads of
+/// an optimizer with a pending GradScaler::unscale_, and, when error_if_nonfinite, a
+/// non-finite total (the grads are then unchanged).
+TRAINRT_API Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm,
+                                   double norm_type = 2.0, bool error_if_nonfinite = false);
+
+/// The fused form over every parameter of `optimizer` with a grad, as its step will see them
+/// (after a pending unscale). The coefficient is applied by the next step().
+TRAINRT_API Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm,
+                                   double norm_type = 2.0, bool error_if_nonfinite = false);
+
+/// The total norm of the grads of `params` without clipping.
+TRAINRT_API Tensor grad_norm(const std::vector<Parameter>& params, double norm_type = 2.0);
+
+/// Clamps every grad element to [-clip_value, clip_value] (NaN stays NaN). clip_value >= 0.
+TRAINRT_API void clip_grad_value_(const std::vector<Parameter>& params, double clip_value);
+
+}  // namespace trainrt

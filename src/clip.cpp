@@ -1,0 +1,195 @@
+// Gradient clipping front ends. The norm is one multi_tensor_norm pass (deterministic chunk
+// partials) that also computes the clip coefficient on the device; the parameter-list form then
+// scales the grads with multi_tensor_scale, the optimizer form leaves the coefficient in the
+// optimizer's grad scalars block for its next step. No host synchronisation unless
+// error_if_nonfinite asks for the total on the host.
+#include "trainrt/clip.hpp"
+
+#include <cmath>
+
+#include "checks.hpp"
+#include "optim_internal.hpp"
+
+namespace trainrt {
+namespace {
+
+using detail::fail;
+using detail::ParameterAccess;
+using detail::TensorList;
+
+void check_norm_type(double norm_type, const char* op) {
+  if (!(norm_type > 0.0)) {
+    fail("{}: norm_type must be > 0 (1, 2, any p) or inf, got {}", op, norm_type);
+  }
+}
+
+void check_max_norm(double max_norm, const char* op) {
+  if (!(max_norm > 0.0)) fail("{}: max_norm must be > 0, got {}", op, max_norm);
+}
+
+struct Grads {
+  TensorList list;
+  Device device;
+};
+
+/// The grads of `params` (those that have one), on one device, none with a pending unscale.
+Grads collect(const std::vector<Parameter>& params, const char* op) {
+  Grads g;
+  bool has_device = false;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].defined()) fail("{}: parameter {} is undefined", op, i);
+    const detail::ParameterImpl& p = ParameterAccess::impl(params[i]);
+    if (!p.grad.defined()) continue;
+    if (p.pending_unscale != nullptr) {
+      fail(
+          "{}: the grad of parameter {} is still scaled: GradScaler::unscale_(optimizer) folds "
+          "1/scale into that optimizer's step; use clip_grad_norm_(optimizer, ...) instead",
+          op, i);
+    }
+    if (!is_floating(p.grad.dtype())) {
+      fail("{}: the grad of parameter {} must be floating, got {}", op, i,
+           dtype_name(p.grad.dtype()));
+    }
+    if (!has_device) {
+      g.device = p.grad.device();
+      has_device = true;
+    } else if (p.grad.device() != g.device) {
+      fail(
+          "{}: the grad of parameter {} is on {} but an earlier one is on {}: all grads must be "
+          "on one device",
+          op, i, p.grad.device().str(), g.device.str());
+    }
+    g.list.add(p.grad);
+  }
+  return g;
+}
+
+Tensor zero_norm(const std::vector<Parameter>& params) {
+  Device d = Device::cpu();
+  for (const Parameter& p : params) {
+    if (p.defined()) {
+      d = p.value().device();
+      break;
+    }
+  }
+  return Tensor::zeros({}, DType::f32, d);
+}
+
+/// One norm pass. grad_scalars: read for the multipliers and, with max_norm > 0, receives the
+/// clip coefficient; found_inf: optional.
+void norm_pass(const Grads& g, double norm_type, float* grad_scalars, double max_norm, float* total,
+               float* found_inf, const char* op) {
+  const trainrt_backend_v1& api = detail::backend_for(g.device);
+  trainrt_multi_tensor_norm_args a{};
+  a.n_tensors = static_cast<std::int64_t>(g.list.size());
+  a.tensors = g.list.ptrs.data();
+  a.dtypes = g.list.dtypes.data();
+  a.numels = g.list.numels.data();
+  a.norm_type = norm_type;
+  a.max_norm = max_norm;
+  a.grad_scalars = grad_scalars;
+  a.total_norm = total;
+  a.found_inf = found_inf;
+  detail::check_backend(api, api.multi_tensor_norm(g.device.index(), &a), op);
+}
+
+void check_finite_total(const Tensor& total, double norm_type, const char* op) {
+  const double t = total.item();
+  if (!std::isfinite(t)) {
+    fail(
+        "{}: the total norm of order {} of the gradients is non-finite ({}), so it cannot be "
+        "clipped; the grads are unchanged (pass error_if_nonfinite = false to scale them anyway)",
+        op, norm_type, t);
+  }
+}
+
+}  // namespace
+
+Tensor grad_norm(const std::vector<Parameter>& params, double norm_type) {
+  const char* op = "grad_norm";
+  check_norm_type(norm_type, op);
+  Grads g = collect(params, op);
+  if (g.list.size() == 0) return zero_norm(params);
+  Tensor total = Tensor::empty({}, DType::f32, g.device);
+  norm_pass(g, norm_type, nullptr, 0.0, static_cast<float*>(total.data()), nullptr, op);
+  return total;
+}
+
+Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm, double norm_type,
+                       bool error_if_nonfinite) {
+  const char* op = "clip_grad_norm_";
+  check_max_norm(max_norm, op);
+  check_norm_type(norm_type, op);
+  Grads g = collect(params, op);
+  if (g.list.size() == 0) return zero_norm(params);
+  // A private grad scalars block {1, 1, 0, 0} receives the coefficient.
+  Tensor block =
+      Tensor::from_vector(std::vector<float>{1.0f, 1.0f, 0.0f, 0.0f}, {TRAINRT_GS_COUNT}, g.device);
+  float* gs = static_cast<float*>(block.data());
+  Tensor total = Tensor::empty({}, DType::f32, g.device);
+  norm_pass(g, norm_type, gs, max_norm, static_cast<float*>(total.data()), nullptr, op);
+  if (error_if_nonfinite) check_finite_total(total, norm_type, op);
+  const trainrt_backend_v1& api = detail::backend_for(g.device);
+  trainrt_multi_tensor_scale_args s{};
+  s.n_tensors = static_cast<std::int64_t>(g.list.size());
+  s.tensors = g.list.ptrs.data();
+  s.dtypes = g.list.dtypes.data();
+  s.numels = g.list.numels.data();
+  s.scale = gs + TRAINRT_GS_CLIP_COEF;
+  s.clamp_lo = -INFINITY;
+  s.clamp_hi = INFINITY;
+  detail::check_backend(api, api.multi_tensor_scale(g.device.index(), &s), op);
+  return total;
+}
+
+Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm_type,
+                       bool error_if_nonfinite) {
+  const char* op = "clip_grad_norm_(optimizer)";
+  check_max_norm(max_norm, op);
+  check_norm_type(norm_type, op);
+  detail::OptimizerImpl& I = detail::OptimizerAccess::impl(optimizer);
+  Grads g;
+  g.list = detail::OptimizerAccess::grads(I);
+  g.device = I.device;
+  if (g.list.size() == 0) return zero_norm(detail::OptimizerAccess::params(I));
+  const bool was_active = I.gs_active;
+  float* gs = detail::OptimizerAccess::activate_grad_scalars(I);
+  float saved[TRAINRT_GS_COUNT] = {1.0f, 1.0f, 0.0f, 0.0f};
+  if (error_if_nonfinite) {
+    Tensor host = I.grad_scalars.to(Device::cpu());
+    for (int i = 0; i < TRAINRT_GS_COUNT; ++i) saved[i] = static_cast<const float*>(host.data())[i];
+  }
+  Tensor total = Tensor::empty({}, DType::f32, g.device);
+  // A pending GradScaler check runs in this same read pass.
+  float* found_inf = I.check_pending ? gs + TRAINRT_GS_FOUND_INF : nullptr;
+  norm_pass(g, norm_type, gs, max_norm, static_cast<float*>(total.data()), found_inf, op);
+  if (error_if_nonfinite) {
+    try {
+      check_finite_total(total, norm_type, op);
+    } catch (...) {
+      detail::write_device_floats(I.device, gs, saved, TRAINRT_GS_COUNT);  // undo the pass
+      I.gs_active = was_active;
+      throw;
+    }
+  }
+  I.check_pending = false;
+  return total;
+}
+
+void clip_grad_value_(const std::vector<Parameter>& params, double clip_value) {
+  const char* op = "clip_grad_value_";
+  if (!(clip_value >= 0.0)) fail("{}: clip_value must be >= 0, got {}", op, clip_value);
+  Grads g = collect(params, op);
+  if (g.list.size() == 0) return;
+  const trainrt_backend_v1& api = detail::backend_for(g.device);
+  trainrt_multi_tensor_scale_args s{};
+  s.n_tensors = static_cast<std::int64_t>(g.list.size());
+  s.tensors = g.list.ptrs.data();
+  s.dtypes = g.list.dtypes.data();
+  s.numels = g.list.numels.data();
+  s.clamp_lo = -clip_value;
+  s.clamp_hi = clip_value;
+  detail::check_backend(api, api.multi_tensor_scale(g.device.index(), &s), op);
+}
+
+}  // namespace trainrt

@@ -1,0 +1,872 @@
+// Optimizer front end: hyperparameter checks, parameter groups, lazily created f32 state,
+// state_dict round trips, and the step: parameters with a grad are bucketed per group by
+// (step count, fresh momentum buffer, model-copy dtype), the per-step scalars of every bucket
+// are computed in double on the host and uploaded in one copy, and each bucket is one
+// optimizer_step call (one fused pass over all of its tensors).
+//
+// A pending GradScaler unscale / fused clip lives in the optimizer's grad scalars block. When
+// it is active the step's kernel reads it (and skips itself on found_inf); the host then reads
+// found_inf (one 4-byte copy) to know whether the step counts advance and whether the state
+// created for this step must be dropped, so a skipped step leaves no trace.
+#include "trainrt/optim.hpp"
+
+#include <cmath>
+#include <limits>
+#include <set>
+#include <tuple>
+
+#include "checks.hpp"
+#include "optim_internal.hpp"
+
+namespace trainrt {
+namespace detail {
+
+// ---- algorithms ----------------------------------------------------------------------------
+
+enum Algo : int { kSGD = 0, kAdam, kAdamW, kRMSprop, kAdagrad, kRAdam, kLAMB };
+
+using optim::HyperParams;
+
+struct AlgoSpec {
+  const char* name;
+  std::int32_t kernel_algo;
+  std::vector<const char*> flags;   // hyperparameters that are 0/1 flags
+  std::vector<const char*> states;  // state buffer names, by kernel list index ("" = unused)
+};
+
+const AlgoSpec& spec_of(int algo) {
+  static const AlgoSpec specs[] = {
+      {"SGD", TRAINRT_OPTIM_SGD, {"nesterov", "maximize"}, {"momentum_buffer"}},
+      {"Adam",
+       TRAINRT_OPTIM_ADAM,
+       {"amsgrad", "maximize"},
+       {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}},
+      {"AdamW",
+       TRAINRT_OPTIM_ADAM,
+       {"amsgrad", "maximize"},
+       {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}},
+      {"RMSprop",
+       TRAINRT_OPTIM_RMSPROP,
+       {"centered", "maximize"},
+       {"square_avg", "momentum_buffer", "grad_avg"}},
+      {"Adagrad", TRAINRT_OPTIM_ADAGRAD, {"maximize"}, {"sum"}},
+      {"RAdam",
+       TRAINRT_OPTIM_RADAM,
+       {"decoupled_weight_decay", "maximize"},
+       {"exp_avg", "exp_avg_sq"}},
+      {"LAMB", TRAINRT_OPTIM_LAMB, {"use_nvlamb"}, {"exp_avg", "exp_avg_sq"}},
+  };
+  if (algo < 0 || algo > kLAMB) fail("Optimizer: unknown algorithm {}", algo);
+  return specs[algo];
+}
+
+int algo_index(const AlgoSpec* s) {
+  for (int a = kSGD; a <= kLAMB; ++a)
+    if (&spec_of(a) == s) return a;
+  return -1;
+}
+
+bool flag(const HyperParams& h, const char* k) { return h.at(k) != 0.0; }
+
+/// Checks a complete set of hyperparameters; `where` names the group.
+void validate(const AlgoSpec& spec, const HyperParams& defaults, const HyperParams& h,
+              const std::string& where) {
+  const char* n = spec.name;
+  for (const auto& kv : h) {
+    if (defaults.count(kv.first) == 0) {
+      std::string known;
+      for (const auto& d : defaults) known += (known.empty() ? "" : ", ") + d.first;
+      fail("{}: unknown hyperparameter '{}' in {} (accepted: {})", n, kv.first, where, known);
+    }
+    if (!std::isfinite(kv.second)) {
+      fail("{}: {} must be finite in {}, got {}", n, kv.first, where, kv.second);
+    }
+  }
+  for (const auto& d : defaults) {
+    if (h.count(d.first) == 0) fail("{}: hyperparameter '{}' is missing in {}", n, d.first, where);
+  }
+  for (const char* f : spec.flags) {
+    const double v = h.at(f);
+    if (v != 0.0 && v != 1.0) fail("{}: {} is a flag (0 or 1) in {}, got {}", n, f, where, v);
+  }
+  auto nonneg = [&](const char* k) {
+    if (h.count(k) && !(h.at(k) >= 0.0))
+      fail("{}: {} must be >= 0 in {}, got {}", n, k, where, h.at(k));
+  };
+  auto beta = [&](const char* k) {
+    if (h.count(k) && !(h.at(k) >= 0.0 && h.at(k) < 1.0)) {
+      fail("{}: {} must be in [0, 1) in {}, got {}", n, k, where, h.at(k));
+    }
+  };
+  for (const char* k : {"lr", "eps", "weight_decay", "momentum", "alpha", "lr_decay",
+                        "initial_accumulator_value"}) {
+    nonneg(k);
+  }
+  beta("beta1");
+  beta("beta2");
+  if (h.count("max_grad_norm") && !(h.at("max_grad_norm") > 0.0)) {
+    fail("{}: max_grad_norm must be > 0 in {}, got {}", n, where, h.at("max_grad_norm"));
+  }
+  if (h.count("nesterov") && flag(h, "nesterov") &&
+      (h.at("momentum") <= 0.0 || h.at("dampening") != 0.0)) {
+    fail(
+        "{}: nesterov momentum requires a momentum > 0 and zero dampening in {} (momentum {}, "
+        "dampening {})",
+        n, where, h.at("momentum"), h.at("dampening"));
+  }
+}
+
+/// Which state lists a step needs for these hyperparameters.
+std::vector<bool> needed_states(int algo, const HyperParams& h) {
+  switch (algo) {
+    case kSGD: return {h.at("momentum") != 0.0};
+    case kAdam:
+    case kAdamW: return {true, true, flag(h, "amsgrad")};
+    case kRMSprop: return {true, h.at("momentum") > 0.0, flag(h, "centered")};
+    case kAdagrad: return {true};
+    default: return {true, true};
+  }
+}
+
+double state_initial_value(int algo, const HyperParams& h) {
+  return algo == kAdagrad ? h.at("initial_accumulator_value") : 0.0;
+}
+
+std::uint32_t kernel_flags(int algo, const HyperParams& h) {
+  std::uint32_t f = 0;
+  if (h.count("maximize") && flag(h, "maximize")) f |= TRAINRT_OPTIM_MAXIMIZE;
+  const double wd = h.count("weight_decay") ? h.at("weight_decay") : 0.0;
+  switch (algo) {
+    case kSGD:
+      if (wd != 0.0) f |= TRAINRT_OPTIM_L2;
+      if (h.at("momentum") != 0.0) f |= TRAINRT_OPTIM_MOMENTUM;
+      if (flag(h, "nesterov")) f |= TRAINRT_OPTIM_NESTEROV;
+      break;
+    case kAdam:
+      if (wd != 0.0) f |= TRAINRT_OPTIM_L2;
+      if (flag(h, "amsgrad")) f |= TRAINRT_OPTIM_AMSGRAD;
+      break;
+    case kAdamW:
+      f |= TRAINRT_OPTIM_DECOUPLED;
+      if (flag(h, "amsgrad")) f |= TRAINRT_OPTIM_AMSGRAD;
+      break;
+    case kRMSprop:
+      if (wd != 0.0) f |= TRAINRT_OPTIM_L2;
+      if (h.at("momentum") > 0.0) f |= TRAINRT_OPTIM_MOMENTUM;
+      if (flag(h, "centered")) f |= TRAINRT_OPTIM_CENTERED;
+      break;
+    case kAdagrad:
+      if (wd != 0.0) f |= TRAINRT_OPTIM_L2;
+      break;
+    case kRAdam:
+      if (wd != 0.0)
+        f |= flag(h, "decoupled_weight_decay") ? TRAINRT_OPTIM_DECOUPLED : TRAINRT_OPTIM_L2;
+      break;
+    case kLAMB:
+      if (flag(h, "use_nvlamb")) f |= TRAINRT_OPTIM_NVLAMB;
+      break;
+  }
+  return f;
+}
+
+/// The optimizer scalars block for step count t (after this step), each value computed in
+/// double and rounded once to f32, as PyTorch passes Python floats to its tensor ops.
+void fill_scalars(int algo, const HyperParams& h, std::int64_t t, bool fresh, float* s) {
+  for (int i = 0; i < TRAINRT_OS_COUNT; ++i) s[i] = 0.0f;
+  const double td = static_cast<double>(t);
+  const double lr = h.at("lr");
+  const double wd = h.count("weight_decay") ? h.at("weight_decay") : 0.0;
+  s[TRAINRT_OS_LR] = static_cast<float>(lr);
+  s[TRAINRT_OS_WEIGHT_DECAY] = static_cast<float>(wd);
+  s[TRAINRT_OS_DECAY] = static_cast<float>(1.0 - lr * wd);
+  if (h.count("eps")) s[TRAINRT_OS_EPS] = static_cast<float>(h.at("eps"));
+  if (h.count("beta1")) {
+    const double b1 = h.at("beta1"), b2 = h.at("beta2");
+    const double bc1 = 1.0 - std::pow(b1, td), bc2 = 1.0 - std::pow(b2, td);
+    s[TRAINRT_OS_BETA1] = static_cast<float>(b1);
+    s[TRAINRT_OS_OMB1] = static_cast<float>(1.0 - b1);
+    s[TRAINRT_OS_BETA2] = static_cast<float>(b2);
+    s[TRAINRT_OS_OMB2] = static_cast<float>(1.0 - b2);
+    s[TRAINRT_OS_BC1] = static_cast<float>(bc1);
+    s[TRAINRT_OS_BC2] = static_cast<float>(bc2);
+    s[TRAINRT_OS_BC2_SQRT] = static_cast<float>(std::sqrt(bc2));
+    s[TRAINRT_OS_STEP_SIZE] = static_cast<float>(lr / bc1);
+    if (algo == kRAdam) {
+      const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+      const double rho_t = rho_inf - 2.0 * td * std::pow(b2, td) / bc2;
+      s[TRAINRT_OS_RECT] =
+          rho_t > 5.0 ? static_cast<float>(std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                                     ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)))
+                      : 0.0f;
+    }
+  }
+  switch (algo) {
+    case kSGD: {
+      const double mom = h.at("momentum");
+      s[TRAINRT_OS_MOMENTUM] = static_cast<float>(mom);
+      s[TRAINRT_OS_BUF_SCALE] = fresh ? 0.0f : static_cast<float>(mom);
+      s[TRAINRT_OS_BUF_GAIN] = fresh ? 1.0f : static_cast<float>(1.0 - h.at("dampening"));
+      break;
+    }
+    case kRMSprop: {
+      const double a = h.at("alpha");
+      s[TRAINRT_OS_MOMENTUM] = static_cast<float>(h.at("momentum"));
+      s[TRAINRT_OS_BETA2] = static_cast<float>(a);
+      s[TRAINRT_OS_OMB2] = static_cast<float>(1.0 - a);
+      break;
+    }
+    case kAdagrad:
+      s[TRAINRT_OS_LR] = static_cast<float>(lr / (1.0 + (td - 1.0) * h.at("lr_decay")));
+      break;
+    case kLAMB: s[TRAINRT_OS_MAX_GRAD_NORM] = static_cast<float>(h.at("max_grad_norm")); break;
+    default: break;
+  }
+}
+
+// ---- device helpers --------------------------------------------------------------------------
+
+float read_device_float(Device device, const float* p) {
+  const trainrt_backend_v1& api = backend_for(device);
+  float v = 0.0f;
+  check_backend(api, api.copy(device.index(), &v, p, sizeof v, TRAINRT_COPY_D2H),
+                "reading a device scalar");
+  return v;
+}
+
+void write_device_floats(Device device, float* dst, const float* src, std::size_t n) {
+  const trainrt_backend_v1& api = backend_for(device);
+  check_backend(api, api.copy(device.index(), dst, src, n * sizeof(float), TRAINRT_COPY_H2D),
+                "writing device scalars");
+}
+
+float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
+  if (!o.grad_scalars.defined())
+    o.grad_scalars = Tensor::empty({TRAINRT_GS_COUNT}, DType::f32, o.device);
+  float* gs = static_cast<float*>(o.grad_scalars.data());
+  if (!o.gs_active) {
+    const float init[TRAINRT_GS_COUNT] = {1.0f, 1.0f, 0.0f, 0.0f};
+    write_device_floats(o.device, gs, init, TRAINRT_GS_COUNT);
+    o.gs_active = true;
+  }
+  return gs;
+}
+
+TensorList OptimizerAccess::grads(const OptimizerImpl& o) {
+  TensorList l;
+  for (const ParamSlot& s : o.slots) {
+    const ParameterImpl& p = ParameterAccess::impl(s.param);
+    if (p.grad.defined()) l.add(p.grad);
+  }
+  return l;
+}
+
+std::vector<Parameter> OptimizerAccess::params(const OptimizerImpl& o) {
+  std::vector<Parameter> v;
+  for (const ParamSlot& s : o.slots) v.push_back(s.param);
+  return v;
+}
+
+void OptimizerAccess::mark_pending_unscale(OptimizerImpl& o, bool pending) {
+  for (ParamSlot& s : o.slots) {
+    ParameterImpl& p = ParameterAccess::impl(s.param);
+    if (pending && p.grad.defined()) {
+      p.pending_unscale = &o;
+    } else if (!pending && p.pending_unscale == &o) {
+      p.pending_unscale = nullptr;
+    }
+  }
+}
+
+}  // namespace detail
+
+namespace optim {
+
+using detail::fail;
+using detail::OptimizerImpl;
+using detail::ParameterAccess;
+using detail::ParameterImpl;
+using detail::ParamSlot;
+
+namespace {
+
+int algo_of(const OptimizerImpl& I) { return detail::algo_index(I.spec); }
+
+std::string group_where(std::size_t g) { return fmt::format("param group {}", g); }
+
+}  // namespace
+
+Optimizer::Optimizer(int algorithm, std::vector<ParamGroup> groups, HyperParams defaults)
+    : impl_(std::make_unique<OptimizerImpl>()) {
+  impl_->spec = &detail::spec_of(algorithm);
+  detail::validate(*impl_->spec, defaults, defaults, "the defaults");
+  impl_->defaults = std::move(defaults);
+  for (const ParamGroup& g : groups) add_param_group(g);
+}
+
+Optimizer::~Optimizer() {
+  try {
+    detail::OptimizerAccess::mark_pending_unscale(*impl_, false);
+  } catch (...) {
+  }
+}
+
+const std::string& Optimizer::name() const {
+  static const std::string names[] = {"SGD",     "Adam",  "AdamW", "RMSprop",
+                                      "Adagrad", "RAdam", "LAMB"};
+  return names[algo_of(*impl_)];
+}
+
+const HyperParams& Optimizer::defaults() const { return impl_->defaults; }
+const std::vector<ParamGroup>& Optimizer::param_groups() const { return impl_->groups; }
+bool Optimizer::last_step_skipped() const { return impl_->last_skipped; }
+Device Optimizer::device() const { return impl_->has_device ? impl_->device : Device::cpu(); }
+
+void Optimizer::add_param_group(const ParamGroup& group) {
+  OptimizerImpl& I = *impl_;
+  const std::size_t g = I.groups.size();
+  const std::string where = group_where(g);
+  HyperParams h = I.defaults;
+  for (const auto& kv : group.options) h[kv.first] = kv.second;
+  detail::validate(*I.spec, I.defaults, h, where);
+
+  std::set<const ParameterImpl*> seen;
+  for (const ParamSlot& s : I.slots) seen.insert(&ParameterAccess::impl(s.param));
+  Device dev = I.device;
+  bool has_dev = I.has_device;
+  for (std::size_t i = 0; i < group.params.size(); ++i) {
+    const Parameter& p = group.params[i];
+    if (!p.defined()) fail("{}: parameter {} of {} is undefined", name(), i, where);
+    const ParameterImpl& pi = ParameterAccess::impl(p);
+    if (!seen.insert(&pi).second) {
+      // find where it already is
+      std::string other = "this group";
+      for (const ParamSlot& s : I.slots) {
+        if (&ParameterAccess::impl(s.param) == &pi) other = group_where(s.group);
+      }
+      fail("{}: parameter {} of {} already appears in {}: a parameter may be in one group only",
+           name(), i, where, other);
+    }
+    if (pi.value.dtype() != DType::f32) {
+      fail(
+          "{}: parameter {} of {} must be f32 (master weights; keep an f16/bf16 copy with "
+          "Parameter::set_model_copy), got {}",
+          name(), i, where, dtype_name(pi.value.dtype()));
+    }
+    if (!has_dev) {
+      dev = pi.value.device();
+      has_dev = true;
+    } else if (pi.value.device() != dev) {
+      fail(
+          "{}: parameter {} of {} is on {} but the other parameters are on {}: all parameters "
+          "of one optimizer must be on one device",
+          name(), i, where, pi.value.device().str(), dev.str());
+    }
+  }
+  // Commit.
+  I.device = dev;
+  I.has_device = has_dev;
+  I.groups.push_back(ParamGroup(group.params, h));
+  for (const Parameter& p : group.params) {
+    ParamSlot s;
+    s.param = p;
+    s.group = g;
+    I.slots.push_back(std::move(s));
+  }
+}
+
+double Optimizer::get(std::size_t group, const std::string& key) const {
+  if (group >= impl_->groups.size()) {
+    fail("{}: param group {} does not exist ({} groups)", name(), group, impl_->groups.size());
+  }
+  const HyperParams& h = impl_->groups[group].options;
+  auto it = h.find(key);
+  if (it == h.end()) fail("{}: unknown hyperparameter '{}'", name(), key);
+  return it->second;
+}
+
+void Optimizer::set(std::size_t group, const std::string& key, double value) {
+  (void)get(group, key);
+  HyperParams h = impl_->groups[group].options;
+  h[key] = value;
+  detail::validate(*impl_->spec, impl_->defaults, h, group_where(group));
+  impl_->groups[group].options = std::move(h);
+}
+
+void Optimizer::set_lr(double lr) {
+  for (std::size_t g = 0; g < impl_->groups.size(); ++g) {
+    HyperParams h = impl_->groups[g].options;
+    h["lr"] = lr;
+    detail::validate(*impl_->spec, impl_->defaults, h, group_where(g));
+  }
+  for (ParamGroup& g : impl_->groups) g.options["lr"] = lr;
+}
+
+void Optimizer::zero_grad(bool set_to_none) {
+  for (ParamSlot& s : impl_->slots) {
+    if (set_to_none) {
+      s.param.clear_grad();
+    } else if (s.param.has_grad()) {
+      ParameterAccess::impl(s.param).grad.zero_();
+    }
+  }
+}
+
+namespace {
+
+const ParamSlot& find_slot(const OptimizerImpl& I, const Parameter& p, const std::string& name) {
+  if (p.defined()) {
+    for (const ParamSlot& s : I.slots)
+      if (s.param == p) return s;
+  }
+  fail("{}: the parameter is not one of this optimizer's parameters", name);
+}
+
+}  // namespace
+
+std::int64_t Optimizer::step_count(const Parameter& p) const {
+  return find_slot(*impl_, p, name()).step;
+}
+
+Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const {
+  const ParamSlot& s = find_slot(*impl_, p, name());
+  auto it = s.state.find(state_name);
+  return it == s.state.end() ? Tensor() : it->second;
+}
+
+void Optimizer::step() {
+  OptimizerImpl& I = *impl_;
+  const int algo = algo_of(I);
+  I.last_skipped = false;
+  const std::string op = name() + ".step";
+
+  // Parameters with a grad, checked.
+  std::vector<std::size_t> active;
+  for (std::size_t k = 0; k < I.slots.size(); ++k) {
+    const ParameterImpl& p = ParameterAccess::impl(I.slots[k].param);
+    if (!p.grad.defined()) continue;
+    if (p.value.device() != I.device || p.grad.device() != I.device) {
+      fail(
+          "{}: parameter {} is on {} with its grad on {}, but the step runs on {}: all "
+          "parameters and grads of one step must be on one device",
+          op, k, p.value.device().str(), p.grad.device().str(), I.device.str());
+    }
+    if (p.grad.shape() != p.value.shape() || p.grad.dtype() != p.value.dtype()) {
+      fail("{}: grad {} of parameter {} does not match the parameter {}", op, p.grad.str(), k,
+           p.value.str());
+    }
+    active.push_back(k);
+  }
+  const bool gs_on = I.gs_active;
+  auto finish = [&]() {
+    detail::OptimizerAccess::mark_pending_unscale(I, false);
+    I.gs_active = false;
+    I.check_pending = false;
+  };
+  if (active.empty()) {
+    finish();
+    return;
+  }
+  const trainrt_backend_v1& api = detail::backend_for(I.device);
+  detail::require_supported(api, TRAINRT_OP_OPTIMIZER_STEP, DType::f32, op.c_str());
+  const float* gs = gs_on ? static_cast<const float*>(I.grad_scalars.data()) : nullptr;
+
+  // LAMB: the global norm of every grad as the step sees it.
+  if (algo == detail::kLAMB) {
+    if (!I.lamb_norm.defined()) I.lamb_norm = Tensor::empty({}, DType::f32, I.device);
+    detail::TensorList gl;
+    for (std::size_t k : active) gl.add(ParameterAccess::impl(I.slots[k].param).grad);
+    trainrt_multi_tensor_norm_args na{};
+    na.n_tensors = static_cast<std::int64_t>(gl.size());
+    na.tensors = gl.ptrs.data();
+    na.dtypes = gl.dtypes.data();
+    na.numels = gl.numels.data();
+    na.norm_type = 2.0;
+    na.grad_scalars = const_cast<float*>(gs);
+    na.total_norm = static_cast<float*>(I.lamb_norm.data());
+    detail::check_backend(api, api.multi_tensor_norm(I.device.index(), &na), op.c_str());
+  }
+
+  // Buckets: (group, step after this one, fresh momentum buffer, model copy dtype).
+  using Key = std::tuple<std::size_t, std::int64_t, bool, int>;
+  std::map<Key, std::vector<std::size_t>> buckets;
+  std::vector<std::pair<std::size_t, std::string>> created;
+  for (std::size_t k : active) {
+    ParamSlot& s = I.slots[k];
+    const HyperParams& h = I.groups[s.group].options;
+    const std::vector<bool> need = detail::needed_states(algo, h);
+    bool fresh = false;
+    for (std::size_t j = 0; j < need.size(); ++j) {
+      const std::string sn = I.spec->states[j];
+      if (!need[j] || s.state.count(sn)) continue;
+      const Tensor& v = ParameterAccess::impl(s.param).value;
+      Tensor t = Tensor::zeros(v.shape(), DType::f32, I.device);
+      const double init = detail::state_initial_value(algo, h);
+      if (init != 0.0 && t.numel() > 0) {
+        std::vector<float> host(static_cast<std::size_t>(t.numel()), static_cast<float>(init));
+        t = Tensor::from_vector(host, v.shape(), I.device);
+      }
+      s.state[sn] = t;
+      created.emplace_back(k, sn);
+      if (algo == detail::kSGD) fresh = true;
+    }
+    const Tensor& mc = ParameterAccess::impl(s.param).model_copy;
+    const int mdt = mc.defined() ? static_cast<int>(mc.dtype()) : -1;
+    buckets[Key(s.group, s.step + 1, fresh, mdt)].push_back(k);
+  }
+
+  // The scalars of every bucket, one upload.
+  std::vector<float> host(buckets.size() * TRAINRT_OS_COUNT);
+  {
+    std::size_t b = 0;
+    for (const auto& kv : buckets) {
+      const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
+      detail::fill_scalars(algo, h, std::get<1>(kv.first), std::get<2>(kv.first),
+                           host.data() + b * TRAINRT_OS_COUNT);
+      ++b;
+    }
+  }
+  if (!I.step_scalars.defined() ||
+      I.step_scalars.numel() < static_cast<std::int64_t>(host.size())) {
+    I.step_scalars = Tensor::empty({static_cast<std::int64_t>(host.size())}, DType::f32, I.device);
+  }
+  float* dev_scalars = static_cast<float*>(I.step_scalars.data());
+  detail::write_device_floats(I.device, dev_scalars, host.data(), host.size());
+
+  // One fused call per bucket.
+  std::size_t b = 0;
+  for (const auto& kv : buckets) {
+    const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
+    const std::vector<std::size_t>& ks = kv.second;
+    std::vector<void*> params, copies;
+    std::vector<const void*> grads;
+    std::vector<void*> states[3];
+    std::vector<std::int64_t> numels;
+    const std::vector<bool> need = detail::needed_states(algo, h);
+    for (std::size_t k : ks) {
+      ParamSlot& s = I.slots[k];
+      ParameterImpl& p = ParameterAccess::impl(s.param);
+      params.push_back(p.value.data());
+      grads.push_back(p.grad.data());
+      numels.push_back(p.value.numel());
+      copies.push_back(p.model_copy.defined() ? p.model_copy.data() : nullptr);
+      for (std::size_t j = 0; j < need.size(); ++j) {
+        if (need[j]) states[j].push_back(s.state.at(I.spec->states[j]).data());
+      }
+    }
+    trainrt_optim_step_args a{};
+    a.algo = I.spec->kernel_algo;
+    a.flags = detail::kernel_flags(algo, h);
+    a.param_dtype = TRAINRT_F32;
+    a.grad_dtype = TRAINRT_F32;
+    a.model_dtype = std::get<3>(kv.first) >= 0 ? std::get<3>(kv.first) : -1;
+    a.n_tensors = static_cast<std::int64_t>(ks.size());
+    a.params = params.data();
+    a.grads = grads.data();
+    for (int j = 0; j < 3; ++j) a.states[j] = states[j].empty() ? nullptr : states[j].data();
+    a.model_copies = std::get<3>(kv.first) >= 0 ? copies.data() : nullptr;
+    a.numels = numels.data();
+    a.scalars = dev_scalars + b * TRAINRT_OS_COUNT;
+    a.grad_scalars = gs;
+    a.global_grad_norm =
+        algo == detail::kLAMB ? static_cast<const float*>(I.lamb_norm.data()) : nullptr;
+    detail::check_backend(api, api.optimizer_step(I.device.index(), &a), op.c_str());
+    ++b;
+  }
+
+  // Did the kernels skip themselves? One 4-byte copy, only when a grad scalars block is active.
+  bool skipped = false;
+  if (gs_on) skipped = detail::read_device_float(I.device, gs + TRAINRT_GS_FOUND_INF) != 0.0f;
+  if (skipped) {
+    for (const auto& c : created) I.slots[c.first].state.erase(c.second);
+  } else {
+    for (std::size_t k : active) ++I.slots[k].step;
+  }
+  I.last_skipped = skipped;
+  finish();
+}
+
+// ---- state_dict --------------------------------------------------------------------------------
+
+StateDict Optimizer::state_dict() const {
+  const OptimizerImpl& I = *impl_;
+  StateDict sd;
+  sd.strings["optimizer"] = name();
+  sd.scalars["param_groups"] = static_cast<double>(I.groups.size());
+  std::vector<std::size_t> counts(I.groups.size(), 0);
+  for (const ParamSlot& s : I.slots) ++counts[s.group];
+  for (std::size_t g = 0; g < I.groups.size(); ++g) {
+    const std::string pre = fmt::format("param_groups.{}.", g);
+    sd.scalars[pre + "params"] = static_cast<double>(counts[g]);
+    for (const auto& kv : I.groups[g].options) sd.scalars[pre + kv.first] = kv.second;
+  }
+  for (std::size_t k = 0; k < I.slots.size(); ++k) {
+    const ParamSlot& s = I.slots[k];
+    if (s.step == 0 && s.state.empty()) continue;
+    const std::string pre = fmt::format("state.{}.", k);
+    sd.scalars[pre + "step"] = static_cast<double>(s.step);
+    for (const auto& kv : s.state) sd.tensors[pre + kv.first] = kv.second.clone();
+  }
+  return sd;
+}
+
+void Optimizer::load_state_dict(const StateDict& sd) {
+  OptimizerImpl& I = *impl_;
+  const std::string op = name() + ".load_state_dict";
+  auto it = sd.strings.find("optimizer");
+  if (it == sd.strings.end()) fail("{}: the state dict has no 'optimizer' entry", op);
+  if (it->second != name()) {
+    fail("{}: the state dict is from a {} optimizer, not {}", op, it->second, name());
+  }
+  for (const auto& kv : sd.strings) {
+    if (kv.first != "optimizer") fail("{}: unexpected entry '{}'", op, kv.first);
+  }
+  auto scalar = [&](const std::string& k) {
+    auto s = sd.scalars.find(k);
+    if (s == sd.scalars.end()) fail("{}: the state dict has no '{}' entry", op, k);
+    return s->second;
+  };
+  const double ng = scalar("param_groups");
+  if (ng != static_cast<double>(I.groups.size())) {
+    fail("{}: the state dict has {} param groups, the optimizer has {}", op, ng, I.groups.size());
+  }
+  std::vector<std::size_t> counts(I.groups.size(), 0);
+  for (const ParamSlot& s : I.slots) ++counts[s.group];
+
+  // New group hyperparameters, validated.
+  std::vector<HyperParams> new_hyper(I.groups.size());
+  std::set<std::string> used = {"param_groups"};
+  for (std::size_t g = 0; g < I.groups.size(); ++g) {
+    const std::string pre = fmt::format("param_groups.{}.", g);
+    const double np = scalar(pre + "params");
+    used.insert(pre + "params");
+    if (np != static_cast<double>(counts[g])) {
+      fail("{}: param group {} of the state dict has {} parameters, the optimizer's has {}", op, g,
+           np, counts[g]);
+    }
+    for (const auto& d : I.defaults) {
+      new_hyper[g][d.first] = scalar(pre + d.first);
+      used.insert(pre + d.first);
+    }
+    detail::validate(*I.spec, I.defaults, new_hyper[g],
+                     fmt::format("param group {} of the state dict", g));
+  }
+
+  // New per-parameter state, validated and copied to the device.
+  std::vector<std::int64_t> new_steps(I.slots.size(), 0);
+  std::vector<std::map<std::string, Tensor>> new_state(I.slots.size());
+  auto parse_state_key = [&](const std::string& key, std::size_t* idx, std::string* rest) {
+    if (key.rfind("state.", 0) != 0) return false;
+    const std::size_t dot = key.find('.', 6);
+    if (dot == std::string::npos) return false;
+    const std::string num = key.substr(6, dot - 6);
+    if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos) return false;
+    *idx = static_cast<std::size_t>(std::stoull(num));
+    *rest = key.substr(dot + 1);
+    return true;
+  };
+  for (const auto& kv : sd.scalars) {
+    if (used.count(kv.first)) continue;
+    std::size_t k = 0;
+    std::string rest;
+    if (!parse_state_key(kv.first, &k, &rest) || rest != "step") {
+      fail("{}: unexpected entry '{}'", op, kv.first);
+    }
+    if (k >= I.slots.size()) {
+      fail("{}: '{}' refers to parameter {}, the optimizer has {}", op, kv.first, k,
+           I.slots.size());
+    }
+    const double st = kv.second;
+    if (!(st >= 0.0) || st != std::floor(st) || st > 9007199254740992.0) {
+      fail("{}: '{}' must be a step count (an integer >= 0), got {}", op, kv.first, st);
+    }
+    new_steps[k] = static_cast<std::int64_t>(st);
+  }
+  for (const auto& kv : sd.tensors) {
+    std::size_t k = 0;
+    std::string rest;
+    if (!parse_state_key(kv.first, &k, &rest)) fail("{}: unexpected tensor '{}'", op, kv.first);
+    if (k >= I.slots.size()) {
+      fail("{}: '{}' refers to parameter {}, the optimizer has {}", op, kv.first, k,
+           I.slots.size());
+    }
+    bool known = false;
+    for (const char* n : I.spec->states) known = known || rest == n;
+    if (!known) fail("{}: '{}' is not a state buffer of {}", op, kv.first, name());
+    if (sd.scalars.count(fmt::format("state.{}.step", k)) == 0) {
+      fail("{}: '{}' has no step count state.{}.step", op, kv.first, k);
+    }
+    const Tensor& t = kv.second;
+    const Tensor& v = ParameterAccess::impl(I.slots[k].param).value;
+    if (!t.defined() || t.dtype() != DType::f32 || t.shape() != v.shape()) {
+      fail("{}: '{}' is {} but parameter {} is {}: state buffers are f32 of the parameter's shape",
+           op, kv.first, t.str(), k, v.str());
+    }
+  }
+  for (const auto& kv : sd.tensors) {
+    std::size_t k = 0;
+    std::string rest;
+    parse_state_key(kv.first, &k, &rest);
+    new_state[k][rest] = kv.second.to(I.device);  // a copy: later steps do not touch sd
+  }
+  // Commit (nothing above changed the optimizer).
+  for (std::size_t g = 0; g < I.groups.size(); ++g) I.groups[g].options = std::move(new_hyper[g]);
+  for (std::size_t k = 0; k < I.slots.size(); ++k) {
+    I.slots[k].step = new_steps[k];
+    I.slots[k].state = std::move(new_state[k]);
+  }
+}
+
+// ---- options and the algorithms -----------------------------------------------------------------
+
+namespace {
+double b(bool v) { return v ? 1.0 : 0.0; }
+std::vector<ParamGroup> one_group(std::vector<Parameter> params) {
+  std::vector<ParamGroup> g;
+  g.emplace_back(std::move(params));
+  return g;
+}
+}  // namespace
+
+HyperParams SGDOptions::hyper() const {
+  return {{"lr", lr_},
+          {"momentum", momentum_},
+          {"dampening", dampening_},
+          {"weight_decay", weight_decay_},
+          {"nesterov", b(nesterov_)},
+          {"maximize", b(maximize_)}};
+}
+HyperParams AdamOptions::hyper() const {
+  return {{"lr", lr_},
+          {"beta1", beta1_},
+          {"beta2", beta2_},
+          {"eps", eps_},
+          {"weight_decay", weight_decay_},
+          {"amsgrad", b(amsgrad_)},
+          {"maximize", b(maximize_)}};
+}
+HyperParams AdamWOptions::hyper() const {
+  return {{"lr", lr_},
+          {"beta1", beta1_},
+          {"beta2", beta2_},
+          {"eps", eps_},
+          {"weight_decay", weight_decay_},
+          {"amsgrad", b(amsgrad_)},
+          {"maximize", b(maximize_)}};
+}
+HyperParams RMSpropOptions::hyper() const {
+  return {{"lr", lr_},
+          {"alpha", alpha_},
+          {"eps", eps_},
+          {"weight_decay", weight_decay_},
+          {"momentum", momentum_},
+          {"centered", b(centered_)},
+          {"maximize", b(maximize_)}};
+}
+HyperParams AdagradOptions::hyper() const {
+  return {{"lr", lr_},
+          {"lr_decay", lr_decay_},
+          {"weight_decay", weight_decay_},
+          {"initial_accumulator_value", initial_accumulator_value_},
+          {"eps", eps_},
+          {"maximize", b(maximize_)}};
+}
+HyperParams RAdamOptions::hyper() const {
+  return {{"lr", lr_},
+          {"beta1", beta1_},
+          {"beta2", beta2_},
+          {"eps", eps_},
+          {"weight_decay", weight_decay_},
+          {"decoupled_weight_decay", b(decoupled_weight_decay_)},
+          {"maximize", b(maximize_)}};
+}
+HyperParams LAMBOptions::hyper() const {
+  return {{"lr", lr_},
+          {"beta1", beta1_},
+          {"beta2", beta2_},
+          {"eps", eps_},
+          {"weight_decay", weight_decay_},
+          {"max_grad_norm", max_grad_norm_},
+          {"use_nvlamb", b(use_nvlamb_)}};
+}
+
+SGD::SGD(std::vector<Parameter> params, const SGDOptions& o)
+    : Optimizer(detail::kSGD, one_group(std::move(params)), o.hyper()) {}
+SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& o)
+    : Optimizer(detail::kSGD, std::move(groups), o.hyper()) {}
+Adam::Adam(std::vector<Parameter> params, const AdamOptions& o)
+    : Optimizer(detail::kAdam, one_group(std::move(params)), o.hyper()) {}
+Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& o)
+    : Optimizer(detail::kAdam, std::move(groups), o.hyper()) {}
+AdamW::AdamW(std::vector<Parameter> params, const AdamWOptions& o)
+    : Optimizer(detail::kAdamW, one_group(std::move(params)), o.hyper()) {}
+AdamW::AdamW(std::vector<ParamGroup> groups, const AdamWOptions& o)
+    : Optimizer(detail::kAdamW, std::move(groups), o.hyper()) {}
+RMSprop::RMSprop(std::vector<Parameter> params, const RMSpropOptions& o)
+    : Optimizer(detail::kRMSprop, one_group(std::move(params)), o.hyper()) {}
+RMSprop::RMSprop(std::vector<ParamGroup> groups, const RMSpropOptions& o)
+    : Optimizer(detail::kRMSprop, std::move(groups), o.hyper()) {}
+Adagrad::Adagrad(std::vector<Parameter> params, const AdagradOptions& o)
+    : Optimizer(detail::kAdagrad, one_group(std::move(params)), o.hyper()) {}
+Adagrad::Adagrad(std::vector<ParamGroup> groups, const AdagradOptions& o)
+    : Optimizer(detail::kAdagrad, std::move(groups), o.hyper()) {}
+RAdam::RAdam(std::vector<Parameter> params, const RAdamOptions& o)
+    : Optimizer(detail::kRAdam, one_group(std::move(params)), o.hyper()) {}
+RAdam::RAdam(std::vector<ParamGroup> groups, const RAdamOptions& o)
+    : Optimizer(detail::kRAdam, std::move(groups), o.hyper()) {}
+LAMB::LAMB(std::vector<Parameter> params, const LAMBOptions& o)
+    : Optimizer(detail::kLAMB, one_group(std::move(params)), o.hyper()) {}
+LAMB::LAMB(std::vector<ParamGroup> groups, const LAMBOptions& o)
+    : Optimizer(detail::kLAMB, std::move(groups), o.hyper()) {}
+
+namespace {
+
+/// An optimizer built from names (make_optimizer).
+class NamedOptimizer : public Optimizer {
+ public:
+  NamedOptimizer(int algo, std::vector<ParamGroup> groups, HyperParams defaults)
+      : Optimizer(algo, std::move(groups), std::move(defaults)) {}
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, std::vector<ParamGroup> groups,
+                                          const HyperParams& defaults) {
+  HyperParams base;
+  int algo = -1;
+  if (name == "SGD") {
+    if (defaults.count("lr") == 0) fail("make_optimizer: SGD needs an lr");
+    algo = detail::kSGD;
+    base = SGDOptions(defaults.at("lr")).hyper();
+  } else if (name == "Adam") {
+    algo = detail::kAdam;
+    base = AdamOptions().hyper();
+  } else if (name == "AdamW") {
+    algo = detail::kAdamW;
+    base = AdamWOptions().hyper();
+  } else if (name == "RMSprop") {
+    algo = detail::kRMSprop;
+    base = RMSpropOptions().hyper();
+  } else if (name == "Adagrad") {
+    algo = detail::kAdagrad;
+    base = AdagradOptions().hyper();
+  } else if (name == "RAdam") {
+    algo = detail::kRAdam;
+    base = RAdamOptions().hyper();
+  } else if (name == "LAMB") {
+    algo = detail::kLAMB;
+    base = LAMBOptions().hyper();
+  } else {
+    fail("make_optimizer: unknown optimizer '{}' (SGD, Adam, AdamW, RMSprop, Adagrad, RAdam, LAMB)",
+         name);
+  }
+  for (const auto& kv : defaults) {
+    if (base.count(kv.first) == 0) {
+      fail("make_optimizer: {} has no hyperparameter '{}'", name, kv.first);
+    }
+    base[kv.first] = kv.second;
+  }
+  return std::make_unique<NamedOptimizer>(algo, std::move(groups), std::move(base));
+}
+
+}  // namespace optim
+}  // namespace trainrt
