@@ -1,0 +1,846 @@
+// Optimizers: PyTorch 1.13 trajectories (tests/fixtures/torch_optim.txt, made by
+// gen_optim_fixtures.py), float64 references of the SEMANTICS.md formulas for LAMB and RAdam's
+// decoupled weight decay, state_dict round trips (k steps + save + load + N-k steps == N steps
+// bitwise), chunking invariance, model copies, parameter groups and every bad input. Each body
+// runs on every backend (CUDA cases skip without a GPU).
+//
+// Tolerance against PyTorch: |got - want| <= 2e-6 + 2e-6 |want| at every step. The operation
+// order matches PyTorch's single-tensor optimizers, so most elements agree bitwise; the rest
+// differ by the rounding of PyTorch's vectorised fused multiply-adds.
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "optim_util.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using trainrt::Device;
+using trainrt::DType;
+using trainrt::Parameter;
+using trainrt::Shape;
+using trainrt::StateDict;
+using trainrt::Tensor;
+using trainrt::optim::HyperParams;
+using trainrt::optim::Optimizer;
+using trainrt::optim::ParamGroup;
+using namespace trainrt_test;
+
+// ---- fixture ------------------------------------------------------------------------------
+
+struct OptimCase {
+  std::string name, optimizer;
+  int steps = 0;
+  HyperParams defaults;
+  std::vector<std::pair<int, HyperParams>> groups;  // (number of params, overrides)
+  std::vector<Shape> shapes;
+  std::vector<std::pair<int, int>> absent;                   // (param, step)
+  std::map<std::pair<int, int>, std::vector<double>> after;  // (step, param) -> values
+  bool is_absent(int p, int k) const {
+    for (const auto& a : absent)
+      if (a.first == p && a.second == k) return true;
+    return false;
+  }
+};
+
+std::vector<OptimCase> load_optim_cases() {
+  const std::string path = std::string(TRAINRT_TEST_FIXTURES_DIR) + "/torch_optim.txt";
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  std::vector<OptimCase> cases;
+  OptimCase cur;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ls(line);
+    std::string tag;
+    ls >> tag;
+    if (tag == "case") {
+      cur = OptimCase();
+      ls >> cur.name;
+    } else if (tag == "optimizer") {
+      ls >> cur.optimizer;
+    } else if (tag == "steps") {
+      ls >> cur.steps;
+    } else if (tag == "default") {
+      std::string k;
+      double v;
+      ls >> k >> v;
+      cur.defaults[k] = v;
+    } else if (tag == "group") {
+      int g = 0, n = 0;
+      ls >> g >> n;
+      HyperParams o;
+      std::string k;
+      double v;
+      while (ls >> k >> v) o[k] = v;
+      cur.groups.emplace_back(n, o);
+    } else if (tag == "param") {
+      int p = 0, nd = 0;
+      ls >> p >> nd;
+      Shape s(static_cast<std::size_t>(nd));
+      for (auto& d : s) ls >> d;
+      cur.shapes.push_back(s);
+    } else if (tag == "absent") {
+      int p = 0, k = 0;
+      ls >> p >> k;
+      cur.absent.emplace_back(p, k);
+    } else if (tag == "after") {
+      int k = 0, p = 0;
+      ls >> k >> p;
+      std::vector<double> v;
+      std::string tok;
+      while (ls >> tok) v.push_back(std::strtod(tok.c_str(), nullptr));
+      cur.after[{k, p}] = v;
+    } else if (tag == "end") {
+      cases.push_back(cur);
+    } else {
+      throw std::runtime_error(path + ": unknown line '" + line + "'");
+    }
+  }
+  return cases;
+}
+
+const std::vector<OptimCase>& optim_cases() {
+  static const std::vector<OptimCase> c = load_optim_cases();
+  return c;
+}
+
+struct Built {
+  std::vector<Parameter> params;
+  std::unique_ptr<Optimizer> opt;
+};
+
+Built build(const OptimCase& c, Device dev) {
+  Built b;
+  std::vector<ParamGroup> groups;
+  int p = 0;
+  for (const auto& g : c.groups) {
+    ParamGroup pg;
+    pg.options = g.second;
+    for (int i = 0; i < g.first; ++i, ++p) {
+      b.params.push_back(formula_param(c.shapes[static_cast<std::size_t>(p)], p, dev));
+      pg.params.push_back(b.params.back());
+    }
+    groups.push_back(pg);
+  }
+  b.opt = trainrt::optim::make_optimizer(c.optimizer, groups, c.defaults);
+  return b;
+}
+
+void set_step_grads(const OptimCase& c, const std::vector<Parameter>& params, int k) {
+  for (std::size_t p = 0; p < params.size(); ++p) {
+    if (c.is_absent(static_cast<int>(p), k)) {
+      params[p].clear_grad();
+    } else {
+      set_formula_grad(params[p], static_cast<int>(p), k);
+    }
+  }
+}
+
+class OptimGolden : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(OptimGolden);
+
+TEST_P(OptimGolden, FixtureCoversEveryTorchOptimizer) {
+  std::map<std::string, int> n;
+  for (const auto& c : optim_cases()) ++n[c.optimizer];
+  for (const char* o : {"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "RAdam"}) {
+    EXPECT_GE(n[o], 3) << o;
+  }
+}
+
+TEST_P(OptimGolden, TrajectoriesMatchPyTorch) {
+  for (const OptimCase& c : optim_cases()) {
+    SCOPED_TRACE(c.name);
+    Built b = build(c, dev);
+    for (int k = 0; k < c.steps; ++k) {
+      set_step_grads(c, b.params, k);
+      b.opt->step();
+      for (std::size_t p = 0; p < b.params.size(); ++p) {
+        const std::vector<float> got = host_f32(b.params[p].value());
+        const std::vector<double>& want = c.after.at({k, static_cast<int>(p)});
+        const std::int64_t bad = first_mismatch(got, want, 2e-6, 2e-6);
+        ASSERT_EQ(bad, -1) << c.name << " step " << k << " param " << p << " element " << bad
+                           << ": got "
+                           << (bad >= 0 && bad < (std::int64_t)got.size() ? got[bad] : 0)
+                           << " want "
+                           << (bad >= 0 && bad < (std::int64_t)want.size() ? want[bad] : 0);
+      }
+    }
+    // Skipped steps do not count.
+    for (std::size_t p = 0; p < b.params.size(); ++p) {
+      int expected = c.steps;
+      for (const auto& a : c.absent)
+        if (a.first == static_cast<int>(p)) --expected;
+      EXPECT_EQ(b.opt->step_count(b.params[p]), expected) << "param " << p;
+    }
+  }
+}
+
+// ---- float64 references: LAMB and RAdam ---------------------------------------------------------
+
+struct RefState {
+  std::vector<double> p, m, v;
+  std::int64_t t = 0;
+};
+
+/// LAMB (Apex FusedLAMB, adam_w_mode) over all params of one group, float64.
+void lamb_ref_step(std::vector<RefState>& st, const std::vector<std::vector<double>>& g,
+                   const std::vector<bool>& has, const HyperParams& h) {
+  const double lr = h.at("lr"), b1 = h.at("beta1"), b2 = h.at("beta2"), eps = h.at("eps");
+  const double wd = h.at("weight_decay"), mgn = h.at("max_grad_norm");
+  const bool nv = h.at("use_nvlamb") != 0.0;
+  double gn2 = 0.0;
+  for (std::size_t i = 0; i < st.size(); ++i)
+    if (has[i])
+      for (double x : g[i]) gn2 += x * x;
+  const double gn = std::sqrt(gn2);
+  const double div = gn > mgn ? gn / mgn : 1.0;
+  for (std::size_t i = 0; i < st.size(); ++i) {
+    if (!has[i]) continue;
+    RefState& s = st[i];
+    ++s.t;
+    const double bc1 = 1.0 - std::pow(b1, (double)s.t), bc2 = 1.0 - std::pow(b2, (double)s.t);
+    std::vector<double> u(s.p.size());
+    double pn = 0.0, un = 0.0;
+    for (std::size_t j = 0; j < s.p.size(); ++j) {
+      const double sg = g[i][j] / div;
+      s.m[j] = b1 * s.m[j] + (1.0 - b1) * sg;
+      s.v[j] = b2 * s.v[j] + (1.0 - b2) * sg * sg;
+      u[j] = (s.m[j] / bc1) / (std::sqrt(s.v[j] / bc2) + eps) + wd * s.p[j];
+      pn += s.p[j] * s.p[j];
+      un += u[j] * u[j];
+    }
+    pn = std::sqrt(pn);
+    un = std::sqrt(un);
+    const double ratio = ((nv || wd != 0.0) && pn > 0.0 && un > 0.0) ? lr * pn / un : lr;
+    for (std::size_t j = 0; j < s.p.size(); ++j) s.p[j] -= ratio * u[j];
+  }
+}
+
+/// RAdam as SEMANTICS.md, float64 (decoupled or L2 weight decay, maximize).
+void radam_ref_step(RefState& s, std::vector<double> g, const HyperParams& h) {
+  const double lr = h.at("lr"), b1 = h.at("beta1"), b2 = h.at("beta2"), eps = h.at("eps");
+  const double wd = h.at("weight_decay");
+  const bool dec = h.at("decoupled_weight_decay") != 0.0;
+  if (h.at("maximize") != 0.0)
+    for (double& x : g) x = -x;
+  ++s.t;
+  const double t = (double)s.t;
+  const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
+  const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * t * std::pow(b2, t) / bc2;
+  for (std::size_t j = 0; j < s.p.size(); ++j) {
+    if (wd != 0.0) {
+      if (dec) {
+        s.p[j] *= 1.0 - lr * wd;
+      } else {
+        g[j] += wd * s.p[j];
+      }
+    }
+    s.m[j] = b1 * s.m[j] + (1.0 - b1) * g[j];
+    s.v[j] = b2 * s.v[j] + (1.0 - b2) * g[j] * g[j];
+    const double mhat = s.m[j] / bc1;
+    if (rho_t > 5.0) {
+      const double r = std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                 ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+      s.p[j] -= lr * mhat * r * std::sqrt(bc2) / (std::sqrt(s.v[j]) + eps);
+    } else {
+      s.p[j] -= lr * mhat;
+    }
+  }
+}
+
+std::vector<double> to_doubles(const std::vector<float>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+class OptimReference : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(OptimReference);
+
+TEST_P(OptimReference, LambMatchesFloat64Formulas) {
+  const std::vector<Shape> shapes = {{2, 3}, {0}, {4}, {3}, {40000}};
+  struct Config {
+    const char* name;
+    HyperParams over;
+  };
+  const std::vector<Config> configs = {
+      {"defaults", {}},
+      {"large max_grad_norm", {{"max_grad_norm", 1e6}, {"lr", 0.01}}},
+      {"no weight decay", {{"weight_decay", 0.0}, {"lr", 0.02}}},
+      {"nvlamb without decay", {{"weight_decay", 0.0}, {"use_nvlamb", 1.0}, {"lr", 0.02}}},
+      {"betas eps", {{"beta1", 0.8}, {"beta2", 0.95}, {"eps", 1e-4}, {"weight_decay", 0.1}}},
+  };
+  for (const Config& cfg : configs) {
+    SCOPED_TRACE(cfg.name);
+    std::vector<Parameter> params;
+    std::vector<RefState> ref;
+    for (std::size_t p = 0; p < shapes.size(); ++p) {
+      params.push_back(formula_param(shapes[p], static_cast<int>(p), dev));
+      RefState r;
+      r.p = to_doubles(host_f32(params.back().value()));
+      r.m.assign(r.p.size(), 0.0);
+      r.v.assign(r.p.size(), 0.0);
+      ref.push_back(r);
+    }
+    trainrt::optim::LAMB opt({ParamGroup(params, cfg.over)}, trainrt::optim::LAMBOptions());
+    const HyperParams h = opt.param_groups()[0].options;
+    for (int k = 0; k < 12; ++k) {
+      std::vector<std::vector<double>> g(params.size());
+      std::vector<bool> has(params.size(), true);
+      for (std::size_t p = 0; p < params.size(); ++p) {
+        if (p == 2 && k == 4) {
+          has[p] = false;
+          params[p].clear_grad();
+          continue;
+        }
+        set_formula_grad(params[p], static_cast<int>(p), k);
+        g[p] = to_doubles(host_f32(params[p].grad()));
+      }
+      opt.step();
+      lamb_ref_step(ref, g, has, h);
+      for (std::size_t p = 0; p < params.size(); ++p) {
+        const std::int64_t bad = first_mismatch(host_f32(params[p].value()), ref[p].p, 2e-5, 2e-6);
+        ASSERT_EQ(bad, -1) << "step " << k << " param " << p << " element " << bad;
+      }
+    }
+    EXPECT_EQ(opt.step_count(params[2]), 11);
+    EXPECT_EQ(opt.step_count(params[1]), 12);
+  }
+}
+
+TEST_P(OptimReference, RAdamDecoupledMatchesFloat64Formulas) {
+  const std::vector<Shape> shapes = {{2, 3}, {0}, {5}, {30000}};
+  const std::vector<HyperParams> configs = {
+      {{"lr", 0.05}, {"weight_decay", 0.1}, {"decoupled_weight_decay", 1.0}},
+      {{"lr", 0.05}, {"weight_decay", 0.1}, {"decoupled_weight_decay", 0.0}},
+      {{"lr", 0.02}, {"weight_decay", 0.3}, {"decoupled_weight_decay", 1.0}, {"maximize", 1.0}},
+      {{"lr", 0.02},
+       {"beta1", 0.5},
+       {"beta2", 0.9},
+       {"decoupled_weight_decay", 1.0},
+       {"weight_decay", 0.05}},
+  };
+  for (std::size_t ci = 0; ci < configs.size(); ++ci) {
+    SCOPED_TRACE("config " + std::to_string(ci));
+    std::vector<Parameter> params;
+    std::vector<RefState> ref;
+    for (std::size_t p = 0; p < shapes.size(); ++p) {
+      params.push_back(formula_param(shapes[p], static_cast<int>(p), dev));
+      RefState r;
+      r.p = to_doubles(host_f32(params.back().value()));
+      r.m.assign(r.p.size(), 0.0);
+      r.v.assign(r.p.size(), 0.0);
+      ref.push_back(r);
+    }
+    trainrt::optim::RAdam opt({ParamGroup(params, configs[ci])}, trainrt::optim::RAdamOptions());
+    const HyperParams h = opt.param_groups()[0].options;
+    for (int k = 0; k < 14; ++k) {  // rho_t > 5 from step 6 (beta2 0.999) or 3 (beta2 0.9) on
+      for (std::size_t p = 0; p < params.size(); ++p) {
+        set_formula_grad(params[p], static_cast<int>(p), k);
+        radam_ref_step(ref[p], to_doubles(host_f32(params[p].grad())), h);
+      }
+      opt.step();
+      for (std::size_t p = 0; p < params.size(); ++p) {
+        const std::int64_t bad = first_mismatch(host_f32(params[p].value()), ref[p].p, 2e-5, 2e-6);
+        ASSERT_EQ(bad, -1) << "step " << k << " param " << p << " element " << bad;
+      }
+    }
+  }
+}
+
+// ---- every algorithm: invariance, state_dict round trips -------------------------------------
+
+struct AlgoConfig {
+  const char* name;
+  const char* optimizer;
+  HyperParams defaults;
+};
+
+const std::vector<AlgoConfig>& algo_configs() {
+  static const std::vector<AlgoConfig> c = {
+      {"sgd", "SGD", {{"lr", 0.1}}},
+      {"sgd_momentum_wd", "SGD", {{"lr", 0.05}, {"momentum", 0.9}, {"weight_decay", 0.01}}},
+      {"sgd_nesterov_max",
+       "SGD",
+       {{"lr", 0.05}, {"momentum", 0.9}, {"nesterov", 1}, {"maximize", 1}}},
+      {"sgd_dampening", "SGD", {{"lr", 0.05}, {"momentum", 0.5}, {"dampening", 0.3}}},
+      {"adam", "Adam", {{"lr", 0.01}}},
+      {"adam_amsgrad_wd_max",
+       "Adam",
+       {{"lr", 0.01}, {"amsgrad", 1}, {"weight_decay", 0.1}, {"maximize", 1}}},
+      {"adamw", "AdamW", {{"lr", 0.01}}},
+      {"adamw_amsgrad", "AdamW", {{"lr", 0.01}, {"amsgrad", 1}}},
+      {"rmsprop", "RMSprop", {{"lr", 0.01}}},
+      {"rmsprop_centered_momentum",
+       "RMSprop",
+       {{"lr", 0.01}, {"centered", 1}, {"momentum", 0.9}, {"weight_decay", 0.1}}},
+      {"adagrad", "Adagrad", {{"lr", 0.1}, {"lr_decay", 0.01}, {"initial_accumulator_value", 0.1}}},
+      {"radam", "RAdam", {{"lr", 0.01}, {"weight_decay", 0.1}}},
+      {"radam_decoupled",
+       "RAdam",
+       {{"lr", 0.01}, {"weight_decay", 0.1}, {"decoupled_weight_decay", 1}}},
+      {"lamb", "LAMB", {{"lr", 0.01}}},
+      {"lamb_nvlamb", "LAMB", {{"lr", 0.01}, {"weight_decay", 0.0}, {"use_nvlamb", 1}}},
+  };
+  return c;
+}
+
+const std::vector<Shape>& mixed_shapes() {
+  static const std::vector<Shape> s = {{3, 4}, {0}, {17}, {40000}, {1}, {16384}, {16385}};
+  return s;
+}
+
+std::vector<Parameter> make_params(const std::vector<Shape>& shapes, Device dev) {
+  std::vector<Parameter> ps;
+  for (std::size_t p = 0; p < shapes.size(); ++p)
+    ps.push_back(formula_param(shapes[p], static_cast<int>(p), dev));
+  return ps;
+}
+
+/// Two groups: the first half of the params with the defaults, the rest with half the lr.
+std::unique_ptr<Optimizer> make_two_group(const AlgoConfig& c, const std::vector<Parameter>& ps) {
+  std::vector<Parameter> a(ps.begin(), ps.begin() + ps.size() / 2);
+  std::vector<Parameter> b(ps.begin() + ps.size() / 2, ps.end());
+  HyperParams over{{"lr", c.defaults.at("lr") * 0.5}};
+  return trainrt::optim::make_optimizer(c.optimizer, {ParamGroup(a), ParamGroup(b, over)},
+                                        c.defaults);
+}
+
+/// Grads of step k; parameter 2 has none at step 3 (and parameter 4 none at step 6).
+void set_grads_k(const std::vector<Parameter>& ps, int k) {
+  for (std::size_t p = 0; p < ps.size(); ++p) {
+    if ((p == 2 && k == 3) || (p == 4 && k == 6)) {
+      ps[p].clear_grad();
+    } else {
+      set_formula_grad(ps[p], static_cast<int>(p), k);
+    }
+  }
+}
+
+class OptimAlgorithms : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(OptimAlgorithms);
+
+TEST_P(OptimAlgorithms, StateDictRoundTripIsBitwise) {
+  const int N = 10, K = 4;
+  for (const AlgoConfig& c : algo_configs()) {
+    SCOPED_TRACE(c.name);
+    // Reference: N steps in one go.
+    std::vector<Parameter> pa = make_params(mixed_shapes(), dev);
+    auto oa = make_two_group(c, pa);
+    for (int k = 0; k < N; ++k) {
+      set_grads_k(pa, k);
+      oa->step();
+    }
+    // K steps, save, load into a fresh optimizer over fresh parameters, N - K more steps.
+    std::vector<Parameter> pb = make_params(mixed_shapes(), dev);
+    auto ob = make_two_group(c, pb);
+    for (int k = 0; k < K; ++k) {
+      set_grads_k(pb, k);
+      ob->step();
+    }
+    const StateDict sd = ob->state_dict();
+    std::vector<Parameter> pc = make_params(mixed_shapes(), dev);
+    for (std::size_t p = 0; p < pc.size(); ++p) {
+      Tensor v = pc[p].value();
+      v.copy_(pb[p].value());
+    }
+    auto oc = make_two_group(c, pc);
+    oc->set_lr(123.0);  // overwritten by the load
+    oc->load_state_dict(sd);
+    for (int k = K; k < N; ++k) {
+      set_grads_k(pc, k);
+      oc->step();
+      set_grads_k(pb, k);
+      ob->step();  // the saved optimizer goes on too: the state dict must not alias it
+    }
+    for (std::size_t p = 0; p < pa.size(); ++p) {
+      EXPECT_TRUE(same_bits(host_f32(pa[p].value()), host_f32(pc[p].value()))) << "param " << p;
+      EXPECT_TRUE(same_bits(host_f32(pa[p].value()), host_f32(pb[p].value()))) << "param " << p;
+      EXPECT_EQ(oa->step_count(pa[p]), oc->step_count(pc[p]));
+    }
+    const StateDict sa = oa->state_dict(), sc = oc->state_dict();
+    EXPECT_EQ(sa.scalars, sc.scalars);
+    ASSERT_EQ(sa.tensors.size(), sc.tensors.size());
+    for (const auto& kv : sa.tensors) {
+      ASSERT_TRUE(sc.tensors.count(kv.first)) << kv.first;
+      EXPECT_TRUE(same_bits(host_f32(kv.second), host_f32(sc.tensors.at(kv.first)))) << kv.first;
+    }
+  }
+}
+
+TEST_P(OptimAlgorithms, SplittingTensorsDoesNotChangeResults) {
+  // The update is element-wise: one 70000-element tensor and the same values in 7 tensors
+  // (chunk boundaries elsewhere) must give the same bits. (LAMB's trust ratio is per tensor,
+  // so it is compared with one group per layout only.)
+  const std::int64_t n = 70000;
+  const std::vector<std::int64_t> parts = {1, 16383, 16385, 7, 20000, 17224, 0};
+  for (const AlgoConfig& c : algo_configs()) {
+    if (std::string(c.optimizer) == "LAMB") continue;
+    SCOPED_TRACE(c.name);
+    const std::vector<float> init = uniform_f32(n, -1, 1, 7);
+    Parameter whole(f32_tensor(init, {n}, dev));
+    std::vector<Parameter> pieces;
+    std::int64_t off = 0;
+    for (std::int64_t len : parts) {
+      pieces.emplace_back(
+          f32_tensor(std::vector<float>(init.begin() + off, init.begin() + off + len), {len}, dev));
+      off += len;
+    }
+    auto o1 = trainrt::optim::make_optimizer(c.optimizer, {ParamGroup({whole})}, c.defaults);
+    auto o2 = trainrt::optim::make_optimizer(c.optimizer, {ParamGroup(pieces)}, c.defaults);
+    for (int k = 0; k < 5; ++k) {
+      const std::vector<float> g = uniform_f32(n, -2, 2, 100 + k);
+      whole.set_grad(f32_tensor(g, {n}, dev));
+      off = 0;
+      for (std::size_t i = 0; i < parts.size(); ++i) {
+        pieces[i].set_grad(f32_tensor(
+            std::vector<float>(g.begin() + off, g.begin() + off + parts[i]), {parts[i]}, dev));
+        off += parts[i];
+      }
+      o1->step();
+      o2->step();
+    }
+    std::vector<float> joined;
+    for (const Parameter& p : pieces) {
+      const std::vector<float> v = host_f32(p.value());
+      joined.insert(joined.end(), v.begin(), v.end());
+    }
+    EXPECT_TRUE(same_bits(host_f32(whole.value()), joined));
+  }
+}
+
+TEST_P(OptimAlgorithms, ModelCopiesAreTheRoundedParams) {
+  for (const AlgoConfig& c : algo_configs()) {
+    SCOPED_TRACE(c.name);
+    std::vector<Parameter> ps = make_params(mixed_shapes(), dev);
+    ps[0].set_model_copy(Tensor::empty(ps[0].value().shape(), DType::f16, dev));
+    ps[3].set_model_copy(Tensor::empty(ps[3].value().shape(), DType::bf16, dev));
+    ps[1].set_model_copy(Tensor::empty(ps[1].value().shape(), DType::bf16, dev));
+    ps[6].set_model_copy(Tensor::empty(ps[6].value().shape(), DType::f16, dev));
+    auto opt = make_two_group(c, ps);
+    for (int k = 0; k < 4; ++k) {
+      set_grads_k(ps, k);
+      opt->step();
+      for (std::size_t p : {0u, 1u, 3u, 6u}) {
+        const Tensor mc = ps[p].model_copy();
+        const Tensor want = ps[p].value().to(mc.dtype());
+        EXPECT_EQ(mc.to(DType::f32).to_vector<float>(), want.to(DType::f32).to_vector<float>())
+            << "param " << p << " step " << k;
+      }
+    }
+  }
+}
+
+TEST_P(OptimAlgorithms, StateBuffersHavePyTorchNames) {
+  std::vector<Parameter> ps = make_params({{4}}, dev);
+  set_formula_grad(ps[0], 0, 0);
+  trainrt::optim::Adam adam(ps, trainrt::optim::AdamOptions().amsgrad(true));
+  EXPECT_FALSE(adam.state(ps[0], "exp_avg").defined());
+  adam.step();
+  for (const char* n : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
+    EXPECT_TRUE(adam.state(ps[0], n).defined()) << n;
+  }
+  EXPECT_EQ(adam.step_count(ps[0]), 1);
+  const StateDict sd = adam.state_dict();
+  EXPECT_EQ(sd.strings.at("optimizer"), "Adam");
+  EXPECT_EQ(sd.scalars.at("state.0.step"), 1.0);
+  EXPECT_EQ(sd.scalars.at("param_groups.0.beta2"), 0.999);
+  EXPECT_EQ(sd.scalars.at("param_groups.0.params"), 1.0);
+  EXPECT_TRUE(sd.tensors.count("state.0.max_exp_avg_sq"));
+
+  trainrt::optim::SGD sgd(ps, trainrt::optim::SGDOptions(0.1));
+  sgd.step();
+  EXPECT_FALSE(sgd.state(ps[0], "momentum_buffer").defined());  // no momentum, no buffer
+  trainrt::optim::RMSprop rms(ps, trainrt::optim::RMSpropOptions().centered(true).momentum(0.5));
+  rms.step();
+  for (const char* n : {"square_avg", "grad_avg", "momentum_buffer"}) {
+    EXPECT_TRUE(rms.state(ps[0], n).defined()) << n;
+  }
+  trainrt::optim::Adagrad ada(ps, trainrt::optim::AdagradOptions().initial_accumulator_value(0.5));
+  ada.step();
+  ASSERT_TRUE(ada.state(ps[0], "sum").defined());
+}
+
+TEST_P(OptimAlgorithms, DefaultsArePyTorchs) {
+  using namespace trainrt::optim;
+  EXPECT_EQ(SGDOptions(0.1).hyper(), (HyperParams{{"lr", 0.1},
+                                                  {"momentum", 0},
+                                                  {"dampening", 0},
+                                                  {"weight_decay", 0},
+                                                  {"nesterov", 0},
+                                                  {"maximize", 0}}));
+  const HyperParams adam = AdamOptions().hyper();
+  EXPECT_EQ(adam.at("lr"), 1e-3);
+  EXPECT_EQ(adam.at("beta1"), 0.9);
+  EXPECT_EQ(adam.at("beta2"), 0.999);
+  EXPECT_EQ(adam.at("eps"), 1e-8);
+  EXPECT_EQ(adam.at("weight_decay"), 0.0);
+  EXPECT_EQ(AdamWOptions().hyper().at("weight_decay"), 1e-2);
+  EXPECT_EQ(RMSpropOptions().hyper().at("lr"), 1e-2);
+  EXPECT_EQ(RMSpropOptions().hyper().at("alpha"), 0.99);
+  EXPECT_EQ(AdagradOptions().hyper().at("eps"), 1e-10);
+  EXPECT_EQ(AdagradOptions().hyper().at("lr"), 1e-2);
+  EXPECT_EQ(RAdamOptions().hyper().at("lr"), 1e-3);
+  const HyperParams lamb = LAMBOptions().hyper();
+  EXPECT_EQ(lamb.at("eps"), 1e-6);
+  EXPECT_EQ(lamb.at("weight_decay"), 0.01);
+  EXPECT_EQ(lamb.at("max_grad_norm"), 1.0);
+}
+
+// ---- groups, zero_grad, hyperparameter access ---------------------------------------------------
+
+class OptimApi : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(OptimApi);
+
+TEST_P(OptimApi, GroupsOverrideAndAddParamGroup) {
+  std::vector<Parameter> ps = make_params({{5}, {3}, {2}}, dev);
+  trainrt::optim::SGD opt(
+      {ParamGroup({ps[0]}), ParamGroup({ps[1]}, {{"lr", 0.5}, {"momentum", 0.9}})},
+      trainrt::optim::SGDOptions(0.1).weight_decay(0.01));
+  opt.add_param_group(ParamGroup({ps[2]}, {{"nesterov", 1}, {"momentum", 0.3}}));
+  ASSERT_EQ(opt.param_groups().size(), 3u);
+  EXPECT_EQ(opt.get(0, "lr"), 0.1);
+  EXPECT_EQ(opt.get(1, "lr"), 0.5);
+  EXPECT_EQ(opt.get(1, "momentum"), 0.9);
+  EXPECT_EQ(opt.get(1, "weight_decay"), 0.01);  // from the defaults
+  EXPECT_EQ(opt.get(2, "nesterov"), 1.0);
+  opt.set(0, "lr", 0.2);
+  EXPECT_EQ(opt.lr(0), 0.2);
+  opt.set_lr(0.05);
+  for (std::size_t g = 0; g < 3; ++g) EXPECT_EQ(opt.lr(g), 0.05);
+
+  // Group 1 with lr 0.05, momentum 0.9, wd 0.01: p -= 0.05 (g + 0.01 p) at the first step.
+  const std::vector<float> p1 = host_f32(ps[1].value());
+  set_formula_grad(ps[1], 1, 0);
+  const std::vector<float> g1 = host_f32(ps[1].grad());
+  opt.step();
+  const std::vector<float> got = host_f32(ps[1].value());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const float d = g1[i] + 0.01f * p1[i];
+    EXPECT_EQ(got[i], p1[i] - 0.05f * d);
+  }
+  EXPECT_EQ(opt.step_count(ps[0]), 0);  // no grad: skipped
+  EXPECT_EQ(opt.step_count(ps[1]), 1);
+}
+
+TEST_P(OptimApi, AdagradGroupInitialAccumulator) {
+  // Each group's initial_accumulator_value fills that group's "sum" (PyTorch 1.13 uses the
+  // constructor's value for every group).
+  std::vector<Parameter> ps = make_params({{3}, {2}}, dev);
+  trainrt::optim::Adagrad opt(
+      {ParamGroup({ps[0]}), ParamGroup({ps[1]}, {{"initial_accumulator_value", 2.0}})},
+      trainrt::optim::AdagradOptions().initial_accumulator_value(0.5));
+  set_formula_grad(ps[0], 0, 0);
+  set_formula_grad(ps[1], 1, 0);
+  const std::vector<float> g1 = host_f32(ps[1].grad());
+  opt.step();
+  EXPECT_EQ(host_f32(opt.state(ps[0], "sum"))[0],
+            0.5f + host_f32(ps[0].grad())[0] * host_f32(ps[0].grad())[0]);
+  EXPECT_EQ(host_f32(opt.state(ps[1], "sum"))[1], 2.0f + g1[1] * g1[1]);
+}
+
+TEST_P(OptimApi, ZeroGrad) {
+  std::vector<Parameter> ps = make_params({{5}, {0}}, dev);
+  trainrt::optim::Adam opt(ps);
+  set_formula_grad(ps[0], 0, 1);
+  set_formula_grad(ps[1], 1, 1);
+  opt.zero_grad(false);
+  ASSERT_TRUE(ps[0].has_grad());
+  EXPECT_EQ(host_f32(ps[0].grad()), std::vector<float>(5, 0.0f));
+  opt.zero_grad();
+  EXPECT_FALSE(ps[0].has_grad());
+  EXPECT_FALSE(ps[1].has_grad());
+  opt.step();  // nothing to do
+  EXPECT_EQ(opt.step_count(ps[0]), 0);
+}
+
+TEST_P(OptimApi, ZeroElementParamsAndNoParams) {
+  std::vector<Parameter> ps = make_params({{0}, {0, 3}}, dev);
+  trainrt::optim::AdamW opt(ps);
+  for (int k = 0; k < 3; ++k) {
+    set_formula_grad(ps[0], 0, k);
+    set_formula_grad(ps[1], 1, k);
+    opt.step();
+  }
+  EXPECT_EQ(opt.step_count(ps[0]), 3);
+  EXPECT_EQ(opt.state(ps[1], "exp_avg").numel(), 0);
+  trainrt::optim::SGD empty(std::vector<Parameter>{}, trainrt::optim::SGDOptions(0.1));
+  empty.step();
+  EXPECT_EQ(empty.state_dict().scalars.at("param_groups.0.params"), 0.0);
+}
+
+TEST_P(OptimApi, StepReadsTheGradAssignedThroughAnyHandle) {
+  std::vector<Parameter> ps = make_params({{4}}, dev);
+  trainrt::optim::SGD opt(ps, trainrt::optim::SGDOptions(1.0));
+  Parameter alias = ps[0];  // same parameter
+  alias.set_grad(f32_tensor({1, 2, 3, 4}, {4}, dev));
+  const std::vector<float> before = host_f32(ps[0].value());
+  opt.step();
+  const std::vector<float> after = host_f32(alias.value());
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(after[i], before[i] - float(i + 1));
+}
+
+// ---- bad input
+// ------------------------------------------------------------------------------------
+
+#define EXPECT_ERROR(stmt, needle)                                                  \
+  do {                                                                              \
+    try {                                                                           \
+      stmt;                                                                         \
+      ADD_FAILURE() << "no trainrt::Error from " #stmt;                             \
+    } catch (const trainrt::Error& e) {                                             \
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
+    }                                                                               \
+  } while (0)
+
+class OptimBadInput : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(OptimBadInput);
+
+TEST_P(OptimBadInput, Hyperparameters) {
+  using namespace trainrt::optim;
+  std::vector<Parameter> ps = make_params({{3}}, dev);
+  EXPECT_ERROR(SGD(ps, SGDOptions(-0.1)), "lr must be >= 0");
+  EXPECT_ERROR(SGD(ps, SGDOptions(NAN)), "lr must be finite");
+  EXPECT_ERROR(SGD(ps, SGDOptions(0.1).momentum(-0.5)), "momentum must be >= 0");
+  EXPECT_ERROR(SGD(ps, SGDOptions(0.1).weight_decay(-1e-4)), "weight_decay must be >= 0");
+  EXPECT_ERROR(SGD(ps, SGDOptions(0.1).nesterov(true)), "nesterov momentum requires");
+  EXPECT_ERROR(SGD(ps, SGDOptions(0.1).nesterov(true).momentum(0.9).dampening(0.1)),
+               "zero dampening");
+  EXPECT_ERROR(Adam(ps, AdamOptions().lr(-1e-3)), "lr must be >= 0");
+  EXPECT_ERROR(Adam(ps, AdamOptions().eps(-1e-8)), "eps must be >= 0");
+  EXPECT_ERROR(Adam(ps, AdamOptions().weight_decay(-0.1)), "weight_decay must be >= 0");
+  EXPECT_ERROR(Adam(ps, AdamOptions().beta1(1.0)), "beta1 must be in [0, 1)");
+  EXPECT_ERROR(Adam(ps, AdamOptions().beta2(-0.1)), "beta2 must be in [0, 1)");
+  EXPECT_ERROR(AdamW(ps, AdamWOptions().betas(0.9, 1.5)), "beta2 must be in [0, 1)");
+  EXPECT_ERROR(RMSprop(ps, RMSpropOptions().alpha(-0.5)), "alpha must be >= 0");
+  EXPECT_ERROR(RMSprop(ps, RMSpropOptions().eps(-1)), "eps must be >= 0");
+  EXPECT_ERROR(Adagrad(ps, AdagradOptions().lr_decay(-1)), "lr_decay must be >= 0");
+  EXPECT_ERROR(Adagrad(ps, AdagradOptions().initial_accumulator_value(-1)),
+               "initial_accumulator_value must be >= 0");
+  EXPECT_ERROR(RAdam(ps, RAdamOptions().beta1(-0.1)), "beta1 must be in [0, 1)");
+  EXPECT_ERROR(LAMB(ps, LAMBOptions().max_grad_norm(0)), "max_grad_norm must be > 0");
+  EXPECT_ERROR(LAMB(ps, LAMBOptions().weight_decay(-1)), "weight_decay must be >= 0");
+  // Per-group overrides are checked too, and by name.
+  EXPECT_ERROR(Adam({ParamGroup(ps, {{"lr", -1.0}})}, AdamOptions()), "param group 0");
+  EXPECT_ERROR(Adam({ParamGroup(ps, {{"momentum", 0.9}})}, AdamOptions()),
+               "unknown hyperparameter 'momentum'");
+  EXPECT_ERROR(Adam({ParamGroup(ps, {{"amsgrad", 2.0}})}, AdamOptions()), "is a flag");
+  EXPECT_ERROR(make_optimizer("Adamax", {ParamGroup(ps)}), "unknown optimizer");
+  EXPECT_ERROR(make_optimizer("SGD", {ParamGroup(ps)}), "SGD needs an lr");
+  EXPECT_ERROR(make_optimizer("Adam", {ParamGroup(ps)}, {{"nesterov", 1}}), "no hyperparameter");
+
+  // set() validates and leaves the value unchanged on error.
+  Adam opt(ps, AdamOptions());
+  EXPECT_ERROR(opt.set(0, "beta1", 1.0), "beta1 must be in [0, 1)");
+  EXPECT_EQ(opt.get(0, "beta1"), 0.9);
+  EXPECT_ERROR(opt.set_lr(-1), "lr must be >= 0");
+  EXPECT_EQ(opt.lr(), 1e-3);
+  EXPECT_ERROR(opt.get(3, "lr"), "param group 3 does not exist");
+  EXPECT_ERROR(opt.get(0, "momentum"), "unknown hyperparameter");
+}
+
+TEST_P(OptimBadInput, Parameters) {
+  using namespace trainrt::optim;
+  std::vector<Parameter> ps = make_params({{3}, {2}}, dev);
+  EXPECT_ERROR(SGD({ParamGroup({ps[0], ps[1]}), ParamGroup({ps[1]})}, SGDOptions(0.1)),
+               "already appears in param group 0");
+  EXPECT_ERROR(SGD({ParamGroup({ps[0], ps[0]})}, SGDOptions(0.1)), "one group only");
+  SGD opt(ps, SGDOptions(0.1));
+  EXPECT_ERROR(opt.add_param_group(ParamGroup({ps[1]})), "already appears");
+  EXPECT_EQ(opt.param_groups().size(), 1u);  // unchanged
+  EXPECT_ERROR(SGD({ParamGroup({Parameter()})}, SGDOptions(0.1)), "undefined");
+  Parameter half(Tensor::zeros({3}, DType::f16, dev));
+  EXPECT_ERROR(SGD({ParamGroup({half})}, SGDOptions(0.1)), "must be f32");
+  EXPECT_ERROR((void)Parameter(Tensor()), "undefined");
+
+  // Grads must match their parameter.
+  EXPECT_ERROR(ps[0].set_grad(Tensor::zeros({4}, DType::f32, dev)), "shape [4]");
+  EXPECT_ERROR(ps[0].set_grad(Tensor::zeros({3, 1}, DType::f32, dev)), "shape [3, 1]");
+  EXPECT_ERROR(ps[0].set_grad(Tensor::zeros({3}, DType::f16, dev)), "dtype f16");
+  EXPECT_ERROR(ps[0].set_model_copy(Tensor::zeros({3}, DType::f32, dev)), "f16 or bf16");
+  EXPECT_ERROR(ps[0].set_model_copy(Tensor::zeros({2}, DType::bf16, dev)), "shape and device");
+  EXPECT_ERROR(opt.step_count(Parameter(Tensor::zeros({1}, DType::f32, dev))), "not one of");
+}
+
+TEST(OptimDevices, ParamsOnDifferentDevices) {
+  std::string why;
+  if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
+  Parameter a(Tensor::zeros({3}, DType::f32, Device::cpu()));
+  Parameter b(Tensor::zeros({3}, DType::f32, Device::cuda(0)));
+  EXPECT_ERROR(trainrt::optim::SGD({a, b}, trainrt::optim::SGDOptions(0.1)), "one device");
+  EXPECT_ERROR(a.set_grad(Tensor::zeros({3}, DType::f32, Device::cuda(0))), "grad is on cuda:0");
+}
+
+TEST_P(OptimBadInput, LoadStateDictMismatchChangesNothing) {
+  using namespace trainrt::optim;
+  std::vector<Parameter> ps = make_params({{3}, {2}, {4}}, dev);
+  Adam opt({ParamGroup({ps[0], ps[1]}), ParamGroup({ps[2]}, {{"lr", 0.5}})}, AdamOptions());
+  for (int k = 0; k < 2; ++k) {
+    set_grads_k(ps, k);
+    opt.step();
+  }
+  const StateDict good = opt.state_dict();
+  auto check_unchanged = [&]() {
+    const StateDict now = opt.state_dict();
+    EXPECT_EQ(now.scalars, good.scalars);
+    for (const auto& kv : good.tensors)
+      EXPECT_TRUE(same_bits(host_f32(kv.second), host_f32(now.tensors.at(kv.first)))) << kv.first;
+  };
+  struct Bad {
+    const char* what;
+    std::function<void(StateDict&)> edit;
+    const char* needle;
+  };
+  const std::vector<Bad> bad = {
+      {"other optimizer", [](StateDict& s) { s.strings["optimizer"] = "SGD"; }, "from a SGD"},
+      {"no name", [](StateDict& s) { s.strings.erase("optimizer"); }, "no 'optimizer'"},
+      {"group count", [](StateDict& s) { s.scalars["param_groups"] = 3; }, "3 param groups"},
+      {"group size", [](StateDict& s) { s.scalars["param_groups.0.params"] = 3; }, "3 parameters"},
+      {"missing hyper", [](StateDict& s) { s.scalars.erase("param_groups.1.eps"); },
+       "no 'param_groups.1.eps'"},
+      {"bad hyper", [](StateDict& s) { s.scalars["param_groups.1.lr"] = -2; }, "lr must be >= 0"},
+      {"unknown scalar", [](StateDict& s) { s.scalars["param_groups.0.momentum"] = 0.9; },
+       "unexpected entry"},
+      {"bad step", [](StateDict& s) { s.scalars["state.1.step"] = 1.5; }, "step count"},
+      {"param index", [](StateDict& s) { s.scalars["state.9.step"] = 1; }, "parameter 9"},
+      {"state shape",
+       [&](StateDict& s) { s.tensors["state.0.exp_avg"] = Tensor::zeros({4}, DType::f32, dev); },
+       "of the parameter's shape"},
+      {"state dtype",
+       [&](StateDict& s) { s.tensors["state.0.exp_avg"] = Tensor::zeros({3}, DType::f64, dev); },
+       "of the parameter's shape"},
+      {"unknown buffer",
+       [&](StateDict& s) {
+         s.tensors["state.0.momentum_buffer"] = Tensor::zeros({3}, DType::f32, dev);
+       },
+       "is not a state buffer of Adam"},
+      {"orphan buffer", [&](StateDict& s) { s.scalars.erase("state.2.step"); },
+       "has no step count"},
+      {"extra string", [](StateDict& s) { s.strings["x"] = "y"; }, "unexpected entry 'x'"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.what);
+    StateDict s = good;
+    // perturb the good state first so a partial load would show
+    b.edit(s);
+    EXPECT_ERROR(opt.load_state_dict(s), b.needle);
+    check_unchanged();
+  }
+  // A state dict from an optimizer over other shapes.
+  std::vector<Parameter> qs = make_params({{3}, {5}, {4}}, dev);
+  Adam other({ParamGroup({qs[0], qs[1]}), ParamGroup({qs[2]})}, AdamOptions());
+  set_grads_k(qs, 0);
+  other.step();
+  EXPECT_ERROR(opt.load_state_dict(other.state_dict()), "of the parameter's shape");
+  check_unchanged();
+}
+
+}  // namespace
