@@ -82,6 +82,22 @@ def cpu_times():
         return None
 
 
+def cpu_pressure():
+    """(total microseconds some task waited for a CPU, monotonic seconds) from /proc/pressure/cpu."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        return int(some[-1].split("=")[1]), time.monotonic()
+    except Exception:  # noqa: BLE001 - PSI missing on older kernels
+        return None
+
+
+def pressure_share(before, after):
+    if not before or not after or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) * 1e-6 / (after[1] - before[1])
+
+
 def steal_share(before, after):
     if not before or not after or after[1] == before[1]:
         return None
@@ -159,11 +175,27 @@ class BenchResults:
         return statistics.median(r["cpu_ms"] / r["ms"] for r in runs) if runs else None
 
 
-def run_bench(bench, device, reps, min_time, extra):
+def wait_quiet(max_seconds, psi_threshold):
+    """Waits (at most max_seconds) until /proc/pressure/cpu's 10-second 'some' average is under
+    psi_threshold percent. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_seconds:
+        try:
+            with open("/proc/pressure/cpu") as f:
+                avg10 = float(f.readline().split()[1].split("=")[1])
+        except Exception:  # noqa: BLE001 - no PSI: do not wait
+            break
+        if avg10 < psi_threshold:
+            break
+        time.sleep(2)
+    return time.monotonic() - t0
+
+
+def run_bench(bench, bench_filter, reps, min_time, extra):
     cmd = [
         bench,
         "--benchmark_format=json",
-        f"--benchmark_filter=/{device}/",
+        f"--benchmark_filter={bench_filter}",
         f"--benchmark_repetitions={reps}",
         f"--benchmark_min_time={min_time}",
     ] + extra
@@ -403,6 +435,11 @@ def main():
                     help="use bench_losses JSON output from a file instead of running it (repeatable)")
     ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for bench_losses")
     ap.add_argument("--no-torch", action="store_true", help="time trainrt only")
+    ap.add_argument("--wait-quiet", type=float, default=0.0,
+                    help="before each group, wait up to this many seconds for the CPU to be quiet")
+    ap.add_argument("--quiet-psi", type=float, default=2.0,
+                    help="quiet: /proc/pressure/cpu 'some' avg10 under this percentage (default 2)")
+    ap.add_argument("--commit", help="commit to name in the report (default: git rev-parse HEAD of this checkout)")
     ap.add_argument("--out", help="write the report as markdown to this file")
     ap.add_argument("--json-out", help="write all raw times as JSON to this file")
     ap.add_argument("--note", action="append", default=[], help="a line to add to the report")
@@ -412,6 +449,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = load_average()
     stat_before = cpu_times()
+    psi_before = cpu_pressure()
 
     torch = None
     if not args.no_torch:
@@ -433,31 +471,43 @@ def main():
         raise SystemExit(f"bench_losses not found at {args.bench} (build with TRAINRT_BUILD_BENCHMARKS=ON)")
 
     timer = None
+    # Each round measures one (dtype, shape) group at a time: bench_losses filtered to it, then
+    # PyTorch on it, so both see nearly the same machine load; with --wait-quiet each group
+    # first waits for the CPU pressure to drop (other work on a shared machine).
+    groups = [(dtype, shape) for shape in SHAPES for dtype in DTYPES]
+    group_pressure = []
     for rnd in range(args.rounds):
-        print(f"round {rnd + 1}/{args.rounds} (load {load_average()})", file=sys.stderr, flush=True)
-        if run_it:
-            bench.add_json(run_bench(args.bench, args.device, args.reps, args.min_time, args.bench_arg))
-        if torch is not None:
-            if timer is None:
-                ctx = bench.context
-                key = "rotate_bytes_cuda" if args.device == "cuda" else "rotate_bytes_cpu"
-                rotate = int(ctx.get(key, 0)) or (256 << 20)
-                timer = TorchTimer(torch, args.device, rotate, args.torch_min_runs, args.torch_min_seconds)
-            for shape in SHAPES:
-                for dtype in DTYPES:
-                    for op in OPS:
-                        print(f"  torch {op} {dtype} {shape[0]}x{shape[1]}", file=sys.stderr, flush=True)
-                        timer.measure(op, dtype, shape)
-                    timer.measure_copy(dtype, shape)
-                    timer.pools.pop((dtype, shape), None)  # free before the next shape
-                    if args.device == "cuda":
-                        torch.cuda.empty_cache()
+        for dtype, shape in groups:
+            waited = wait_quiet(args.wait_quiet, args.quiet_psi)
+            tag = f"{dtype} {shape[0]}x{shape[1]}"
+            print(f"round {rnd + 1}/{args.rounds}, {tag} (load {load_average()}, waited {waited:.0f} s)",
+                  file=sys.stderr, flush=True)
+            psi0 = cpu_pressure()
+            if run_it:
+                flt = f"/{args.device}/{dtype}/{shape[0]}x{shape[1]}"
+                bench.add_json(run_bench(args.bench, flt, args.reps, args.min_time, args.bench_arg))
+            if torch is not None:
+                if timer is None:
+                    key = "rotate_bytes_cuda" if args.device == "cuda" else "rotate_bytes_cpu"
+                    rotate = int(bench.context.get(key, 0)) or (256 << 20)
+                    timer = TorchTimer(torch, args.device, rotate, args.torch_min_runs, args.torch_min_seconds)
+                for op in OPS:
+                    timer.measure(op, dtype, shape)
+                timer.measure_copy(dtype, shape)
+                timer.pools.pop((dtype, shape), None)  # free before the next group
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+            share = pressure_share(psi0, cpu_pressure())
+            if share is not None:
+                group_pressure.append((rnd + 1, tag, share))
+                print(f"  CPU pressure while measuring: {100 * share:.1f} %", file=sys.stderr, flush=True)
 
     header, rows = build_table(args.device, bench, timer)
     cheader, crows = build_ceiling_table(args.device, bench, timer)
     qheader, qrows = build_quiet_table(args.device, bench, timer) if args.device == "cpu" else (None, None)
     load_after = load_average()
     steal = steal_share(stat_before, cpu_times())
+    pressure = pressure_share(psi_before, cpu_pressure())
 
     ce_target = CE_TARGET_SPEEDUP[args.device]
     verdicts = []
@@ -477,8 +527,10 @@ def main():
     if qrows:
         print()
         print(text_table(qheader, qrows))
+    if pressure is not None:
+        print(f"\nCPU pressure during the run (some task waiting for a CPU): {100 * pressure:.1f} % of the time")
     if steal is not None:
-        print(f"\nCPU time stolen by the hypervisor during the run: {100 * steal:.1f} %")
+        print(f"CPU time stolen by the hypervisor during the run: {100 * steal:.1f} %")
     if verdicts:
         print("\ncross-entropy f32 fwd+bwd vs PyTorch: " + "; ".join(verdicts))
 
@@ -490,7 +542,7 @@ def main():
             f"# bench_losses vs PyTorch ({args.device}), {started.date().isoformat()}",
             "",
             f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- trainrt commit measured: {git_commit(repo)}",
+            f"- trainrt commit measured: {args.commit or git_commit(repo)}",
             f"- machine: {machine_description()}",
         ]
         if args.device == "cuda":
@@ -504,6 +556,11 @@ def main():
             + (f", torch.set_num_threads({args.threads})" if args.device == "cpu" and torch else ""),
             f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}",
         ]
+        if pressure is not None:
+            lines.append(
+                f"- CPU pressure during the run (/proc/pressure/cpu 'some': share of the time at least one "
+                f"runnable task waited for a CPU; other work on the machine shows here): {100 * pressure:.1f} %"
+            )
         if steal is not None:
             lines.append(f"- CPU time stolen by the hypervisor during the run (/proc/stat steal): {100 * steal:.1f} %")
         if shares:
@@ -511,9 +568,16 @@ def main():
                 f"- benchmark thread CPU share (cpu_time/real_time, median per benchmark): "
                 f"{min(shares):.2f}–{max(shares):.2f} (near 1 = undisturbed; ~0.5 = the thread lost half its time)"
             )
+        if group_pressure:
+            lines.append(
+                "- CPU pressure per measured group (round, group: %): "
+                + "; ".join(f"{r}, {t}: {100 * p:.0f}" for r, t, p in group_pressure)
+            )
         lines += [f"- note: {n}" for n in args.note]
         lines += [
-            f"- method: {args.rounds} round(s), each bench_losses (--benchmark_repetitions={args.reps}, "
+            f"- method: {args.rounds} round(s) over the 4 (dtype, shape) groups; per group "
+            + (f"(after waiting up to {args.wait_quiet:g} s for CPU pressure avg10 < {args.quiet_psi:g} %) " if args.wait_quiet else "")
+            + f"bench_losses filtered to the group (--benchmark_repetitions={args.reps}, "
             f"--benchmark_min_time={args.min_time}) then PyTorch ({args.torch_min_runs}+ timed "
             f"{'batches of ' + str(CUDA_BATCH) + ' calls, CUDA events' if args.device == 'cuda' else 'calls, perf_counter'} "
             "per op, after warm-up); medians over all runs; ceiling = the faster of bench_losses' ceiling_copy "
