@@ -688,8 +688,41 @@ TEST_P(OptimApi, StepReadsTheGradAssignedThroughAnyHandle) {
   for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(after[i], before[i] - float(i + 1));
 }
 
-// ---- bad input
-// ------------------------------------------------------------------------------------
+// ---- CUDA parity (skips without a GPU) ------------------------------------------------------
+
+TEST(OptimCudaParity, EveryAlgorithmMatchesTheCpu) {
+  std::string why;
+  if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
+  const Device gpu = Device::cuda(0);
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {17}, {100000}, {1}, {65536}, {65537}};
+  for (const AlgoConfig& c : algo_configs()) {
+    SCOPED_TRACE(c.name);
+    std::vector<Parameter> pc = make_params(shapes, Device::cpu());
+    std::vector<Parameter> pg = make_params(shapes, gpu);
+    pc[3].set_model_copy(Tensor::empty(pc[3].value().shape(), DType::bf16, Device::cpu()));
+    pg[3].set_model_copy(Tensor::empty(pg[3].value().shape(), DType::bf16, gpu));
+    auto oc = make_two_group(c, pc);
+    auto og = make_two_group(c, pg);
+    for (int k = 0; k < 6; ++k) {
+      set_grads_k(pc, k);
+      set_grads_k(pg, k);
+      oc->step();
+      og->step();
+    }
+    for (std::size_t p = 0; p < shapes.size(); ++p) {
+      const std::vector<float> a = host_f32(pc[p].value());
+      const std::int64_t bad = first_mismatch(host_f32(pg[p].value()),
+                                              std::vector<double>(a.begin(), a.end()), 1e-5, 1e-6);
+      EXPECT_EQ(bad, -1) << "param " << p;
+      EXPECT_EQ(oc->step_count(pc[p]), og->step_count(pg[p]));
+    }
+    // The GPU's model copy is its own params rounded.
+    EXPECT_EQ(pg[3].model_copy().to(DType::f32).to_vector<float>(),
+              pg[3].value().to(DType::bf16).to(DType::f32).to_vector<float>());
+  }
+}
+
+// ---- bad input ------------------------------------------------------------------------------
 
 #define EXPECT_ERROR(stmt, needle)                                                  \
   do {                                                                              \

@@ -1,0 +1,688 @@
+// Gradient clipping and GradScaler, on every backend (CUDA cases skip without a GPU).
+//
+// clip_grad_norm_: norm types 1, 2, inf, 0.5 and 3 against a float64 reference, f32/f16/bf16/
+// f64 grads, zero-element and multi-chunk tensors; PyTorch's error_if_nonfinite grid (inf, NaN
+// and 2e22, which must never error; 2e200 in f64 that overflows only some norms; f32 values near
+// the f32 maximum), grads unchanged on error; the fused optimizer form equals the parameter
+// form bitwise. GradScaler: PyTorch's scale-update sequence, growth capped at the f32 maximum,
+// inf/NaN injected anywhere skips the step with params, state and step counts bitwise unchanged,
+// a scaled run equals an unscaled control bitwise, misuse errors, state_dict.
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "optim_util.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using trainrt::Device;
+using trainrt::DType;
+using trainrt::GradScaler;
+using trainrt::GradScalerOptions;
+using trainrt::Parameter;
+using trainrt::Shape;
+using trainrt::StateDict;
+using trainrt::Tensor;
+using trainrt::optim::ParamGroup;
+using namespace trainrt_test;
+
+#define EXPECT_ERROR(stmt, needle)                                                  \
+  do {                                                                              \
+    try {                                                                           \
+      stmt;                                                                         \
+      ADD_FAILURE() << "no trainrt::Error from " #stmt;                             \
+    } catch (const trainrt::Error& e) {                                             \
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
+    }                                                                               \
+  } while (0)
+
+const double kInf = std::numeric_limits<double>::infinity();
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+/// A parameter whose value and grad have `dtype`, grad values `g`.
+Parameter param_with_grad(const std::vector<double>& g, const Shape& shape, DType dtype,
+                          Device dev) {
+  Parameter p(make_tensor(std::vector<double>(g.size(), 0.5), shape, dtype, dev));
+  p.set_grad(make_tensor(g, shape, dtype, dev));
+  return p;
+}
+
+double ref_norm(const std::vector<std::vector<double>>& grads, double p) {
+  if (std::isinf(p)) {
+    double m = 0.0;
+    for (const auto& g : grads)
+      for (double x : g) {
+        if (std::isnan(x)) return kNaN;
+        m = std::max(m, std::fabs(x));
+      }
+    return m;
+  }
+  double s = 0.0;
+  for (const auto& g : grads)
+    for (double x : g) s += std::pow(std::fabs(x), p);
+  return std::pow(s, 1.0 / p);
+}
+
+/// PyTorch's f32 clip coefficient.
+float ref_coef(float total, double max_norm) {
+  const float c = (1.0f / (total + 1e-6f)) * static_cast<float>(max_norm);
+  return c > 1.0f ? 1.0f : c;
+}
+
+class ClipNorm : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(ClipNorm);
+
+TEST_P(ClipNorm, MatchesFloat64ReferenceForEveryNormAndDtype) {
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {40000}, {1}, {16385}};
+  for (DType dt : {DType::f32, DType::f16, DType::bf16, DType::f64}) {
+    for (double p : {1.0, 2.0, kInf, 0.5, 3.0}) {
+      for (double max_norm : {0.5, 1e9}) {
+        SCOPED_TRACE(std::string(trainrt::dtype_name(dt)) + " p=" + std::to_string(p) +
+                     " max_norm=" + std::to_string(max_norm));
+        std::vector<Parameter> params;
+        std::vector<std::vector<double>> grads;
+        for (std::size_t i = 0; i < shapes.size(); ++i) {
+          const std::int64_t n = trainrt::shape_numel(shapes[i]);
+          const std::vector<double> g = rounded(uniform(n, -2e-3, 2e-3, 11 + i), dt);
+          params.push_back(param_with_grad(g, shapes[i], dt, dev));
+          grads.push_back(g);
+        }
+        params.push_back(Parameter(Tensor::zeros({5}, dt, dev)));  // no grad: ignored
+        const Tensor total = trainrt::clip_grad_norm_(params, max_norm, p);
+        ASSERT_EQ(total.dim(), 0);
+        ASSERT_EQ(total.dtype(), DType::f32);
+        ASSERT_EQ(total.device(), dev);
+        const double want = ref_norm(grads, p);
+        EXPECT_NEAR(total.item(), want, 2e-6 * want);
+        const float coef = ref_coef(static_cast<float>(total.item()), max_norm);
+        for (std::size_t i = 0; i < shapes.size(); ++i) {
+          std::vector<double> expect(grads[i].size());
+          for (std::size_t j = 0; j < expect.size(); ++j) {
+            expect[j] = dt == DType::f64
+                            ? grads[i][j] * static_cast<double>(coef)
+                            : static_cast<double>(static_cast<float>(grads[i][j]) * coef);
+          }
+          EXPECT_EQ(params[i].grad().to_double_vector(), rounded(expect, dt)) << "tensor " << i;
+        }
+        EXPECT_FALSE(params.back().has_grad());
+      }
+    }
+  }
+}
+
+TEST_P(ClipNorm, GradNormAndNoGrads) {
+  std::vector<Parameter> params = {param_with_grad({3, 4}, {2}, DType::f32, dev),
+                                   param_with_grad({12}, {1}, DType::f32, dev)};
+  EXPECT_FLOAT_EQ(trainrt::grad_norm(params).item(), 13.0f);
+  EXPECT_FLOAT_EQ(trainrt::grad_norm(params, 1.0).item(), 19.0f);
+  EXPECT_FLOAT_EQ(trainrt::grad_norm(params, kInf).item(), 12.0f);
+  EXPECT_EQ(params[0].grad().to_vector<float>(), (std::vector<float>{3, 4}));  // unchanged
+  std::vector<Parameter> none = {Parameter(Tensor::zeros({3}, DType::f32, dev))};
+  const Tensor t = trainrt::clip_grad_norm_(none, 1.0);
+  EXPECT_EQ(t.item(), 0.0);
+  EXPECT_EQ(trainrt::clip_grad_norm_(std::vector<Parameter>{}, 1.0).item(), 0.0);
+}
+
+// PyTorch's test_clip_grad_norm_error_if_nonfinite, for f32 grads.
+TEST_P(ClipNorm, ErrorIfNonfiniteGrid) {
+  const std::vector<double> norms_pos = {0.1, 1, 2, 3.5, kInf};
+  struct Case {
+    bool one_elem, prefix;
+    std::vector<double> scalars;
+    bool nonfinite;  // for every positive norm
+  };
+  const std::vector<Case> cases = {
+      {false, false, {kInf, -kInf}, true},  {false, true, {kInf, -kInf}, true},
+      {true, false, {kInf, -kInf}, true},   {true, true, {kInf, -kInf}, true},
+      {false, false, {kNaN}, true},         {false, true, {kNaN}, true},
+      {true, false, {kNaN}, true},          {true, true, {kNaN}, true},
+      {false, false, {2e22, -2e22}, false}, {false, true, {2e22, -2e22}, false},
+      {true, false, {2e22, -2e22}, false},  {true, true, {2e22, -2e22}, false},
+  };
+  for (const Case& c : cases) {
+    for (double s : c.scalars) {
+      for (double p : norms_pos) {
+        for (bool err : {true, false}) {
+          SCOPED_TRACE("scalar " + std::to_string(s) + " norm " + std::to_string(p) +
+                       (c.one_elem ? " one element" : " all elements") +
+                       (c.prefix ? " with prefix" : ""));
+          std::vector<Parameter> params;
+          if (c.prefix)
+            params.push_back(param_with_grad(std::vector<double>(10, 1.0), {10}, DType::f32, dev));
+          std::vector<double> g(10, c.one_elem ? 0.0 : s);
+          if (c.one_elem) g[3] = s;
+          params.push_back(param_with_grad(g, {10}, DType::f32, dev));
+          std::vector<std::vector<float>> before;
+          for (const Parameter& q : params) before.push_back(host_f32(q.grad()));
+          if (c.nonfinite && err) {
+            EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0, p, true), "non-finite");
+            for (std::size_t i = 0; i < params.size(); ++i) {
+              EXPECT_TRUE(same_bits(before[i], host_f32(params[i].grad()))) << "grads changed";
+            }
+          } else {
+            const double total = trainrt::clip_grad_norm_(params, 1.0, p, err).item();
+            EXPECT_EQ(std::isfinite(total), !c.nonfinite) << total;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(ClipNorm, HugeValues) {
+  // PyTorch's 2e200 grid, in f32: 10 grads of 3e38 overflow every norm but max |g| (the total
+  // norm is an f32 value), while the grads themselves are finite. Grads unchanged on error.
+  for (bool one_elem : {false, true}) {
+    for (double p : {3.5, 2.0, 1.0, 0.1, kInf}) {
+      std::vector<double> g(10, 3e38);
+      if (one_elem) {
+        g.assign(10, 0.0);
+        g[4] = 3e38;
+      }
+      std::vector<Parameter> params = {param_with_grad(g, {10}, DType::f32, dev)};
+      const bool overflow = !std::isinf(p) && !one_elem;
+      if (overflow) {
+        EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0, p, true), "non-finite");
+        EXPECT_EQ(params[0].grad().to_vector<float>(), std::vector<float>(10, 3e38f));
+      } else {
+        const double t = trainrt::clip_grad_norm_(params, 1.0, p, true).item();
+        EXPECT_NEAR(t, static_cast<double>(3e38f), 3e32) << p;
+      }
+    }
+  }
+  // f64 grads: a norm beyond the f64 range is inf (an error), one within it is fine.
+  {
+    std::vector<Parameter> params = {
+        param_with_grad(std::vector<double>(10, 2e200), {10}, DType::f64, dev)};
+    EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0, 2.0, true), "non-finite");
+    EXPECT_EQ(params[0].grad().to_vector<double>()[0], 2e200);
+    std::vector<Parameter> ok = {
+        param_with_grad(std::vector<double>(10, 2e20), {10}, DType::f64, dev)};
+    EXPECT_NEAR(trainrt::clip_grad_norm_(ok, 1.0, 2.0, true).item(), std::sqrt(10.0) * 2e20, 1e14);
+  }
+  // f32 grads near the f32 maximum: the 1- and 2-norms exceed it (inf), max |g| does not.
+  const double big = 3e38;
+  for (double p : {1.0, 2.0, kInf}) {
+    std::vector<Parameter> params = {
+        param_with_grad(std::vector<double>(8, big), {8}, DType::f32, dev)};
+    const double t = trainrt::grad_norm(params, p).item();
+    if (std::isinf(p)) {
+      EXPECT_EQ(t, static_cast<double>(static_cast<float>(big)));
+    } else {
+      EXPECT_TRUE(std::isinf(t)) << p;
+    }
+  }
+  // Small values next to a large one are not lost (accumulation in double, not f32).
+  std::vector<double> g(100001, 1.0);
+  g[0] = 1e10;
+  std::vector<Parameter> mixed = {param_with_grad(g, {100001}, DType::f32, dev)};
+  EXPECT_FLOAT_EQ(static_cast<float>(trainrt::grad_norm(mixed, 1.0).item()), 1.00001e10f);
+}
+
+TEST_P(ClipNorm, ClipGradValue) {
+  std::vector<Parameter> params = {
+      param_with_grad({-3, -0.5, 0, 0.25, 2, kInf, -kInf, kNaN}, {8}, DType::f32, dev),
+      param_with_grad({5, -5, 0.75}, {3}, DType::bf16, dev),
+      param_with_grad({}, {0}, DType::f32, dev)};
+  trainrt::clip_grad_value_(params, 1.0);
+  const std::vector<float> g = host_f32(params[0].grad());
+  EXPECT_EQ(std::vector<float>(g.begin(), g.begin() + 7),
+            (std::vector<float>{-1, -0.5, 0, 0.25, 1, 1, -1}));
+  EXPECT_TRUE(std::isnan(g[7]));
+  EXPECT_EQ(params[1].grad().to_double_vector(), (std::vector<double>{1, -1, 0.75}));
+  trainrt::clip_grad_value_(params, 0.0);
+  EXPECT_EQ(params[1].grad().to_double_vector(), (std::vector<double>{0, 0, 0}));
+}
+
+TEST_P(ClipNorm, FusedOptimizerFormEqualsParameterForm) {
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {17}, {40000}, {16385}};
+  for (double p : {2.0, 1.0, kInf, 0.5}) {
+    for (double max_norm : {0.3, 1e9}) {
+      SCOPED_TRACE("p " + std::to_string(p) + " max_norm " + std::to_string(max_norm));
+      std::vector<Parameter> pa, pb;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+        pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+      }
+      trainrt::optim::AdamW oa(pa, trainrt::optim::AdamWOptions(0.01));
+      trainrt::optim::AdamW ob(pb, trainrt::optim::AdamWOptions(0.01));
+      for (int k = 0; k < 3; ++k) {
+        for (std::size_t i = 0; i < shapes.size(); ++i) {
+          set_formula_grad(pa[i], static_cast<int>(i), k);
+          set_formula_grad(pb[i], static_cast<int>(i), k);
+        }
+        const std::vector<float> gb0 = host_f32(pb[3].grad());
+        const double ta = trainrt::clip_grad_norm_(pa, max_norm, p).item();
+        const double tb = trainrt::clip_grad_norm_(ob, max_norm, p).item();
+        EXPECT_EQ(ta, tb);
+        EXPECT_TRUE(same_bits(gb0, host_f32(pb[3].grad())));  // the fused form writes no grad
+        oa.step();
+        ob.step();
+        for (std::size_t i = 0; i < shapes.size(); ++i) {
+          EXPECT_TRUE(same_bits(host_f32(pa[i].value()), host_f32(pb[i].value()))) << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(ClipNorm, FusedFormErrorLeavesTheNextStepUnclipped) {
+  std::vector<Parameter> pa = {param_with_grad({1, 2, kInf}, {3}, DType::f32, dev)};
+  pa[0].value().copy_(make_tensor({1, 1, 1}, {3}, DType::f32, dev));
+  trainrt::optim::SGD opt(pa, trainrt::optim::SGDOptions(0.5));
+  EXPECT_ERROR(trainrt::clip_grad_norm_(opt, 1.0, 2.0, true), "non-finite");
+  pa[0].set_grad(make_tensor({1, 2, 4}, {3}, DType::f32, dev));
+  opt.step();  // no clip coefficient applied
+  EXPECT_EQ(host_f32(pa[0].value()), (std::vector<float>{0.5f, 0.0f, -1.0f}));
+}
+
+TEST_P(ClipNorm, BadInput) {
+  std::vector<Parameter> params = {param_with_grad({1, 2}, {2}, DType::f32, dev)};
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, 0.0), "max_norm must be > 0");
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, -1.0), "max_norm must be > 0");
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, kNaN), "max_norm must be > 0");
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0, 0.0), "norm_type must be > 0");
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0, -2.0), "norm_type must be > 0");
+  EXPECT_ERROR(trainrt::grad_norm(params, kNaN), "norm_type");
+  EXPECT_ERROR(trainrt::clip_grad_value_(params, -1.0), "clip_value must be >= 0");
+  EXPECT_ERROR(trainrt::clip_grad_norm_({params[0], Parameter()}, 1.0), "undefined");
+  trainrt::optim::SGD opt(params, trainrt::optim::SGDOptions(0.1));
+  EXPECT_ERROR(trainrt::clip_grad_norm_(opt, 0.0), "max_norm must be > 0");
+  EXPECT_EQ(params[0].grad().to_vector<float>(), (std::vector<float>{1, 2}));
+}
+
+TEST(ClipDevices, GradsOnDifferentDevices) {
+  std::string why;
+  if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
+  std::vector<Parameter> params = {param_with_grad({1}, {1}, DType::f32, Device::cpu()),
+                                   param_with_grad({1}, {1}, DType::f32, Device::cuda(0))};
+  EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0), "one device");
+}
+
+// ---- GradScaler --------------------------------------------------------------------------------
+
+class Scaler : public BackendTest {};
+TRAINRT_INSTANTIATE_BACKENDS(Scaler);
+
+/// One parameter [n] with Adam; grads set by the caller.
+struct Model {
+  std::vector<Parameter> params;
+  std::unique_ptr<trainrt::optim::Optimizer> opt;
+};
+
+Model make_model(const std::vector<Shape>& shapes, Device dev, const char* name = "Adam") {
+  Model m;
+  for (std::size_t i = 0; i < shapes.size(); ++i)
+    m.params.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+  trainrt::optim::HyperParams h{{"lr", 0.01}};
+  if (std::string(name) == "Adam") h["amsgrad"] = 1.0;
+  m.opt = trainrt::optim::make_optimizer(name, {ParamGroup(m.params)}, h);
+  return m;
+}
+
+/// Grads of step k multiplied by `scale` (exact for a power of two).
+void set_scaled_grads(const Model& m, int k, double scale) {
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    const Tensor v = m.params[i].value();
+    std::vector<float> g = formula_values(v.shape(), static_cast<int>(i), k, true);
+    for (float& x : g) x = static_cast<float>(x * scale);
+    m.params[i].set_grad(f32_tensor(g, v.shape(), v.device()));
+  }
+}
+
+TEST_P(Scaler, DefaultsAreTorchs) {
+  GradScalerOptions o;
+  EXPECT_EQ(o.init_scale, 65536.0);
+  EXPECT_EQ(o.growth_factor, 2.0);
+  EXPECT_EQ(o.backoff_factor, 0.5);
+  EXPECT_EQ(o.growth_interval, 2000);
+  EXPECT_TRUE(o.enabled);
+  GradScaler s;
+  EXPECT_EQ(s.get_scale(), 65536.0);
+  EXPECT_EQ(s.get_growth_tracker(), 0);
+}
+
+TEST_P(Scaler, PyTorchScaleUpdateSequence) {
+  // PyTorch's own test: scale 4, growth 2, backoff 0.25, interval 2.
+  GradScalerOptions o;
+  o.init_scale = 4.0;
+  o.growth_factor = 2.0;
+  o.backoff_factor = 0.25;
+  o.growth_interval = 2;
+  GradScaler scaler(o);
+  Model m = make_model({{3}}, dev);
+  set_scaled_grads(m, 0, 4.0);
+  EXPECT_TRUE(scaler.step(*m.opt));
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 4.0);
+  EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  set_scaled_grads(m, 1, 4.0);
+  EXPECT_TRUE(scaler.step(*m.opt));
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 8.0);
+  EXPECT_EQ(scaler.get_growth_tracker(), 0);
+  set_scaled_grads(m, 2, 8.0);
+  Tensor g = m.params[0].grad();
+  g.copy_(make_tensor({1, kInf, 2}, {3}, DType::f32, dev));
+  EXPECT_FALSE(scaler.step(*m.opt));
+  EXPECT_TRUE(m.opt->last_step_skipped());
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 2.0);
+  EXPECT_EQ(scaler.get_growth_tracker(), 0);
+}
+
+TEST_P(Scaler, GrowthCappedWhenTheNewScaleWouldBeInf) {
+  GradScalerOptions o;
+  o.init_scale = std::ldexp(1.0, 127);
+  o.growth_interval = 1;
+  GradScaler scaler(o);
+  Model m = make_model({{2}}, dev);
+  set_scaled_grads(m, 0, 1.0);
+  scaler.step(*m.opt);
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), std::ldexp(1.0, 127));
+  EXPECT_EQ(scaler.get_growth_tracker(), 0);
+  scaler.update(1e30);
+  EXPECT_FLOAT_EQ(static_cast<float>(scaler.get_scale()), 1e30f);
+}
+
+TEST_P(Scaler, NonFiniteAnywhereSkipsTheStepAndChangesNothing) {
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {40000}, {16385}};
+  for (bool with_clip : {false, true}) {
+    for (std::size_t t : {0u, 2u, 3u}) {
+      const std::int64_t n = trainrt::shape_numel(shapes[t]);
+      for (std::int64_t pos : {std::int64_t(0), n / 2, n - 1}) {
+        for (double bad : {kInf, -kInf, kNaN}) {
+          SCOPED_TRACE("tensor " + std::to_string(t) + " position " + std::to_string(pos) +
+                       " value " + std::to_string(bad) + (with_clip ? " clip" : ""));
+          GradScalerOptions o;
+          o.init_scale = 1024.0;
+          GradScaler scaler(o);
+          Model m = make_model(shapes, dev);
+          for (int k = 0; k < 2; ++k) {  // two clean steps: state exists
+            set_scaled_grads(m, k, 1024.0);
+            ASSERT_TRUE(scaler.step(*m.opt));
+            scaler.update();
+          }
+          const StateDict before = m.opt->state_dict();
+          std::vector<std::vector<float>> pb;
+          for (const Parameter& p : m.params) pb.push_back(host_f32(p.value()));
+          set_scaled_grads(m, 2, 1024.0);
+          std::vector<float> g = host_f32(m.params[t].grad());
+          g[static_cast<std::size_t>(pos)] = static_cast<float>(bad);
+          m.params[t].set_grad(f32_tensor(g, shapes[t], dev));
+          if (with_clip) {
+            scaler.unscale_(*m.opt);
+            trainrt::clip_grad_norm_(*m.opt, 1.0);
+          }
+          EXPECT_FALSE(scaler.step(*m.opt));
+          scaler.update();
+          EXPECT_EQ(scaler.get_scale(), 512.0);
+          for (std::size_t i = 0; i < m.params.size(); ++i) {
+            EXPECT_TRUE(same_bits(pb[i], host_f32(m.params[i].value()))) << "param " << i;
+          }
+          const StateDict after = m.opt->state_dict();
+          EXPECT_EQ(before.scalars, after.scalars);  // step counts included
+          for (const auto& kv : before.tensors) {
+            EXPECT_TRUE(same_bits(host_f32(kv.second), host_f32(after.tensors.at(kv.first))))
+                << kv.first;
+          }
+          // The next clean step goes on as usual.
+          set_scaled_grads(m, 3, 512.0);
+          EXPECT_TRUE(scaler.step(*m.opt));
+          EXPECT_EQ(m.opt->step_count(m.params[0]), 3);
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Scaler, SkippedFirstStepCreatesNoState) {
+  GradScaler scaler;
+  Model m = make_model({{4}}, dev, "SGD");
+  m.opt->set(0, "momentum", 0.9);
+  m.params[0].set_grad(make_tensor({1, kNaN, 0, 0}, {4}, DType::f32, dev));
+  EXPECT_FALSE(scaler.step(*m.opt));
+  EXPECT_TRUE(m.opt->state_dict().tensors.empty());
+  EXPECT_EQ(m.opt->step_count(m.params[0]), 0);
+  scaler.update();
+  // The first real step still initialises the momentum buffer to the grad.
+  m.params[0].set_grad(make_tensor({32768, 0, 0, 0}, {4}, DType::f32, dev));
+  EXPECT_TRUE(scaler.step(*m.opt));
+  EXPECT_EQ(host_f32(m.opt->state(m.params[0], "momentum_buffer"))[0], 1.0f);
+}
+
+TEST_P(Scaler, ScaledRunEqualsUnscaledControl) {
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {40000}, {17}};
+  for (bool clip : {false, true}) {
+    for (const char* name : {"Adam", "SGD", "LAMB"}) {
+      SCOPED_TRACE(std::string(name) + (clip ? " with clip" : ""));
+      Model control = make_model(shapes, dev, name);
+      Model scaled = make_model(shapes, dev, name);
+      if (std::string(name) == "SGD") {
+        control.opt->set(0, "momentum", 0.9);
+        scaled.opt->set(0, "momentum", 0.9);
+      }
+      GradScalerOptions o;
+      o.init_scale = 256.0;
+      o.growth_interval = 3;
+      GradScaler scaler(o);
+      for (int k = 0; k < 10; ++k) {
+        const double s = scaler.get_scale();
+        set_scaled_grads(scaled, k, s);
+        const bool overflow = k == 5;  // one iteration overflows: both runs skip it
+        if (overflow) {
+          Tensor g = scaled.params[2].grad();
+          std::vector<float> v = host_f32(g);
+          v[123] = std::numeric_limits<float>::infinity();
+          g.copy_(f32_tensor(v, g.shape(), dev));
+        }
+        if (clip) {
+          scaler.unscale_(*scaled.opt);
+          trainrt::clip_grad_norm_(*scaled.opt, 0.5);
+        }
+        EXPECT_EQ(scaler.step(*scaled.opt), !overflow);
+        scaler.update();
+        if (!overflow) {
+          set_scaled_grads(control, k, 1.0);
+          if (clip) trainrt::clip_grad_norm_(control.params, 0.5);
+          control.opt->step();
+        }
+      }
+      EXPECT_EQ(scaler.get_scale(),
+                512.0);  // 256, 512 after k = 2, 256 after k = 5, 512 after k = 8
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        EXPECT_TRUE(
+            same_bits(host_f32(control.params[i].value()), host_f32(scaled.params[i].value())))
+            << "param " << i;
+      }
+    }
+  }
+}
+
+TEST_P(Scaler, ScaleAndScaleTensor) {
+  GradScaler scaler;
+  const Tensor loss = make_tensor({1.5}, {}, DType::f32, dev);
+  const Tensor s = scaler.scale(loss);
+  EXPECT_EQ(s.item(), 1.5 * 65536.0);
+  EXPECT_EQ(loss.item(), 1.5);  // not in place
+  const Tensor lh = make_tensor({2.0}, {}, DType::f16, dev);
+  const Tensor sh = scaler.scale(lh);
+  EXPECT_EQ(sh.dtype(), DType::f32);  // 2 * 65536 does not fit f16
+  EXPECT_EQ(sh.item(), 131072.0);
+  // The device scale as a loss's upstream scale: the loss gradient comes out scaled.
+  const Tensor x = make_tensor({0.1, -0.2, 0.3, 0.05}, {1, 4}, DType::f32, dev);
+  const Tensor tgt = Tensor::from_vector(std::vector<std::int64_t>{2}, {1}, dev);
+  trainrt::CrossEntropyOptions co;
+  co.grad_scale_tensor = scaler.scale_tensor(dev);
+  const auto scaled = trainrt::cross_entropy(x, tgt, co);
+  const auto plain = trainrt::cross_entropy(x, tgt);
+  const std::vector<float> a = host_f32(scaled.grad), b = host_f32(plain.grad);
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_FLOAT_EQ(a[i], b[i] * 65536.0f);
+}
+
+TEST_P(Scaler, Misuse) {
+  GradScaler scaler;
+  Model m = make_model({{3}}, dev);
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded");
+  set_scaled_grads(m, 0, 65536.0);
+  scaler.unscale_(*m.opt);
+  EXPECT_ERROR(scaler.unscale_(*m.opt), "already been called on this optimizer");
+  EXPECT_ERROR(trainrt::clip_grad_norm_(m.params, 1.0), "still scaled");
+  EXPECT_ERROR(trainrt::clip_grad_value_(m.params, 1.0), "still scaled");
+  scaler.step(*m.opt);
+  EXPECT_ERROR(scaler.step(*m.opt), "step() has already been called");
+  EXPECT_ERROR(scaler.unscale_(*m.opt), "after step()");
+  scaler.update();
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded");
+  // A new iteration is fine again; the grads of the last one are no longer "still scaled".
+  trainrt::clip_grad_norm_(m.params, 1.0);
+  set_scaled_grads(m, 1, 65536.0);
+  scaler.unscale_(*m.opt);
+  scaler.step(*m.opt);
+  scaler.update();
+  // An optimizer without grads records no inf check.
+  Model empty = make_model({{3}}, dev);
+  EXPECT_ERROR(scaler.step(*empty.opt), "no inf checks were recorded for this optimizer");
+  // Bad options.
+  auto with = [](double init, double growth, double backoff, std::int64_t interval) {
+    GradScalerOptions o;
+    o.init_scale = init;
+    o.growth_factor = growth;
+    o.backoff_factor = backoff;
+    o.growth_interval = interval;
+    return o;
+  };
+  EXPECT_ERROR((void)GradScaler(with(65536, 1.0, 0.5, 10)), "growth_factor must be > 1");
+  EXPECT_ERROR((void)GradScaler(with(65536, 2.0, 1.0, 10)), "backoff_factor must be in (0, 1)");
+  EXPECT_ERROR((void)GradScaler(with(65536, 2.0, 0.5, 0)), "growth_interval must be");
+  EXPECT_ERROR((void)GradScaler(with(0, 2.0, 0.5, 10)), "init_scale must be");
+  EXPECT_ERROR((void)GradScaler(with(1e39, 2.0, 0.5, 10)), "init_scale must be");
+  EXPECT_ERROR(scaler.set_growth_factor(0.5), "growth_factor must be > 1");
+  EXPECT_ERROR(scaler.update(-1.0), "new_scale must be");
+}
+
+TEST_P(Scaler, DisabledPassesThrough) {
+  GradScalerOptions o;
+  o.enabled = false;
+  GradScaler scaler(o);
+  Model m = make_model({{3}}, dev);
+  const Tensor loss = make_tensor({2.0}, {}, DType::f32, dev);
+  EXPECT_EQ(scaler.scale(loss).item(), 2.0);
+  EXPECT_FALSE(scaler.scale_tensor(dev).defined());
+  set_scaled_grads(m, 0, 1.0);
+  scaler.unscale_(*m.opt);
+  EXPECT_TRUE(scaler.step(*m.opt));
+  scaler.update();
+  EXPECT_EQ(m.opt->step_count(m.params[0]), 1);
+  EXPECT_TRUE(scaler.state_dict().empty());
+  EXPECT_EQ(scaler.get_scale(), 1.0);
+}
+
+TEST_P(Scaler, StateDictRoundTrip) {
+  GradScalerOptions o;
+  o.init_scale = 64.0;
+  o.growth_interval = 5;
+  GradScaler a(o);
+  Model m = make_model({{3}}, dev);
+  for (int k = 0; k < 3; ++k) {
+    set_scaled_grads(m, k, 64.0);
+    a.step(*m.opt);
+    a.update();
+  }
+  const StateDict sd = a.state_dict();
+  EXPECT_EQ(sd.scalars.at("scale"), 64.0);
+  EXPECT_EQ(sd.scalars.at("_growth_tracker"), 3.0);
+  EXPECT_EQ(sd.scalars.at("growth_interval"), 5.0);
+  EXPECT_EQ(sd.scalars.at("growth_factor"), 2.0);
+  EXPECT_EQ(sd.scalars.at("backoff_factor"), 0.5);
+  GradScaler b;
+  b.load_state_dict(sd);
+  EXPECT_EQ(b.state_dict().scalars, sd.scalars);
+  // b continues a's trajectory: two more clean updates grow the scale.
+  Model mb = make_model({{3}}, dev);
+  for (int k = 0; k < 2; ++k) {
+    set_scaled_grads(mb, k, b.get_scale());
+    b.step(*mb.opt);
+    b.update();
+  }
+  EXPECT_EQ(b.get_scale(), 128.0);
+  EXPECT_EQ(b.get_growth_tracker(), 0);
+
+  GradScaler c;
+  EXPECT_ERROR(c.load_state_dict(StateDict()), "empty");
+  StateDict missing = sd;
+  missing.scalars.erase("backoff_factor");
+  EXPECT_ERROR(c.load_state_dict(missing), "no 'backoff_factor'");
+  StateDict bad = sd;
+  bad.scalars["_growth_tracker"] = 7;
+  EXPECT_ERROR(c.load_state_dict(bad), "_growth_tracker");
+  EXPECT_EQ(c.get_scale(), 65536.0);  // unchanged
+}
+
+// ---- CUDA parity (skips without a GPU)
+// -----------------------------------------------------------
+
+TEST(ClipAmpCudaParity, NormsScaleAndSkipMatchTheCpu) {
+  std::string why;
+  if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
+  const Device gpu = Device::cuda(0);
+  const std::vector<Shape> shapes = {{3, 4}, {0}, {100000}, {1}, {65537}};
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    for (double p : {1.0, 2.0, kInf, 0.5}) {
+      std::vector<Parameter> pc, pg;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const std::vector<double> g =
+            rounded(uniform(trainrt::shape_numel(shapes[i]), -1, 1, 3 + i), dt);
+        pc.push_back(param_with_grad(g, shapes[i], dt, Device::cpu()));
+        pg.push_back(param_with_grad(g, shapes[i], dt, gpu));
+      }
+      const double tc = trainrt::clip_grad_norm_(pc, 0.5, p).item();
+      const double tg = trainrt::clip_grad_norm_(pg, 0.5, p).item();
+      EXPECT_NEAR(tg, tc, 1e-6 * tc) << trainrt::dtype_name(dt) << " p " << p;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const std::vector<double> a = pc[i].grad().to_double_vector();
+        const std::vector<double> b = pg[i].grad().to_double_vector();
+        ASSERT_EQ(a.size(), b.size());
+        for (std::size_t j = 0; j < a.size(); ++j)
+          ASSERT_NEAR(b[j], a[j], 1e-5 * std::fabs(a[j]) + 1e-30);
+      }
+    }
+  }
+  // The same scaled run on both devices: same skips, same scale, same params.
+  GradScalerOptions o;
+  o.init_scale = 256.0;
+  o.growth_interval = 2;
+  GradScaler sc(o), sg(o);
+  Model mc = make_model({{1000}, {70000}}, Device::cpu());
+  Model mg = make_model({{1000}, {70000}}, gpu);
+  for (int k = 0; k < 8; ++k) {
+    set_scaled_grads(mc, k, sc.get_scale());
+    set_scaled_grads(mg, k, sg.get_scale());
+    if (k == 3) {
+      for (Model* m : {&mc, &mg}) {
+        Tensor g = m->params[1].grad();
+        std::vector<float> v = host_f32(g);
+        v[4242] = std::numeric_limits<float>::quiet_NaN();
+        g.copy_(f32_tensor(v, g.shape(), g.device()));
+      }
+    }
+    sc.unscale_(*mc.opt);
+    sg.unscale_(*mg.opt);
+    trainrt::clip_grad_norm_(*mc.opt, 1.0);
+    trainrt::clip_grad_norm_(*mg.opt, 1.0);
+    EXPECT_EQ(sc.step(*mc.opt), sg.step(*mg.opt)) << k;
+    sc.update();
+    sg.update();
+    EXPECT_EQ(sc.get_scale(), sg.get_scale()) << k;
+  }
+  for (std::size_t i = 0; i < mc.params.size(); ++i) {
+    const std::vector<float> a = host_f32(mc.params[i].value()), b = host_f32(mg.params[i].value());
+    for (std::size_t j = 0; j < a.size(); ++j)
+      ASSERT_NEAR(b[j], a[j], 1e-5 * std::fabs(a[j]) + 1e-6);
+  }
+}
+
+}  // namespace
