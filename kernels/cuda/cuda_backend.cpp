@@ -91,7 +91,9 @@ int cuda_supports(int32_t op, int32_t dtype) {
     case TRAINRT_OP_CAST: return dtype >= TRAINRT_F32 && dtype <= TRAINRT_U8 ? 1 : 0;
     case TRAINRT_OP_SOFTMAX:
     case TRAINRT_OP_CROSS_ENTROPY:
-    case TRAINRT_OP_POINTWISE_LOSS: return flt ? 1 : 0;
+    case TRAINRT_OP_POINTWISE_LOSS:
+    case TRAINRT_OP_MULTI_TENSOR: return flt ? 1 : 0;
+    case TRAINRT_OP_OPTIMIZER_STEP: return dtype == TRAINRT_F32 ? 1 : 0;
     default: return 0;
   }
 }
@@ -180,25 +182,35 @@ int cuda_pointwise_loss(int32_t device, const trainrt_pointwise_loss_args* a) {
   });
 }
 
-// Optimizer, clipping and loss-scaling slots: not implemented on CUDA yet. They fail with a
-// clear message (the table must be fully filled: a NULL slot would crash the core).
-int not_implemented(const char* slot) {
-  return guarded([&] { fail(std::string(slot) + ": not implemented on CUDA yet"); });
+// Optimizer, clipping and loss-scaling slots: enqueue only, never wait (the per-step scalars
+// stay on the device; see optim.cu, multi_tensor_norm.cu, multi_tensor_scale.cu, amp.cu).
+int cuda_optimizer_step(int32_t device, const trainrt_optim_step_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "optimizer_step: args is null");
+    launch_optimizer_step(activate(device), *a);
+  });
 }
 
-int cuda_optimizer_step(int32_t, const trainrt_optim_step_args*) {
-  return not_implemented("optimizer_step");
+int cuda_multi_tensor_norm(int32_t device, const trainrt_multi_tensor_norm_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "multi_tensor_norm: args is null");
+    launch_multi_tensor_norm(activate(device), *a);
+  });
 }
 
-int cuda_multi_tensor_norm(int32_t, const trainrt_multi_tensor_norm_args*) {
-  return not_implemented("multi_tensor_norm");
+int cuda_multi_tensor_scale(int32_t device, const trainrt_multi_tensor_scale_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "multi_tensor_scale: args is null");
+    launch_multi_tensor_scale(activate(device), *a);
+  });
 }
 
-int cuda_multi_tensor_scale(int32_t, const trainrt_multi_tensor_scale_args*) {
-  return not_implemented("multi_tensor_scale");
+int cuda_amp(int32_t device, const trainrt_amp_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "amp: args is null");
+    launch_amp(activate(device), *a);
+  });
 }
-
-int cuda_amp(int32_t, const trainrt_amp_args*) { return not_implemented("amp"); }
 
 const trainrt_backend_v1& backend_table() {
   static const trainrt_backend_v1 table = [] {

@@ -18,6 +18,10 @@ void launch_softmax_forward(DeviceCtx& ctx, const trainrt_softmax_args& a);
 void launch_softmax_backward(DeviceCtx& ctx, const trainrt_softmax_args& a);
 void launch_cross_entropy(DeviceCtx& ctx, const trainrt_cross_entropy_args& a);
 void launch_pointwise_loss(DeviceCtx& ctx, const trainrt_pointwise_loss_args& a);
+void launch_optimizer_step(DeviceCtx& ctx, const trainrt_optim_step_args& a);
+void launch_multi_tensor_norm(DeviceCtx& ctx, const trainrt_multi_tensor_norm_args& a);
+void launch_multi_tensor_scale(DeviceCtx& ctx, const trainrt_multi_tensor_scale_args& a);
+void launch_amp(DeviceCtx& ctx, const trainrt_amp_args& a);
 
 }  // namespace gpu
 }  // namespace trainrt
