@@ -1,0 +1,199 @@
+#!/usr/bin/python3
+"""trainrt's bench_optim beside PyTorch's CPU optimizers, in the same run, on the same sizes.
+
+Times, over 16M f32 parameters held in 1 tensor and in 200 tensors (docs/PERF.md):
+  adamw              torch.optim.AdamW(lr=1e-3, wd=1e-2).step(), foreach False and True
+  sgd_momentum       torch.optim.SGD(lr=1e-3, momentum=0.9, wd=1e-4).step(), foreach False/True
+  clip_adamw         torch.nn.utils.clip_grad_norm_(params, 1.0) + AdamW.step()
+against bench_optim's fused steps (one pass; clip_adamw folds the clip coefficient into the step)
+and the one-pass bandwidth ceilings it measures in the same run (ceiling_adamw: the AdamW access
+pattern, 28 B/param; ceiling_sgd: 20 B/param; ceiling_read: the norm's read pass, 4 B/param;
+the clip + step ceiling is ceiling_read + ceiling_adamw). PyTorch runs with
+torch.set_num_threads(2) (this machine's core count), on random data, median of many steps after
+warm-up. Rounds alternate trainrt and PyTorch so both see the same machine load; the table holds
+medians over rounds, the load average and CPU pressure (PSI) of the run.
+
+  /usr/bin/python3 bench/compare_optim.py build/bin/bench_optim --out bench/results/DATE-optim-cpu.md
+
+Debian's python3-torch (1.13) lives in /usr/bin/python3, not in a pyenv python3 on PATH.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+N_PARAMS = 16 << 20
+LAYOUTS = [1, 200]
+
+
+def psi_some_avg10():
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except Exception:  # noqa: BLE001 - no PSI on this kernel
+        return None
+
+
+def wait_quiet(max_seconds, threshold):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_seconds:
+        v = psi_some_avg10()
+        if v is None or v < threshold:
+            break
+        time.sleep(2)
+    return time.monotonic() - t0
+
+
+def machine():
+    model = ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except Exception:  # noqa: BLE001
+        pass
+    return "%s, %d logical CPUs" % (model or platform.processor(), os.cpu_count())
+
+
+def run_bench(bench, reps):
+    cmd = [bench, "--benchmark_format=json", "--benchmark_filter=/cpu",
+           "--benchmark_repetitions=%d" % reps]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    res = {}
+    for b in json.loads(out)["benchmarks"]:
+        if b.get("run_type") != "iteration":
+            continue
+        name = b["run_name"].split("/min_time")[0]
+        unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
+        res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def torch_times(torch, steps, threads):
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for tensors in LAYOUTS:
+        sizes = [N_PARAMS // tensors + (1 if t < N_PARAMS % tensors else 0) for t in range(tensors)]
+        params = [torch.nn.Parameter(torch.rand(n, generator=g) * 2 - 1) for n in sizes]
+        grads = [(torch.rand(n, generator=g) * 2 - 1) * 1e-2 for n in sizes]
+
+        def set_grads():
+            for p, gr in zip(params, grads):
+                p.grad = gr.clone()
+
+        def timed(fn):
+            for _ in range(2):
+                fn()
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(ts)
+
+        for foreach in (False, True):
+            set_grads()
+            opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=foreach)
+            out[("adamw", tensors, foreach)] = timed(opt.step)
+            opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4, foreach=foreach)
+            out[("sgd_momentum", tensors, foreach)] = timed(opt.step)
+            opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=foreach)
+
+            def clip_step():
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+
+            out[("clip_adamw", tensors, foreach)] = timed(clip_step)
+        del params, grads
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", help="path to bench_optim")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="bench_optim repetitions per round")
+    ap.add_argument("--steps", type=int, default=15, help="timed PyTorch steps per config")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--wait-quiet", type=float, default=0.0,
+                    help="before each round wait up to this many seconds for CPU PSI < 10%%")
+    ap.add_argument("--out", help="write the markdown report here")
+    args = ap.parse_args()
+    import torch  # noqa: E402 - after argument parsing so --help works without torch
+
+    tr, th, loads, psis = {}, {}, [], []
+    for r in range(args.rounds):
+        if args.wait_quiet > 0:
+            wait_quiet(args.wait_quiet, 10.0)
+        loads.append(os.getloadavg()[0])
+        psis.append(psi_some_avg10())
+        for k, v in run_bench(args.bench, args.reps).items():
+            tr.setdefault(k, []).append(v)
+        for k, v in torch_times(torch, args.steps, args.threads).items():
+            th.setdefault(k, []).append(v)
+        print("round %d/%d done (load %.2f, PSI %s)" % (r + 1, args.rounds, loads[-1], psis[-1]),
+              file=sys.stderr)
+    trm = {k: statistics.median(v) for k, v in tr.items()}
+    thm = {k: statistics.median(v) for k, v in th.items()}
+    ceil = {
+        "adamw": trm["ceiling_adamw/cpu"],
+        "sgd_momentum": trm["ceiling_sgd/cpu"],
+        "clip_adamw": trm["ceiling_read/cpu"] + trm["ceiling_adamw/cpu"],
+    }
+    bytes_per = {"adamw": 28, "sgd_momentum": 20, "clip_adamw": 32}
+    rows = []
+    for op in ("adamw", "sgd_momentum", "clip_adamw"):
+        for tensors in LAYOUTS:
+            t = trm["%s/cpu/tensors:%d" % (op, tensors)]
+            tf, tt = thm[(op, tensors, False)], thm[(op, tensors, True)]
+            best = min(tf, tt)
+            gbps = bytes_per[op] * N_PARAMS / (t * 1e-3) / 1e9
+            rows.append([op, str(tensors), "%.1f" % t, "%.1f" % tf, "%.1f" % tt, "%.2fx" % (best / t),
+                         "%.1f" % gbps, "%.1f" % ceil[op], "%.2fx" % (t / ceil[op])])
+    clip_ratio = ["%d tensors: %.2fx" % (n, trm["clip_adamw/cpu/tensors:%d" % n] /
+                                          trm["adamw/cpu/tensors:%d" % n]) for n in LAYOUTS]
+    header = ["op", "tensors", "trainrt ms", "torch ms (foreach=False)", "torch ms (foreach=True)",
+              "speedup vs torch's fastest", "trainrt GB/s", "ceiling ms", "trainrt / ceiling"]
+    lines = []
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in rows:
+        lines.append("| " + " | ".join(row) + " |")
+    extra = [k for k in sorted(trm) if k.startswith("clip_params")]
+    report = [
+        "# Optimizer steps on the CPU: trainrt vs PyTorch %s" % torch.__version__,
+        "",
+        "%s; %s; PyTorch threads %d; %d rounds (medians); load average at round starts %s; "
+        "CPU PSI some avg10 %s." % (datetime.date.today().isoformat(), machine(), args.threads,
+                                     args.rounds, ", ".join("%.2f" % v for v in loads),
+                                     ", ".join("%s" % v for v in psis)),
+        "",
+        "16M f32 params (16,777,216). Bytes per param: AdamW 28, SGD momentum 20, clip + AdamW 32 "
+        "(trainrt folds the clip coefficient into the step; PyTorch's clip writes the grads).",
+        "",
+    ] + lines + [
+        "",
+        "clip + step / step alone (trainrt): " + ", ".join(clip_ratio) + ".",
+        "",
+        "trainrt's clip in PyTorch's way (clip_grad_norm_(params) writes the grads, then the step): "
+        + ", ".join("%s %.1f ms" % (k.split("/")[2], trm[k]) for k in extra) + ".",
+        "",
+        "Ceilings (same run): " + ", ".join("%s %.1f ms" % (k.split("/")[0], v) for k, v in sorted(trm.items())
+                                               if k.startswith("ceiling")) + ".",
+    ]
+    text = "\n".join(report) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
