@@ -66,3 +66,19 @@ add_test(NAME trainrt_public_headers
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/check_public_headers.sh ${CMAKE_CXX_COMPILER}
                  ${PROJECT_SOURCE_DIR}/include ${PROJECT_BINARY_DIR}/include)
 set_tests_properties(trainrt_exports_only_api trainrt_public_headers PROPERTIES TIMEOUT 120)
+
+# ---- every CPU kernel build runs the op suites --------------------------------------------
+# The machine picks one ISA level; TRAINRT_CPU_ISA forces the lower ones so the baseline and
+# x86-64-v3 builds are tested too (each as one process over the CPU cases).
+if(TRAINRT_MULTI_ISA_ACTIVE)
+  foreach(isa baseline x86-64-v3)
+    foreach(exe test_device test_softmax test_losses test_torch_golden test_optim test_clip_amp)
+      if(TARGET ${exe})
+        set(filter "*/cpu:*Cpu*:CpuIsa.*")
+        add_test(NAME ${exe}_isa_${isa} COMMAND ${exe} --gtest_filter=${filter})
+        set_tests_properties(${exe}_isa_${isa} PROPERTIES
+          ENVIRONMENT "TRAINRT_CPU_ISA=${isa}" TIMEOUT 300)
+      endif()
+    endforeach()
+  endforeach()
+endif()

@@ -243,3 +243,12 @@ TEST(DeviceEnv, BackendPathFromEnvironment) {
 }
 
 }  // namespace
+
+// TRAINRT_CPU_ISA caps the CPU kernel build (the ISA ctests in extra_tests.cmake run the op
+// suites once per build); the chosen build is named in the CPU device description.
+TEST(CpuIsa, OverrideIsHonoured) {
+  const char* isa = std::getenv("TRAINRT_CPU_ISA");
+  if (isa == nullptr) GTEST_SKIP() << "TRAINRT_CPU_ISA is not set";
+  const std::string desc = trainrt::device_description(trainrt::Device::cpu());
+  EXPECT_NE(desc.find(std::string(isa) + " kernels"), std::string::npos) << desc;
+}

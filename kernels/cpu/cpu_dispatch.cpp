@@ -3,6 +3,9 @@
 // and still uses the widest vectors this machine has.
 #include "cpu_dispatch.h"
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cpu_kernels.h"
 
 TRAINRT_DECLARE_CPU_KERNELS(kern)
@@ -45,19 +48,40 @@ CpuKernels with_optim(CpuKernels k, decltype(CpuKernels::optimizer_step) step,
              &ns::cpu_optimizer_step, &ns::cpu_multi_tensor_norm, &ns::cpu_multi_tensor_scale, \
              &ns::cpu_amp)
 
-CpuKernels select() {
+bool supports_v4() {
 #if defined(TRAINRT_CPU_MULTI_ISA) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return TRAINRT_CPU_TABLE("x86-64-v4", trainrt::kern_v4);
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("bmi2")) {
-    return TRAINRT_CPU_TABLE("x86-64-v3", trainrt::kern_v3);
-  }
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
 #endif
+}
+
+bool supports_v3() {
+#if defined(TRAINRT_CPU_MULTI_ISA) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("bmi2");
+#else
+  return false;
+#endif
+}
+
+CpuKernels select() {
+  // TRAINRT_CPU_ISA=baseline|x86-64-v3|x86-64-v4 caps the level (tests run every build this
+  // way); a level the CPU or the build lacks falls back to the next lower one.
+  int cap = 4;
+  if (const char* e = std::getenv("TRAINRT_CPU_ISA")) {
+    if (std::strcmp(e, "baseline") == 0) cap = 1;
+    if (std::strcmp(e, "x86-64-v3") == 0) cap = 3;
+  }
+#if defined(TRAINRT_CPU_MULTI_ISA)
+  if (cap >= 4 && supports_v4()) return TRAINRT_CPU_TABLE("x86-64-v4", trainrt::kern_v4);
+  if (cap >= 3 && supports_v3()) return TRAINRT_CPU_TABLE("x86-64-v3", trainrt::kern_v3);
+#endif
+  (void)cap;
   return TRAINRT_CPU_TABLE("baseline", trainrt::kern);
 }
 
