@@ -72,7 +72,7 @@ def run_bench(bench, reps):
         name = b["run_name"].split("/min_time")[0]
         unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
         res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
-    return {k: statistics.median(v) for k, v in res.items()}
+    return res
 
 
 def torch_times(torch, steps, threads):
@@ -96,7 +96,7 @@ def torch_times(torch, steps, threads):
                 t0 = time.perf_counter()
                 fn()
                 ts.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(ts)
+            return ts
 
         for foreach in (False, True):
             set_grads()
@@ -135,13 +135,15 @@ def main():
         loads.append(os.getloadavg()[0])
         psis.append(psi_some_avg10())
         for k, v in run_bench(args.bench, args.reps).items():
-            tr.setdefault(k, []).append(v)
+            tr.setdefault(k, []).extend(v)
         for k, v in torch_times(torch, args.steps, args.threads).items():
-            th.setdefault(k, []).append(v)
+            th.setdefault(k, []).extend(v)
         print("round %d/%d done (load %.2f, PSI %s)" % (r + 1, args.rounds, loads[-1], psis[-1]),
               file=sys.stderr)
     trm = {k: statistics.median(v) for k, v in tr.items()}
     thm = {k: statistics.median(v) for k, v in th.items()}
+    trmin = {k: min(v) for k, v in tr.items()}
+    thmin = {k: min(v) for k, v in th.items()}
     ceil = {
         "adamw": trm["ceiling_adamw/cpu"],
         "sgd_momentum": trm["ceiling_sgd/cpu"],
@@ -157,6 +159,17 @@ def main():
             gbps = bytes_per[op] * N_PARAMS / (t * 1e-3) / 1e9
             rows.append([op, str(tensors), "%.1f" % t, "%.1f" % tf, "%.1f" % tt, "%.2fx" % (best / t),
                          "%.1f" % gbps, "%.1f" % ceil[op], "%.2fx" % (t / ceil[op])])
+    min_rows = []
+    for op in ("adamw", "sgd_momentum", "clip_adamw"):
+        ceil_min = {"adamw": trmin["ceiling_adamw/cpu"], "sgd_momentum": trmin["ceiling_sgd/cpu"],
+                    "clip_adamw": trmin["ceiling_read/cpu"] + trmin["ceiling_adamw/cpu"]}[op]
+        for tensors in LAYOUTS:
+            t = trmin["%s/cpu/tensors:%d" % (op, tensors)]
+            best = min(thmin[(op, tensors, False)], thmin[(op, tensors, True)])
+            min_rows.append([op, str(tensors), "%.1f" % t, "%.1f" % best, "%.2fx" % (best / t),
+                             "%.1f" % ceil_min, "%.2fx" % (t / ceil_min)])
+    clip_ratio_min = ["%d tensors: %.2fx" % (n, trmin["clip_adamw/cpu/tensors:%d" % n] /
+                                              trmin["adamw/cpu/tensors:%d" % n]) for n in LAYOUTS]
     clip_ratio = ["%d tensors: %.2fx" % (n, trm["clip_adamw/cpu/tensors:%d" % n] /
                                           trm["adamw/cpu/tensors:%d" % n]) for n in LAYOUTS]
     header = ["op", "tensors", "trainrt ms", "torch ms (foreach=False)", "torch ms (foreach=True)",
@@ -166,6 +179,10 @@ def main():
     lines.append("|" + "---|" * len(header))
     for row in rows:
         lines.append("| " + " | ".join(row) + " |")
+    min_header = ["op", "tensors", "trainrt min ms", "torch fastest min ms", "speedup",
+                  "ceiling min ms", "trainrt / ceiling"]
+    min_lines = ["| " + " | ".join(min_header) + " |", "|" + "---|" * len(min_header)]
+    min_lines += ["| " + " | ".join(r) + " |" for r in min_rows]
     extra = [k for k in sorted(trm) if k.startswith("clip_params")]
     report = [
         "# Optimizer steps on the CPU: trainrt vs PyTorch %s" % torch.__version__,
@@ -180,7 +197,14 @@ def main():
         "",
     ] + lines + [
         "",
-        "clip + step / step alone (trainrt): " + ", ".join(clip_ratio) + ".",
+        "clip + step / step alone (trainrt, medians): " + ", ".join(clip_ratio) + ".",
+        "",
+        "Best times (the least disturbed run of each; the machine is shared, so medians include "
+        "time other processes took from our two threads):",
+        "",
+    ] + min_lines + [
+        "",
+        "clip + step / step alone (trainrt, best times): " + ", ".join(clip_ratio_min) + ".",
         "",
         "trainrt's clip in PyTorch's way (clip_grad_norm_(params) writes the grads, then the step): "
         + ", ".join("%s %.1f ms" % (k.split("/")[2], trm[k]) for k in extra) + ".",

@@ -269,7 +269,7 @@ std::vector<Parameter> OptimizerAccess::params(const OptimizerImpl& o) {
 void OptimizerAccess::mark_pending_unscale(OptimizerImpl& o, bool pending) {
   for (ParamSlot& s : o.slots) {
     ParameterImpl& p = ParameterAccess::impl(s.param);
-    if (pending && p.grad.defined()) {
+    if (pending) {
       p.pending_unscale = &o;
     } else if (!pending && p.pending_unscale == &o) {
       p.pending_unscale = nullptr;

@@ -19,8 +19,9 @@ struct ParameterImpl {
   Tensor grad;
   Tensor model_copy;
   std::string name;
-  /// The optimizer whose pending GradScaler::unscale_ still applies to this grad (its step
-  /// multiplies by 1/scale), or null. The parameter-list clip functions refuse such grads.
+  /// The optimizer whose pending GradScaler::unscale_ applies to this parameter's grad (its
+  /// next step multiplies the grad by 1/scale, whichever grad is set by then), or null. The
+  /// parameter-list clip functions refuse such grads. Cleared by that optimizer's step.
   const void* pending_unscale = nullptr;
 };
 

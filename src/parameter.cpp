@@ -52,13 +52,11 @@ void Parameter::set_grad(const Tensor& grad) const {
          p.value.device().str());
   }
   impl_->grad = grad;
-  impl_->pending_unscale = nullptr;
 }
 
 void Parameter::clear_grad() const {
   checked(impl_);
   impl_->grad = Tensor();
-  impl_->pending_unscale = nullptr;
 }
 
 void Parameter::set_model_copy(const Tensor& copy) const {
