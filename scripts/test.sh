@@ -16,7 +16,7 @@ with_cuda=${TRAINRT_WITH_CUDA:-AUTO}
 source scripts/deps.sh
 trainrt_install_missing cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev \
   libbenchmark-dev libspdlog-dev libfmt-dev libopenblas-dev librandom123-dev \
-  nlohmann-json3-dev zlib1g-dev
+  nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
 
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRAINRT_WITH_CUDA="$with_cuda"

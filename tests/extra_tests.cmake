@@ -82,3 +82,8 @@ if(TRAINRT_MULTI_ISA_ACTIVE)
     endforeach()
   endforeach()
 endif()
+
+# ---- test_data writes gzip files of its own ------------------------------------------------
+if(TARGET test_data)
+  target_link_libraries(test_data PRIVATE ZLIB::ZLIB)
+endif()

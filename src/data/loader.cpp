@@ -1,0 +1,318 @@
+// DataLoader: batches of a Dataset in a seeded order, one batch prepared ahead on a thread.
+#include <Random123/philox.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "../internal.hpp"
+#include "trainrt/data.hpp"
+
+namespace trainrt {
+
+std::vector<std::int64_t> shuffled_order(std::int64_t n, std::uint64_t seed, std::uint64_t epoch) {
+  if (n < 0) detail::fail("shuffled_order: n must be >= 0, got {}", n);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+  // Fisher-Yates from the top: step i swaps position i with j uniform in [0, i]. Philox4x32-10,
+  // key = seed, counter = (i, epoch): the draw of a step depends on nothing but (seed, epoch, i).
+  // j = r mod (i + 1) over a 64-bit r; the bias is below (i + 1) / 2^64.
+  using Philox = r123::Philox4x32;
+  Philox rng;
+  Philox::key_type key = {
+      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
+  Philox::ctr_type ctr = {
+      {0, 0, static_cast<std::uint32_t>(epoch), static_cast<std::uint32_t>(epoch >> 32)}};
+  for (std::int64_t i = n - 1; i > 0; --i) {
+    const auto u = static_cast<std::uint64_t>(i);
+    ctr[0] = static_cast<std::uint32_t>(u);
+    ctr[1] = static_cast<std::uint32_t>(u >> 32);
+    const Philox::ctr_type r = rng(ctr, key);
+    const std::uint64_t x = static_cast<std::uint64_t>(r[0]) | static_cast<std::uint64_t>(r[1])
+                                                                   << 32;
+    const auto j = static_cast<std::size_t>(x % (u + 1));
+    std::swap(order[static_cast<std::size_t>(i)], order[j]);
+  }
+  return order;
+}
+
+struct DataLoader::Impl {
+  std::shared_ptr<const Dataset> dataset;
+  DataLoaderOptions opt;
+  std::int64_t n = 0;
+  std::int64_t batches = 0;
+  Shape feature_shape, label_shape;
+  DType feature_dtype = DType::f32, label_dtype = DType::f32;
+  std::size_t feature_bytes = 0, label_bytes = 0;
+
+  // Caller-side state.
+  std::uint64_t epoch = 0;
+  std::int64_t position = 0;
+
+  // Producer-side state: touched only by the thread that makes batches (the worker with
+  // prefetch, else the caller).
+  std::uint64_t order_epoch = 0;
+  bool order_valid = false;
+  std::vector<std::int64_t> order;
+  std::vector<unsigned char> stage_f, stage_l;  // host staging for a CUDA target, reused
+
+  // The prefetch thread and its one-slot queue.
+  struct Job {
+    std::uint64_t epoch = 0;
+    std::int64_t pos = 0;
+    bool operator==(const Job& o) const { return epoch == o.epoch && pos == o.pos; }
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  bool has_request = false;
+  Job request;
+  bool busy = false;
+  Job busy_job;
+  bool has_result = false;
+  Job result_job;
+  Batch result;
+  std::exception_ptr result_error;
+  std::thread worker;
+
+  ~Impl() { shutdown(); }
+
+  void shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    if (worker.joinable()) worker.join();
+  }
+
+  const std::vector<std::int64_t>& order_for(std::uint64_t e) {
+    if (!order_valid || order_epoch != e) {
+      if (opt.shuffle) {
+        order = shuffled_order(n, opt.seed, e);
+      } else {
+        order.resize(static_cast<std::size_t>(n));
+        for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+      }
+      order_epoch = e;
+      order_valid = true;
+    }
+    return order;
+  }
+
+  Batch make(const Job& job) {
+    const std::vector<std::int64_t>& ord = order_for(job.epoch);
+    const std::int64_t start = job.pos * opt.batch_size;
+    const std::int64_t b = std::min(opt.batch_size, n - start);
+    Shape fs{b}, ls{b};
+    fs.insert(fs.end(), feature_shape.begin(), feature_shape.end());
+    ls.insert(ls.end(), label_shape.begin(), label_shape.end());
+    const std::int64_t* idx = ord.data() + start;
+    Batch out;
+    out.epoch = job.epoch;
+    out.index = job.pos;
+    if (opt.device.is_cpu()) {
+      out.features = Tensor::empty(fs, feature_dtype);
+      out.labels = Tensor::empty(ls, label_dtype);
+      dataset->get_batch(idx, b, out.features.data(), out.labels.data());
+    } else {
+      // Regular (pageable) host staging: the copy reads it before returning, so the buffers
+      // can be reused for the next batch at once.
+      stage_f.resize(static_cast<std::size_t>(b) * feature_bytes);
+      stage_l.resize(static_cast<std::size_t>(b) * label_bytes);
+      dataset->get_batch(idx, b, stage_f.data(), stage_l.data());
+      out.features = Tensor::from_host(stage_f.data(), fs, feature_dtype, opt.device);
+      out.labels = Tensor::from_host(stage_l.data(), ls, label_dtype, opt.device);
+    }
+    return out;
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return stop || has_request; });
+      if (stop) return;
+      const Job job = request;
+      has_request = false;
+      busy = true;
+      busy_job = job;
+      lock.unlock();
+      Batch b;
+      std::exception_ptr err;
+      try {
+        b = make(job);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      lock.lock();
+      busy = false;
+      has_result = true;
+      result_job = job;
+      result = std::move(b);
+      result_error = err;
+      cv.notify_all();
+    }
+  }
+
+  // Called with `mu` held: make sure `job` is being or will be made.
+  void ensure_requested(const Job& job) {
+    if (has_result && result_job == job) return;
+    if (busy && busy_job == job) return;
+    if (has_request && request == job) return;
+    request = job;
+    has_request = true;
+    cv.notify_all();
+  }
+
+  Batch fetch(const Job& job) {
+    if (!opt.prefetch) return make(job);
+    std::unique_lock<std::mutex> lock(mu);
+    if (!worker.joinable()) worker = std::thread([this] { run(); });
+    for (;;) {
+      if (has_result && !(result_job == job)) {  // stale (after set_epoch / load_state_dict)
+        has_result = false;
+        result = Batch();
+        result_error = nullptr;
+      }
+      if (has_result) break;
+      ensure_requested(job);
+      cv.wait(lock);
+    }
+    has_result = false;
+    Batch b = std::move(result);
+    result = Batch();
+    std::exception_ptr err = std::exchange(result_error, nullptr);
+    if (err) std::rethrow_exception(err);
+    // Prepare the next batch (the first of the next epoch after the last one).
+    if (job.pos + 1 < batches) {
+      ensure_requested(Job{job.epoch, job.pos + 1});
+    } else {
+      ensure_requested(Job{job.epoch + 1, 0});
+    }
+    return b;
+  }
+};
+
+DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, const DataLoaderOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  if (!dataset) detail::fail("DataLoader: dataset is null");
+  if (options.batch_size < 1) {
+    detail::fail("DataLoader: batch_size must be >= 1, got {}", options.batch_size);
+  }
+  Impl& m = *impl_;
+  m.opt = options;
+  m.n = dataset->size();
+  if (m.n < 0) detail::fail("DataLoader: dataset size {} is negative", m.n);
+  m.batches = options.drop_last ? m.n / options.batch_size
+                                : (m.n + options.batch_size - 1) / options.batch_size;
+  m.feature_shape = dataset->feature_shape();
+  m.label_shape = dataset->label_shape();
+  m.feature_dtype = dataset->feature_dtype();
+  m.label_dtype = dataset->label_dtype();
+  m.feature_bytes = dataset->feature_bytes();
+  m.label_bytes = dataset->label_bytes();
+  if (!options.device.is_cpu()) (void)Tensor::empty({0}, DType::u8, options.device);  // usable?
+  m.dataset = std::move(dataset);
+}
+
+DataLoader::~DataLoader() = default;
+DataLoader::DataLoader(DataLoader&&) noexcept = default;
+DataLoader& DataLoader::operator=(DataLoader&&) noexcept = default;
+
+bool DataLoader::next(Batch& out) {
+  Impl& m = *impl_;
+  if (m.position >= m.batches) {
+    ++m.epoch;
+    m.position = 0;
+    return false;
+  }
+  out = m.fetch(Impl::Job{m.epoch, m.position});
+  ++m.position;
+  return true;
+}
+
+std::int64_t DataLoader::num_batches() const { return impl_->batches; }
+std::int64_t DataLoader::dataset_size() const { return impl_->n; }
+const DataLoaderOptions& DataLoader::options() const { return impl_->opt; }
+const Dataset& DataLoader::dataset() const { return *impl_->dataset; }
+std::uint64_t DataLoader::epoch() const { return impl_->epoch; }
+std::int64_t DataLoader::position() const { return impl_->position; }
+
+void DataLoader::set_epoch(std::uint64_t epoch, std::int64_t position) {
+  if (position < 0 || position > impl_->batches) {
+    detail::fail("DataLoader::set_epoch: position must be in [0, {}], got {}", impl_->batches,
+                 position);
+  }
+  impl_->epoch = epoch;
+  impl_->position = position;
+}
+
+std::vector<std::int64_t> DataLoader::epoch_order(std::uint64_t epoch) const {
+  if (impl_->opt.shuffle) return shuffled_order(impl_->n, impl_->opt.seed, epoch);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(impl_->n));
+  for (std::int64_t i = 0; i < impl_->n; ++i) order[static_cast<std::size_t>(i)] = i;
+  return order;
+}
+
+StateDict DataLoader::state_dict() const {
+  const Impl& m = *impl_;
+  StateDict s;
+  // Numbers are doubles: the seed is split into two exact 32-bit halves.
+  s.scalars["epoch"] = static_cast<double>(m.epoch);
+  s.scalars["position"] = static_cast<double>(m.position);
+  s.scalars["seed_lo"] = static_cast<double>(m.opt.seed & 0xffffffffu);
+  s.scalars["seed_hi"] = static_cast<double>(m.opt.seed >> 32);
+  s.scalars["batch_size"] = static_cast<double>(m.opt.batch_size);
+  s.scalars["dataset_size"] = static_cast<double>(m.n);
+  s.scalars["shuffle"] = m.opt.shuffle ? 1.0 : 0.0;
+  s.scalars["drop_last"] = m.opt.drop_last ? 1.0 : 0.0;
+  return s;
+}
+
+void DataLoader::load_state_dict(const StateDict& s) {
+  const Impl& m = *impl_;
+  auto get = [&](const char* key) {
+    auto it = s.scalars.find(key);
+    if (it == s.scalars.end()) {
+      detail::fail("DataLoader::load_state_dict: the state has no '{}'", key);
+    }
+    const double v = it->second;
+    if (!(v >= 0) || v != static_cast<double>(static_cast<std::uint64_t>(v))) {
+      detail::fail("DataLoader::load_state_dict: '{}' must be a non-negative integer, got {}", key,
+                   v);
+    }
+    return static_cast<std::uint64_t>(v);
+  };
+  auto expect = [&](const char* key, std::uint64_t mine) {
+    const std::uint64_t v = get(key);
+    if (v != mine) {
+      detail::fail(
+          "DataLoader::load_state_dict: '{}' is {} in the state but {} in this loader; the "
+          "remaining batches would differ",
+          key, v, mine);
+    }
+  };
+  expect("batch_size", static_cast<std::uint64_t>(m.opt.batch_size));
+  expect("dataset_size", static_cast<std::uint64_t>(m.n));
+  expect("shuffle", m.opt.shuffle ? 1 : 0);
+  expect("drop_last", m.opt.drop_last ? 1 : 0);
+  if (m.opt.shuffle) {
+    const std::uint64_t seed = get("seed_lo") | get("seed_hi") << 32;
+    if (seed != m.opt.seed) {
+      detail::fail("DataLoader::load_state_dict: seed is {} in the state but {} in this loader",
+                   seed, m.opt.seed);
+    }
+  }
+  const std::uint64_t epoch = get("epoch");
+  const std::uint64_t position = get("position");
+  if (position > static_cast<std::uint64_t>(m.batches)) {
+    detail::fail("DataLoader::load_state_dict: position {} is past the {} batches of an epoch",
+                 position, m.batches);
+  }
+  set_epoch(epoch, static_cast<std::int64_t>(position));
+}
+
+}  // namespace trainrt
