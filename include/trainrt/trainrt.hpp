@@ -11,6 +11,7 @@
 #include "trainrt/losses.hpp"
 #include "trainrt/optim.hpp"
 #include "trainrt/parameter.hpp"
+#include "trainrt/schedulers.hpp"
 #include "trainrt/softmax.hpp"
 #include "trainrt/state_dict.hpp"
 #include "trainrt/tensor.hpp"
