@@ -61,15 +61,15 @@ def machine():
     return "%s, %d logical CPUs" % (model or platform.processor(), os.cpu_count())
 
 
-def run_bench(bench, reps):
+def run_bench(bench, reps, min_time):
     cmd = [bench, "--benchmark_format=json", "--benchmark_filter=/cpu",
-           "--benchmark_repetitions=%d" % reps]
+           "--benchmark_repetitions=%d" % reps, "--benchmark_min_time=%g" % min_time]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     res = {}
     for b in json.loads(out)["benchmarks"]:
         if b.get("run_type") != "iteration":
             continue
-        name = b["run_name"].split("/min_time")[0]
+        name = b["run_name"].split("/min_time")[0].split("/manual_time")[0]
         unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
         res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
     return res
@@ -120,10 +120,12 @@ def main():
     ap.add_argument("bench", help="path to bench_optim")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="bench_optim repetitions per round")
+    ap.add_argument("--min-time", type=float, default=0.3, help="bench_optim seconds per benchmark")
     ap.add_argument("--steps", type=int, default=15, help="timed PyTorch steps per config")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wait-quiet", type=float, default=0.0,
                     help="before each round wait up to this many seconds for CPU PSI < 10%%")
+    ap.add_argument("--psi", type=float, default=10.0, help="PSI threshold of --wait-quiet")
     ap.add_argument("--out", help="write the markdown report here")
     args = ap.parse_args()
     import torch  # noqa: E402 - after argument parsing so --help works without torch
@@ -131,10 +133,10 @@ def main():
     tr, th, loads, psis = {}, {}, [], []
     for r in range(args.rounds):
         if args.wait_quiet > 0:
-            wait_quiet(args.wait_quiet, 10.0)
+            wait_quiet(args.wait_quiet, args.psi)
         loads.append(os.getloadavg()[0])
         psis.append(psi_some_avg10())
-        for k, v in run_bench(args.bench, args.reps).items():
+        for k, v in run_bench(args.bench, args.reps, args.min_time).items():
             tr.setdefault(k, []).extend(v)
         for k, v in torch_times(torch, args.steps, args.threads).items():
             th.setdefault(k, []).extend(v)
