@@ -87,3 +87,19 @@ endif()
 if(TARGET test_data)
   target_link_libraries(test_data PRIVATE ZLIB::ZLIB)
 endif()
+
+# ---- PyTorch loads the safetensors files trainrt writes -----------------------------------
+# test_checkpoint writes the file, then Debian's python3-torch (/usr/bin/python3, not a
+# python3 on PATH) reads it with a minimal reader and torch.frombuffer. Skipped (77) where
+# /usr/bin/python3 cannot import torch.
+if(TARGET test_checkpoint)
+  add_test(NAME checkpoint_torch_loads_safetensors
+           COMMAND sh -c "\"$1\" --gtest_filter=CheckpointTorch.WriteFixture --gtest_brief=1 && if [ -x /usr/bin/python3 ]; then exec /usr/bin/python3 \"$2\" \"$3\"; else echo 'SKIP: no /usr/bin/python3'; exit 77; fi"
+                   sh $<TARGET_FILE:test_checkpoint>
+                   ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/check_safetensors_torch.py
+                   ${CMAKE_CURRENT_BINARY_DIR}/checkpoint_torch_check.safetensors)
+  set_tests_properties(checkpoint_torch_loads_safetensors PROPERTIES
+    ENVIRONMENT "TRAINRT_TORCH_CHECK_FILE=${CMAKE_CURRENT_BINARY_DIR}/checkpoint_torch_check.safetensors"
+    SKIP_RETURN_CODE 77
+    TIMEOUT 120)
+endif()

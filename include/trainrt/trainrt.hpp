@@ -2,6 +2,7 @@
 #pragma once
 
 #include "trainrt/amp.hpp"
+#include "trainrt/checkpoint.hpp"
 #include "trainrt/clip.hpp"
 #include "trainrt/data.hpp"
 #include "trainrt/device.hpp"
