@@ -288,7 +288,7 @@ t0=$SECONDS
 log "configure $build"
 if cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DTRAINRT_WITH_CUDA="$with_cuda" -DCMAKE_CUDA_ARCHITECTURES="$cuda_arch" \
-  -DTRAINRT_BUILD_TESTS=ON -DTRAINRT_BUILD_BENCHMARKS=ON \
+  -DTRAINRT_BUILD_TESTS=ON -DTRAINRT_BUILD_BENCHMARKS=ON -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
   "${cmake_dep_args[@]}" >"$OUT/build.log" 2>&1; then
   configure_status=ok
 else
