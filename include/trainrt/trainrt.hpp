@@ -10,6 +10,7 @@
 #include "trainrt/error.hpp"
 #include "trainrt/log.hpp"
 #include "trainrt/losses.hpp"
+#include "trainrt/nn.hpp"
 #include "trainrt/optim.hpp"
 #include "trainrt/parameter.hpp"
 #include "trainrt/schedulers.hpp"

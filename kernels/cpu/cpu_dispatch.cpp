@@ -42,11 +42,19 @@ CpuKernels with_optim(CpuKernels k, decltype(CpuKernels::optimizer_step) step,
   return k;
 }
 
-#define TRAINRT_CPU_TABLE(isa, ns)                                                             \
-  with_optim(make(isa, &ns::cpu_cast, &ns::cpu_softmax_forward, &ns::cpu_softmax_backward,     \
-                  &ns::cpu_cross_entropy, &ns::cpu_pointwise_loss),                            \
-             &ns::cpu_optimizer_step, &ns::cpu_multi_tensor_norm, &ns::cpu_multi_tensor_scale, \
-             &ns::cpu_amp)
+CpuKernels with_nn(CpuKernels k, decltype(CpuKernels::nn_pointwise) pw,
+                   decltype(CpuKernels::bias) bias) {
+  k.nn_pointwise = pw;
+  k.bias = bias;
+  return k;
+}
+
+#define TRAINRT_CPU_TABLE(isa, ns)                                                                 \
+  with_nn(with_optim(make(isa, &ns::cpu_cast, &ns::cpu_softmax_forward, &ns::cpu_softmax_backward, \
+                          &ns::cpu_cross_entropy, &ns::cpu_pointwise_loss),                        \
+                     &ns::cpu_optimizer_step, &ns::cpu_multi_tensor_norm,                          \
+                     &ns::cpu_multi_tensor_scale, &ns::cpu_amp),                                   \
+          &ns::cpu_nn_pointwise, &ns::cpu_bias)
 
 bool supports_v4() {
 #if defined(TRAINRT_CPU_MULTI_ISA) && (defined(__x86_64__) || defined(__i386__))

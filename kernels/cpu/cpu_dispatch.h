@@ -18,6 +18,8 @@ struct CpuKernels {
   int (*multi_tensor_norm)(const trainrt_multi_tensor_norm_args*);
   int (*multi_tensor_scale)(const trainrt_multi_tensor_scale_args*);
   int (*amp)(const trainrt_amp_args*);
+  int (*nn_pointwise)(const trainrt_nn_pointwise_args*);
+  int (*bias)(const trainrt_bias_args*);
 };
 
 const CpuKernels& kernels();

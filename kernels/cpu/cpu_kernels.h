@@ -4,7 +4,8 @@
 // types, so nothing compiled for a wider ISA can leak into baseline code.
 //
 // Every function returns 0, or 1 with *err filled for a data error. The optimizer-family
-// functions (cpu_optim.cpp) return 0, 1 for arguments they do not support, 2 when out of memory.
+// functions (cpu_optim.cpp) return 0, 1 for arguments they do not support, 2 when out of memory;
+// the layer functions (cpu_nn.cpp) return 0, or 1 for arguments they do not support.
 #pragma once
 
 #include "../../src/backend/backend_api.h"
@@ -22,5 +23,7 @@
   int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a);                        \
   int cpu_multi_tensor_scale(const trainrt_multi_tensor_scale_args* a);                      \
   int cpu_amp(const trainrt_amp_args* a);                                                    \
+  int cpu_nn_pointwise(const trainrt_nn_pointwise_args* a);                                  \
+  int cpu_bias(const trainrt_bias_args* a);                                                  \
   }                                                                                          \
   }

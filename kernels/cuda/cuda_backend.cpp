@@ -92,7 +92,9 @@ int cuda_supports(int32_t op, int32_t dtype) {
     case TRAINRT_OP_SOFTMAX:
     case TRAINRT_OP_CROSS_ENTROPY:
     case TRAINRT_OP_POINTWISE_LOSS:
-    case TRAINRT_OP_MULTI_TENSOR: return flt ? 1 : 0;
+    case TRAINRT_OP_MULTI_TENSOR:
+    case TRAINRT_OP_GEMM:
+    case TRAINRT_OP_NN_POINTWISE: return flt ? 1 : 0;
     case TRAINRT_OP_OPTIMIZER_STEP: return dtype == TRAINRT_F32 ? 1 : 0;
     default: return 0;
   }
@@ -212,6 +214,28 @@ int cuda_amp(int32_t device, const trainrt_amp_args* a) {
   });
 }
 
+// Layer slots: enqueue only (nn.cu).
+int cuda_gemm(int32_t device, const trainrt_gemm_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "gemm: args is null");
+    launch_gemm(activate(device), *a);
+  });
+}
+
+int cuda_nn_pointwise(int32_t device, const trainrt_nn_pointwise_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "nn_pointwise: args is null");
+    launch_nn_pointwise(activate(device), *a);
+  });
+}
+
+int cuda_bias(int32_t device, const trainrt_bias_args* a) {
+  return guarded([&] {
+    require(a != nullptr, "bias: args is null");
+    launch_bias(activate(device), *a);
+  });
+}
+
 const trainrt_backend_v1& backend_table() {
   static const trainrt_backend_v1 table = [] {
     trainrt_backend_v1 t{};
@@ -236,6 +260,9 @@ const trainrt_backend_v1& backend_table() {
     t.multi_tensor_norm = &cuda_multi_tensor_norm;
     t.multi_tensor_scale = &cuda_multi_tensor_scale;
     t.amp = &cuda_amp;
+    t.gemm = &cuda_gemm;
+    t.nn_pointwise = &cuda_nn_pointwise;
+    t.bias = &cuda_bias;
     return t;
   }();
   return table;

@@ -22,6 +22,9 @@ void launch_optimizer_step(DeviceCtx& ctx, const trainrt_optim_step_args& a);
 void launch_multi_tensor_norm(DeviceCtx& ctx, const trainrt_multi_tensor_norm_args& a);
 void launch_multi_tensor_scale(DeviceCtx& ctx, const trainrt_multi_tensor_scale_args& a);
 void launch_amp(DeviceCtx& ctx, const trainrt_amp_args& a);
+void launch_gemm(DeviceCtx& ctx, const trainrt_gemm_args& a);
+void launch_nn_pointwise(DeviceCtx& ctx, const trainrt_nn_pointwise_args& a);
+void launch_bias(DeviceCtx& ctx, const trainrt_bias_args& a);
 
 }  // namespace gpu
 }  // namespace trainrt

@@ -59,7 +59,9 @@ enum trainrt_op_c {
   TRAINRT_OP_CROSS_ENTROPY = 2,
   TRAINRT_OP_POINTWISE_LOSS = 3,
   TRAINRT_OP_OPTIMIZER_STEP = 4, /* dtype: of the params (f32 master params) */
-  TRAINRT_OP_MULTI_TENSOR = 5    /* multi_tensor_norm / multi_tensor_scale; dtype: of the tensors */
+  TRAINRT_OP_MULTI_TENSOR = 5,   /* multi_tensor_norm / multi_tensor_scale; dtype: of the tensors */
+  TRAINRT_OP_GEMM = 6,           /* gemm; dtype: of A and B */
+  TRAINRT_OP_NN_POINTWISE = 7    /* nn_pointwise and bias; dtype: of the activations */
 };
 
 /* softmax / log_softmax over the last dimension of a contiguous [rows, cols] array.
@@ -315,6 +317,73 @@ typedef struct trainrt_amp_args {
   int64_t growth_interval;
 } trainrt_amp_args;
 
+/* ---- Layers (nn) ----------------------------------------------------------------------
+ *
+ * gemm: C = alpha * op(A) op(B) + beta * C over contiguous row-major arrays, accumulated in
+ * f32 (f64 for f64): op(A) is [m, k] (A stored [k, m] when trans_a), op(B) is [k, n] (B stored
+ * [n, k] when trans_b), C is [m, n]. A and B are of ab_dtype (f32, f16, bf16 or f64); C is of
+ * c_dtype: ab_dtype, or f32 for f16/bf16 inputs (mixed precision). beta = 0: C is not read. */
+typedef struct trainrt_gemm_args {
+  int32_t ab_dtype;
+  int32_t c_dtype;
+  int32_t trans_a;
+  int32_t trans_b;
+  int64_t m, n, k;
+  const void* a;
+  const void* b;
+  void* c;
+  double alpha;
+  double beta;
+} trainrt_gemm_args;
+
+enum trainrt_nn_pointwise_kind_c {
+  TRAINRT_NN_RELU = 0,    /* backward reads x */
+  TRAINRT_NN_GELU = 1,    /* erf form: x * Phi(x); backward reads x */
+  TRAINRT_NN_TANH = 2,    /* backward reads y */
+  TRAINRT_NN_SIGMOID = 3, /* backward reads y */
+  /* keep element i unless u_i < p, u_i = (philox word >> 8) * 2^-24 from Philox4x32-10 with
+   * key (seed lo, seed hi) and counter (i/4 lo, i/4 hi, offset lo, offset hi), word i % 4
+   * (kernels/common/nn.h); kept elements are scaled by 1/(1-p) (p = 1: all zero). Backward
+   * regenerates the mask from seed and offset and reads dy only. */
+  TRAINRT_NN_DROPOUT = 4
+};
+
+/* Fused element-wise activation over numel elements of dtype (computed in f32, f64 for f64).
+ * forward: out = f(x); backward: out = dy * f'(.) from x or y as the kind says. */
+typedef struct trainrt_nn_pointwise_args {
+  int32_t kind;
+  int32_t dtype;
+  int32_t backward; /* 0: forward, 1: backward */
+  int32_t reserved0;
+  int64_t numel;
+  const void* x;  /* forward input */
+  const void* y;  /* backward of tanh / sigmoid: the forward output */
+  const void* dy; /* backward: upstream gradient */
+  void* out;      /* forward: y; backward: dx */
+  double p;       /* dropout probability */
+  uint64_t seed;
+  uint64_t offset;
+} trainrt_nn_pointwise_args;
+
+enum trainrt_bias_op_c {
+  TRAINRT_BIAS_ADD = 0, /* y[r, c] += bias[c] (in place, rounded once to dtype) */
+  TRAINRT_BIAS_GRAD = 1 /* grad[c] = (accumulate ? grad[c] : 0) + sum_r dy[r, c], rows in order */
+};
+
+/* Bias ops over a contiguous [rows, cols] array of dtype; bias and grad are [cols] of
+ * bias_dtype (f32, or f64 for f64 data). */
+typedef struct trainrt_bias_args {
+  int32_t op;
+  int32_t dtype;
+  int32_t bias_dtype;
+  int32_t accumulate;
+  int64_t rows, cols;
+  void* y;          /* ADD */
+  const void* bias; /* ADD */
+  const void* dy;   /* GRAD */
+  void* grad;       /* GRAD */
+} trainrt_bias_args;
+
 typedef struct trainrt_backend_v1 {
   uint32_t api_version; /* TRAINRT_BACKEND_API_VERSION */
   uint32_t struct_size; /* sizeof(trainrt_backend_v1) */
@@ -350,6 +419,11 @@ typedef struct trainrt_backend_v1 {
   int (*multi_tensor_norm)(int32_t device, const trainrt_multi_tensor_norm_args* args);
   int (*multi_tensor_scale)(int32_t device, const trainrt_multi_tensor_scale_args* args);
   int (*amp)(int32_t device, const trainrt_amp_args* args);
+
+  /* Layers (nn): see the argument structs above. */
+  int (*gemm)(int32_t device, const trainrt_gemm_args* args);
+  int (*nn_pointwise)(int32_t device, const trainrt_nn_pointwise_args* args);
+  int (*bias)(int32_t device, const trainrt_bias_args* args);
 } trainrt_backend_v1;
 
 typedef const trainrt_backend_v1* (*trainrt_backend_entry_fn)(uint32_t requested_api_version);

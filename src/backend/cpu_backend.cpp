@@ -14,6 +14,9 @@
 
 namespace trainrt {
 namespace detail {
+
+int cpu_gemm_impl(const trainrt_gemm_args* a, std::string& err);  // cpu_gemm.cpp
+
 namespace {
 
 thread_local std::string g_last_error;
@@ -220,6 +223,19 @@ int cpu_amp(std::int32_t, const trainrt_amp_args* a) {
   return optim_status(cpu::kernels().amp(a), "amp");
 }
 
+int cpu_gemm(std::int32_t, const trainrt_gemm_args* a) {
+  std::string err;
+  return cpu_gemm_impl(a, err) == 0 ? 0 : set_error(err);
+}
+
+int cpu_nn_pointwise(std::int32_t, const trainrt_nn_pointwise_args* a) {
+  return cpu::kernels().nn_pointwise(a) == 0 ? 0 : set_error("nn_pointwise: unsupported arguments");
+}
+
+int cpu_bias(std::int32_t, const trainrt_bias_args* a) {
+  return cpu::kernels().bias(a) == 0 ? 0 : set_error("bias: unsupported arguments");
+}
+
 }  // namespace
 
 const trainrt_backend_v1& cpu_backend() {
@@ -246,6 +262,9 @@ const trainrt_backend_v1& cpu_backend() {
     t.multi_tensor_norm = &cpu_multi_tensor_norm;
     t.multi_tensor_scale = &cpu_multi_tensor_scale;
     t.amp = &cpu_amp;
+    t.gemm = &cpu_gemm;
+    t.nn_pointwise = &cpu_nn_pointwise;
+    t.bias = &cpu_bias;
     return t;
   }();
   return table;
