@@ -407,6 +407,35 @@ TEST_P(NnTest, SequentialTrainsWithSgd) {
   EXPECT_LT(last, 0.3);
 }
 
+TEST_P(NnTest, NoInputGradSkipsTheFirstLayersDx) {
+  auto build = [&] {
+    auto m = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(12, 8, true, 1),
+        std::make_shared<nn::Tanh>(), std::make_shared<nn::Linear>(8, 3, true, 2)});
+    m->to(dev);
+    return m;
+  };
+  auto a = build(), b = build();
+  b->set_input_grad(false);
+  const Tensor x = make_tensor(uniform(24, -1, 1, 18), {2, 3, 4}, DType::f32, dev);
+  const Tensor dy = make_tensor(uniform(6, -1, 1, 19), {2, 3}, DType::f32, dev);
+  a->forward(x);
+  b->forward(x);
+  EXPECT_TRUE(a->backward(dy).defined());
+  EXPECT_FALSE(b->backward(dy).defined());
+  const auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_EQ(pa[i].grad().to_double_vector(), pb[i].grad().to_double_vector()) << i;
+  }
+  EXPECT_TRUE((*b)[1]->input_grad());  // restored after the backward
+  nn::Linear lin(4, 2, true, 3);
+  lin.to(dev);
+  lin.set_input_grad(false);
+  lin.forward(make_tensor(Vec(8, 1.0), {2, 4}, DType::f32, dev));
+  EXPECT_FALSE(lin.backward(make_tensor(Vec(4, 1.0), {2, 2}, DType::f32, dev)).defined());
+  EXPECT_TRUE(lin.weight().has_grad());
+}
+
 // A user-defined module with its own forward / backward (the README's example).
 class Residual : public nn::Module {
  public:

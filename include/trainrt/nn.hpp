@@ -79,6 +79,13 @@ class TRAINRT_API Module {
   /// Removes the gradients (set_to_none = true) or zeroes them in place.
   void zero_grad(bool set_to_none = true);
 
+  /// Whether backward() must return the input gradient (default true). Set it to false on a
+  /// model whose input needs no gradient (the data), as PyTorch skips it: Linear then skips
+  /// the dx GEMM and Sequential stops at its first child with parameters; both return an
+  /// undefined Tensor.
+  void set_input_grad(bool on) { input_grad_ = on; }
+  bool input_grad() const { return input_grad_; }
+
  protected:
   /// Registers a parameter under `name`; returns its handle (valid until to()).
   Parameter register_parameter(const std::string& name, const Tensor& value);
@@ -103,6 +110,7 @@ class TRAINRT_API Module {
   std::vector<std::pair<std::string, Parameter>> params_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  bool input_grad_ = true;
   Device device_;
 };
 

@@ -110,8 +110,11 @@ Tensor Linear::backward(const Tensor& grad_output) {
   }
   const std::int64_t rows = input_.size(0);
   const Tensor dy = grad_output.reshape({rows, out_});
-  Tensor dx = Tensor::empty({rows, in_}, input_.dtype(), input_.device());
-  detail::gemm(dy, false, weight_op_, false, dx, 1.0, 0.0, op);
+  Tensor dx;
+  if (input_grad()) {
+    dx = Tensor::empty({rows, in_}, input_.dtype(), input_.device());
+    detail::gemm(dy, false, weight_op_, false, dx, 1.0, 0.0, op);
+  }
 
   const Parameter w = weight();
   const bool acc_w = w.has_grad();
@@ -125,6 +128,7 @@ Tensor Linear::backward(const Tensor& grad_output) {
     detail::bias_grad(dy, db, acc_b, op);
     if (!acc_b) b.set_grad(db);
   }
+  if (!dx.defined()) return dx;
   Shape in_shape = out_shape_;
   in_shape.back() = in_;
   return dx.reshape(in_shape);

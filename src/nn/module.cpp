@@ -183,8 +183,36 @@ Tensor Sequential::forward(const Tensor& input) {
 Tensor Sequential::backward(const Tensor& grad_output) {
   Tensor g = grad_output;
   const auto& ch = children();
-  for (auto it = ch.rbegin(); it != ch.rend(); ++it) g = it->second->backward(g);
-  return g;
+  if (input_grad()) {
+    for (auto it = ch.rbegin(); it != ch.rend(); ++it) g = it->second->backward(g);
+    return g;
+  }
+  // No input gradient wanted: the children before the first one with parameters are not
+  // run backward, and that one is asked for no input gradient either.
+  std::size_t first = ch.size();
+  for (std::size_t i = 0; i < ch.size(); ++i) {
+    if (!ch[i].second->parameters().empty()) {
+      first = i;
+      break;
+    }
+  }
+  for (std::size_t i = ch.size(); i > first; --i) {
+    Module& m = *ch[i - 1].second;
+    if (i - 1 == first) {
+      const bool keep = m.input_grad();
+      m.set_input_grad(false);
+      try {
+        m.backward(g);
+      } catch (...) {
+        m.set_input_grad(keep);
+        throw;
+      }
+      m.set_input_grad(keep);
+    } else {
+      g = m.backward(g);
+    }
+  }
+  return Tensor();
 }
 
 }  // namespace nn
