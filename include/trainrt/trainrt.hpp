@@ -17,4 +17,5 @@
 #include "trainrt/softmax.hpp"
 #include "trainrt/state_dict.hpp"
 #include "trainrt/tensor.hpp"
+#include "trainrt/trainer.hpp"
 #include "trainrt/version.hpp"

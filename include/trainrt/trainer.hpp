@@ -1,0 +1,247 @@
+// Trainer: the training loop over an nn::Module, configured by TrainerConfig (a struct, or JSON
+// with the same keys), with validation, metrics history (CSV + JSON lines), callbacks
+// (EarlyStopping, ModelCheckpoint, ProgressBar), the non-finite loss policy and bitwise resume.
+//
+//   auto model = std::make_shared<nn::Sequential>(...);
+//   TrainerConfig cfg = TrainerConfig::from_json(R"({"optimizer": "adamw", "lr": 1e-3})");
+//   Trainer trainer(model, cfg);
+//   trainer.add_callback(std::make_shared<ProgressBar>());
+//   trainer.fit(train_loader, &val_loader);
+//
+// One optimizer step: zero_grad -> forward -> fused loss+grad (grad_scale = 1/grad_accumulation,
+// times the GradScaler's scale with amp) -> backward (accumulated over grad_accumulation
+// micro-batches) -> unscale -> clip (fused norm, always measured) -> fused step (skipped on
+// inf/NaN with the scaler) -> scheduler step.
+//
+// amp: the layers run in f32. "fp16" turns on dynamic loss scaling (GradScaler) on f32 compute;
+// "bf16" needs no scaling and trains in f32. Autocast of the layers is not wired in yet.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainrt/amp.hpp"
+#include "trainrt/data.hpp"
+#include "trainrt/device.hpp"
+#include "trainrt/export.hpp"
+#include "trainrt/nn.hpp"
+#include "trainrt/optim.hpp"
+#include "trainrt/schedulers.hpp"
+#include "trainrt/state_dict.hpp"
+
+namespace trainrt {
+
+struct TRAINRT_API TrainerConfig {
+  std::string optimizer = "adamw";  // sgd | adam | adamw | rmsprop | adagrad | radam | lamb
+  double lr = 1e-3;
+  double weight_decay = -1.0;  // < 0: the optimizer's default
+  double momentum = 0.0;       // sgd, rmsprop
+  double beta1 = 0.9;          // "betas": [beta1, beta2] in JSON
+  double beta2 = 0.999;
+  std::string loss = "cross_entropy";  // cross_entropy | mse | l1 | huber | smooth_l1
+  double label_smoothing = 0.0;
+  // none | step | multistep | exponential | cosine | linear | onecycle | plateau. All but plateau
+  // step once per optimizer step; step_size and milestones are in epochs; plateau steps once
+  // per epoch on the validation loss (the training loss without validation).
+  std::string scheduler = "none";
+  std::int64_t step_size = 1;
+  std::vector<std::int64_t> milestones;
+  double gamma = 0.1;
+  double eta_min = 0.0;        // cosine
+  double max_lr = 0.0;         // onecycle (0: lr)
+  std::int64_t patience = 10;  // plateau
+  double grad_clip = 0.0;      // max total L2 norm; 0 = off
+  std::int64_t epochs = 10;
+  std::int64_t batch_size = 128;  // for loaders the caller builds from the config
+  std::string amp = "none";       // none | fp16 | bf16 (see the header comment)
+  std::int64_t grad_accumulation = 1;
+  std::uint64_t seed = 0;
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  std::string output_dir;       // metrics.csv and metrics.jsonl go here when set
+  std::int64_t max_steps = 0;   // stop after this many optimizer steps in all (0: no limit)
+
+  /// Parses JSON with the keys above (unknown keys, wrong types and bad values throw Error).
+  static TrainerConfig from_json(const std::string& text);
+  static TrainerConfig from_json_file(const std::string& path);
+  std::string to_json() const;
+  /// Throws Error naming the first bad field.
+  void validate() const;
+  Device resolved_device() const;
+};
+
+struct TRAINRT_API EpochMetrics {
+  std::int64_t epoch = 0;        // 0-based
+  std::int64_t global_step = 0;  // optimizer steps after this epoch
+  double train_loss = 0.0;
+  double train_acc = std::numeric_limits<double>::quiet_NaN();  // classification only
+  double val_loss = std::numeric_limits<double>::quiet_NaN();
+  double val_acc = std::numeric_limits<double>::quiet_NaN();
+  double lr = 0.0;                 // at the end of the epoch
+  double grad_norm = 0.0;          // mean total norm before clipping over the epoch's steps
+  double grad_norm_clipped = 0.0;  // mean after clipping
+  double samples_per_sec = 0.0;
+  double seconds = 0.0;
+  std::int64_t skipped_steps = 0;  // steps skipped by the GradScaler in all
+  /// "train_loss", "train_acc", "val_loss", "val_acc", "lr", ...; NaN if unknown.
+  double get(const std::string& name) const;
+};
+
+struct BatchInfo {
+  std::int64_t epoch = 0;
+  std::int64_t batch = 0;  // within the epoch, 0-based
+  std::int64_t num_batches = 0;
+  std::int64_t global_step = 0;
+  double loss = 0.0;  // running mean over the epoch
+  double acc = 0.0;   // running accuracy (NaN if not classification)
+  double lr = 0.0;
+  double samples_per_sec = 0.0;
+  double elapsed = 0.0;  // seconds since the epoch began
+};
+
+struct EvalResult {
+  double loss = 0.0;
+  double acc = std::numeric_limits<double>::quiet_NaN();
+  std::int64_t samples = 0;
+};
+
+class Trainer;
+
+class TRAINRT_API Callback {
+ public:
+  virtual ~Callback();
+  virtual void on_train_begin(Trainer&) {}
+  virtual void on_epoch_begin(Trainer&, std::int64_t /*epoch*/) {}
+  virtual void on_batch_end(Trainer&, const BatchInfo&) {}
+  virtual void on_epoch_end(Trainer&, const EpochMetrics&) {}
+  virtual void on_train_end(Trainer&) {}
+};
+
+/// Stops when `monitor` has not improved by more than min_delta for `patience` epochs; with
+/// restore_best, the weights of the best epoch are copied back at the end.
+class TRAINRT_API EarlyStopping : public Callback {
+ public:
+  explicit EarlyStopping(std::int64_t patience = 3, double min_delta = 0.0,
+                         std::string monitor = "val_loss", bool restore_best = true,
+                         std::string mode = "auto");
+  void on_train_begin(Trainer& t) override;
+  void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
+  void on_train_end(Trainer& t) override;
+  std::int64_t best_epoch() const { return best_epoch_; }
+  double best() const { return best_; }
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::int64_t patience_;
+  double min_delta_;
+  std::string monitor_;
+  bool restore_;
+  bool maximize_;
+  double best_ = 0.0;
+  std::int64_t best_epoch_ = -1;
+  std::int64_t wait_ = 0;
+  bool stopped_ = false;
+  std::vector<Tensor> best_weights_;
+};
+
+/// Writes <dir>/last after every epoch and <dir>/best when `monitor` improves, through
+/// save_checkpoint (atomic). A run that throws (non-finite loss) writes nothing for that epoch.
+class TRAINRT_API ModelCheckpoint : public Callback {
+ public:
+  explicit ModelCheckpoint(std::string dir, std::string monitor = "val_loss",
+                           std::string mode = "auto");
+  void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
+  std::string best_path() const;
+  std::string last_path() const;
+  std::int64_t best_epoch() const { return best_epoch_; }
+
+ private:
+  std::string dir_, monitor_;
+  bool maximize_;
+  double best_ = 0.0;
+  std::int64_t best_epoch_ = -1;
+};
+
+/// One line per epoch, updated in place with '\r' when stdout is a terminal (batch, loss, acc,
+/// lr, samples/s, ETA); plain lines every `every` batches otherwise.
+class TRAINRT_API ProgressBar : public Callback {
+ public:
+  explicit ProgressBar(std::int64_t every = 100);
+  void on_epoch_begin(Trainer& t, std::int64_t epoch) override;
+  void on_batch_end(Trainer& t, const BatchInfo& b) override;
+  void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
+
+ private:
+  std::int64_t every_;
+  bool tty_;
+  double last_draw_ = -1.0;
+};
+
+class TRAINRT_API Trainer {
+ public:
+  Trainer(std::shared_ptr<nn::Module> model, TrainerConfig config);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  void add_callback(std::shared_ptr<Callback> callback);
+
+  /// Trains until config.epochs epochs (or max_steps steps) are done, or a callback stops it.
+  /// The loader's features must match the model's input; labels as the loss wants them.
+  /// Continues from the epoch/step/loader position of a load()ed checkpoint.
+  const std::vector<EpochMetrics>& fit(DataLoader& train, DataLoader* val = nullptr);
+  /// Loss and accuracy over one pass of `loader` in eval mode (no grads).
+  EvalResult evaluate(DataLoader& loader);
+
+  /// Model, optimizer, scheduler, scaler, data loader position (during or after fit), epoch,
+  /// step and history as one checkpoint directory (save_checkpoint).
+  void save(const std::string& path) const;
+  /// Restores everything save() wrote; the next fit() continues where it stopped.
+  void load(const std::string& path);
+
+  void request_stop() { stop_ = true; }
+  bool stop_requested() const { return stop_; }
+
+  nn::Module& model() { return *model_; }
+  const TrainerConfig& config() const { return config_; }
+  Device device() const { return device_; }
+  optim::Optimizer& optimizer() { return *optimizer_; }
+  optim::LRScheduler* scheduler() { return scheduler_.get(); }
+  GradScaler* scaler() { return scaler_.get(); }
+  const std::vector<EpochMetrics>& history() const { return history_; }
+  std::int64_t epoch() const { return epoch_; }
+  std::int64_t global_step() const { return global_step_; }
+  std::int64_t skipped_steps() const { return skipped_; }
+  double current_lr() const;
+  std::string metrics_csv_path() const;
+  std::string metrics_jsonl_path() const;
+
+ private:
+  struct Accum;
+  void build_scheduler(std::int64_t steps_per_epoch);
+  double compute_loss(const Tensor& out, const Tensor& target, bool grad, double grad_scale,
+                      Tensor* grad_out, double* correct);
+  void write_metrics() const;
+
+  std::shared_ptr<nn::Module> model_;
+  TrainerConfig config_;
+  Device device_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<optim::LRScheduler> scheduler_;
+  std::unique_ptr<GradScaler> scaler_;
+  std::vector<std::shared_ptr<Callback>> callbacks_;
+  std::vector<EpochMetrics> history_;
+  std::int64_t epoch_ = 0;
+  std::int64_t global_step_ = 0;
+  std::int64_t skipped_ = 0;
+  bool stop_ = false;
+  DataLoader* train_loader_ = nullptr;
+  StateDict pending_loader_;  // from load(), applied by the next fit()
+  StateDict last_loader_;     // the loader's state when the last fit() returned
+  std::int64_t steps_per_epoch_ = 0;
+  StateDict epoch_accum_;  // running sums of a partly trained epoch (resume)
+};
+
+}  // namespace trainrt
