@@ -174,6 +174,37 @@ TEST_P(NnTest, LinearF32GradientsMatchDoubleReference) {
   EXPECT_EQ(lin.weight().grad().dtype(), DType::f32);
 }
 
+// Large enough for the CPU GEMM to be split across the OpenMP team, by rows and by columns.
+TEST_P(NnTest, LinearLargeGemmsMatchDoubleReference) {
+  for (auto dims : {std::vector<int64_t>{64, 300, 200}, std::vector<int64_t>{3, 2000, 500}}) {
+    const int64_t rows = dims[0], in = dims[1], out = dims[2];
+    nn::Linear lin(in, out, true, 13);
+    lin.to(dev);
+    const Vec w = lin.weight().value().to_double_vector();
+    const Vec b = lin.bias().value().to_double_vector();
+    const Vec x = trainrt_test::rounded(uniform(rows * in, -1, 1, 20), DType::f32);
+    const Vec r = trainrt_test::rounded(uniform(rows * out, -1, 1, 21), DType::f32);
+    const Vec y = lin.forward(make_tensor(x, {rows, in}, DType::f32, dev)).to_double_vector();
+    expect_close(y, linear_ref(x, w, b, rows, in, out), 1e-4, 1e-4, "y");
+    const Vec dx = lin.backward(make_tensor(r, {rows, out}, DType::f32, dev)).to_double_vector();
+    const Vec dw = lin.weight().grad().to_double_vector();
+    for (int64_t i = 0; i < rows; i += 7) {
+      for (int64_t k = 0; k < in; k += 13) {
+        double s = 0;
+        for (int64_t o = 0; o < out; ++o) s += r[i * out + o] * w[o * in + k];
+        ASSERT_NEAR(dx[i * in + k], s, 1e-4) << i << "," << k;
+      }
+    }
+    for (int64_t o = 0; o < out; o += 11) {
+      for (int64_t k = 0; k < in; k += 17) {
+        double s = 0;
+        for (int64_t i = 0; i < rows; ++i) s += r[i * out + o] * x[i * in + k];
+        ASSERT_NEAR(dw[o * in + k], s, 1e-4) << o << "," << k;
+      }
+    }
+  }
+}
+
 TEST_P(NnTest, LinearMixedPrecision) {
   for (DType dt : {DType::f16, DType::bf16}) {
     const int64_t rows = 8, in = 16, out = 4;
