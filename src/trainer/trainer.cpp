@@ -165,6 +165,7 @@ Trainer::Trainer(std::shared_ptr<nn::Module> model, TrainerConfig config)
   config_.validate();
   device_ = config_.resolved_device();
   model_->to(device_);
+  model_->set_input_grad(false);  // the input is the data: no dx for the first layer
   auto params = model_->parameters();
   if (params.empty()) throw Error("Trainer: the model has no parameters");
   optimizer_ = make_opt(config_, params);
