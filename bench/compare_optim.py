@@ -40,6 +40,15 @@ def psi_some_avg10():
         return None
 
 
+def psi_some_total():
+    """Microseconds some task waited for a CPU, since boot (None without PSI)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split()[4].split("=")[1])
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def wait_quiet(max_seconds, threshold):
     t0 = time.monotonic()
     while time.monotonic() - t0 < max_seconds:
@@ -130,17 +139,22 @@ def main():
     args = ap.parse_args()
     import torch  # noqa: E402 - after argument parsing so --help works without torch
 
-    tr, th, loads, psis = {}, {}, [], []
+    tr, th, loads, psis, shares = {}, {}, [], [], []
     for r in range(args.rounds):
         if args.wait_quiet > 0:
             wait_quiet(args.wait_quiet, args.psi)
         loads.append(os.getloadavg()[0])
         psis.append(psi_some_avg10())
+        p0, t0 = psi_some_total(), time.monotonic()
         for k, v in run_bench(args.bench, args.reps, args.min_time).items():
             tr.setdefault(k, []).extend(v)
         for k, v in torch_times(torch, args.steps, args.threads).items():
             th.setdefault(k, []).extend(v)
-        print("round %d/%d done (load %.2f, PSI %s)" % (r + 1, args.rounds, loads[-1], psis[-1]),
+        p1, t1 = psi_some_total(), time.monotonic()
+        if p0 is not None and p1 is not None:
+            shares.append(100.0 * (p1 - p0) / 1e6 / (t1 - t0))
+        print("round %d/%d done (load %.2f, PSI at start %s, CPU pressure during %s %%)"
+              % (r + 1, args.rounds, loads[-1], psis[-1], "%.0f" % shares[-1] if shares else "?"),
               file=sys.stderr)
     trm = {k: statistics.median(v) for k, v in tr.items()}
     thm = {k: statistics.median(v) for k, v in th.items()}
@@ -190,9 +204,11 @@ def main():
         "# Optimizer steps on the CPU: trainrt vs PyTorch %s" % torch.__version__,
         "",
         "%s; %s; PyTorch threads %d; %d rounds (medians); load average at round starts %s; "
-        "CPU PSI some avg10 %s." % (datetime.date.today().isoformat(), machine(), args.threads,
-                                     args.rounds, ", ".join("%.2f" % v for v in loads),
-                                     ", ".join("%s" % v for v in psis)),
+        "CPU PSI some avg10 at round starts %s; share of each round's time in which some task "
+        "waited for a CPU (other helpers' builds and tests) %s %%." % (
+            datetime.date.today().isoformat(), machine(), args.threads, args.rounds,
+            ", ".join("%.2f" % v for v in loads), ", ".join("%s" % v for v in psis),
+            ", ".join("%.0f" % v for v in shares)),
         "",
         "16M f32 params (16,777,216). Bytes per param: AdamW 28, SGD momentum 20, clip + AdamW 32 "
         "(trainrt folds the clip coefficient into the step; PyTorch's clip writes the grads).",

@@ -429,8 +429,10 @@ std::int64_t Optimizer::step_count(const Parameter& p) const {
 
 Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const {
   const ParamSlot& s = find_slot(*impl_, p, name());
-  auto it = s.state.find(state_name);
-  return it == s.state.end() ? Tensor() : it->second;
+  const std::vector<const char*>& names = impl_->spec->states;
+  for (std::size_t j = 0; j < names.size(); ++j)
+    if (state_name == names[j]) return s.state[j];
+  return Tensor();
 }
 
 void Optimizer::step() {
@@ -486,27 +488,35 @@ void Optimizer::step() {
     detail::check_backend(api, api.multi_tensor_norm(I.device.index(), &na), op.c_str());
   }
 
+  // Per group: which state lists a step needs and how they start.
+  std::vector<std::vector<bool>> need(I.groups.size());
+  std::vector<double> init(I.groups.size());
+  for (std::size_t g = 0; g < I.groups.size(); ++g) {
+    need[g] = detail::needed_states(algo, I.groups[g].options);
+    init[g] = detail::state_initial_value(algo, I.groups[g].options);
+  }
+
   // Buckets: (group, step after this one, fresh momentum buffer, model copy dtype).
   using Key = std::tuple<std::size_t, std::int64_t, bool, int>;
   std::map<Key, std::vector<std::size_t>> buckets;
-  std::vector<std::pair<std::size_t, std::string>> created;
+  std::vector<std::pair<std::size_t, std::size_t>> created;  // (slot, state index)
   for (std::size_t k : active) {
     ParamSlot& s = I.slots[k];
-    const HyperParams& h = I.groups[s.group].options;
-    const std::vector<bool> need = detail::needed_states(algo, h);
+    const std::vector<bool>& nd = need[s.group];
     bool fresh = false;
-    for (std::size_t j = 0; j < need.size(); ++j) {
-      const std::string sn = I.spec->states[j];
-      if (!need[j] || s.state.count(sn)) continue;
+    for (std::size_t j = 0; j < nd.size(); ++j) {
+      if (!nd[j] || s.state[j].defined()) continue;
       const Tensor& v = ParameterAccess::impl(s.param).value;
-      Tensor t = Tensor::zeros(v.shape(), DType::f32, I.device);
-      const double init = detail::state_initial_value(algo, h);
-      if (init != 0.0 && t.numel() > 0) {
-        std::vector<float> host(static_cast<std::size_t>(t.numel()), static_cast<float>(init));
+      Tensor t;
+      if (init[s.group] != 0.0 && v.numel() > 0) {
+        std::vector<float> host(static_cast<std::size_t>(v.numel()),
+                                static_cast<float>(init[s.group]));
         t = Tensor::from_vector(host, v.shape(), I.device);
+      } else {
+        t = Tensor::zeros(v.shape(), DType::f32, I.device);
       }
-      s.state[sn] = t;
-      created.emplace_back(k, sn);
+      s.state[j] = t;
+      created.emplace_back(k, j);
       if (algo == detail::kSGD) fresh = true;
     }
     const Tensor& mc = ParameterAccess::impl(s.param).model_copy;
@@ -541,7 +551,7 @@ void Optimizer::step() {
     std::vector<const void*> grads;
     std::vector<void*> states[3];
     std::vector<std::int64_t> numels;
-    const std::vector<bool> need = detail::needed_states(algo, h);
+    const std::vector<bool>& nd = need[std::get<0>(kv.first)];
     for (std::size_t k : ks) {
       ParamSlot& s = I.slots[k];
       ParameterImpl& p = ParameterAccess::impl(s.param);
@@ -549,8 +559,8 @@ void Optimizer::step() {
       grads.push_back(p.grad.data());
       numels.push_back(p.value.numel());
       copies.push_back(p.model_copy.defined() ? p.model_copy.data() : nullptr);
-      for (std::size_t j = 0; j < need.size(); ++j) {
-        if (need[j]) states[j].push_back(s.state.at(I.spec->states[j]).data());
+      for (std::size_t j = 0; j < nd.size(); ++j) {
+        if (nd[j]) states[j].push_back(s.state[j].data());
       }
     }
     trainrt_optim_step_args a{};
@@ -577,7 +587,7 @@ void Optimizer::step() {
   bool skipped = false;
   if (gs_on) skipped = detail::read_device_float(I.device, gs + TRAINRT_GS_FOUND_INF) != 0.0f;
   if (skipped) {
-    for (const auto& c : created) I.slots[c.first].state.erase(c.second);
+    for (const auto& c : created) I.slots[c.first].state[c.second] = Tensor();
   } else {
     for (std::size_t k : active) ++I.slots[k].step;
   }
@@ -601,10 +611,12 @@ StateDict Optimizer::state_dict() const {
   }
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     const ParamSlot& s = I.slots[k];
-    if (s.step == 0 && s.state.empty()) continue;
+    if (s.step == 0 && !s.has_state()) continue;
     const std::string pre = fmt::format("state.{}.", k);
     sd.scalars[pre + "step"] = static_cast<double>(s.step);
-    for (const auto& kv : s.state) sd.tensors[pre + kv.first] = kv.second.clone();
+    for (std::size_t j = 0; j < I.spec->states.size(); ++j) {
+      if (s.state[j].defined()) sd.tensors[pre + I.spec->states[j]] = s.state[j].clone();
+    }
   }
   return sd;
 }
@@ -653,7 +665,8 @@ void Optimizer::load_state_dict(const StateDict& sd) {
 
   // New per-parameter state, validated and copied to the device.
   std::vector<std::int64_t> new_steps(I.slots.size(), 0);
-  std::vector<std::map<std::string, Tensor>> new_state(I.slots.size());
+  std::vector<std::vector<Tensor>> new_state(I.slots.size(),
+                                             std::vector<Tensor>(detail::kMaxStates));
   auto parse_state_key = [&](const std::string& key, std::size_t* idx, std::string* rest) {
     if (key.rfind("state.", 0) != 0) return false;
     const std::size_t dot = key.find('.', 6);
@@ -706,13 +719,15 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     std::size_t k = 0;
     std::string rest;
     parse_state_key(kv.first, &k, &rest);
-    new_state[k][rest] = kv.second.to(I.device);  // a copy: later steps do not touch sd
+    for (std::size_t j = 0; j < I.spec->states.size(); ++j) {
+      if (rest == I.spec->states[j]) new_state[k][j] = kv.second.to(I.device);  // a copy
+    }
   }
   // Commit (nothing above changed the optimizer).
   for (std::size_t g = 0; g < I.groups.size(); ++g) I.groups[g].options = std::move(new_hyper[g]);
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     I.slots[k].step = new_steps[k];
-    I.slots[k].state = std::move(new_state[k]);
+    for (int j = 0; j < detail::kMaxStates; ++j) I.slots[k].state[j] = new_state[k][j];
   }
 }
 

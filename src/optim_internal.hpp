@@ -31,11 +31,20 @@ struct ParameterAccess {
 
 struct AlgoSpec;
 
+/// Up to three state buffers per parameter, indexed as the kernel's state lists (their names
+/// are AlgoSpec::states); undefined until a step needs them.
+constexpr int kMaxStates = 3;
+
 struct ParamSlot {
   Parameter param;
   std::size_t group = 0;
   std::int64_t step = 0;
-  std::map<std::string, Tensor> state;
+  Tensor state[kMaxStates];
+  bool has_state() const {
+    for (const Tensor& t : state)
+      if (t.defined()) return true;
+    return false;
+  }
 };
 
 struct OptimizerImpl {
