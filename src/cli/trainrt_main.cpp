@@ -1,0 +1,171 @@
+// The trainrt command line: `trainrt train --config FILE.json` trains an MLP on IDX
+// (MNIST / Fashion-MNIST layout) or CSV data with the Trainer.
+//
+// FILE.json holds the TrainerConfig keys plus:
+//   "data":  {"format": "idx", "dir": "/usr/share/datasets/fashion-mnist"}
+//         or {"format": "csv", "train": "train.csv", "val": "val.csv", "label_column": "label"}
+//   "model": {"hidden": [256, 128], "activation": "relu" | "gelu" | "tanh" | "sigmoid"}
+//   "checkpoint_dir": "runs/ckpt"      (best and last; optional)
+//   "early_stopping": {"patience": 3, "min_delta": 0, "monitor": "val_loss"}   (optional)
+//   "resume": "runs/ckpt/last"          (optional)
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "trainrt/trainrt.hpp"
+
+using json = nlohmann::json;
+using namespace trainrt;
+
+namespace {
+
+int usage(int rc) {
+  std::fprintf(rc ? stderr : stdout,
+               "usage: trainrt train --config FILE.json\n"
+               "  FILE.json: the Trainer keys (optimizer, lr, weight_decay, momentum, betas,\n"
+               "  loss, scheduler, grad_clip, epochs, batch_size, amp, grad_accumulation, seed,\n"
+               "  device, output_dir, max_steps) plus data, model, checkpoint_dir,\n"
+               "  early_stopping, resume (see the README)\n");
+  return rc;
+}
+
+std::shared_ptr<nn::Module> activation(const std::string& name) {
+  if (name == "relu") return std::make_shared<nn::ReLU>();
+  if (name == "gelu") return std::make_shared<nn::GELU>();
+  if (name == "tanh") return std::make_shared<nn::Tanh>();
+  if (name == "sigmoid") return std::make_shared<nn::Sigmoid>();
+  throw Error("trainrt: unknown activation \"" + name + "\"");
+}
+
+int train(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("trainrt: cannot open " + path);
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error("trainrt: " + path + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw Error("trainrt: " + path + ": the JSON must be an object");
+  const json data = j.value("data", json::object());
+  const json model_cfg = j.value("model", json::object());
+  const std::string ckpt_dir = j.value("checkpoint_dir", std::string());
+  const json es = j.value("early_stopping", json());
+  const std::string resume = j.value("resume", std::string());
+  for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
+  TrainerConfig cfg = TrainerConfig::from_json(j.dump());
+
+  std::shared_ptr<TensorDataset> train_ds, val_ds;
+  const std::string format = data.value("format", std::string("idx"));
+  if (format == "idx") {
+    const std::string dir = data.value("dir", default_fashion_mnist_dir());
+    const ImageNormalization norm{data.value("mean", 0.2860f), data.value("std", 0.3530f)};
+    train_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, true, norm, true));
+    val_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, false, norm, true));
+  } else if (format == "csv") {
+    CsvOptions o;
+    o.label_column = data.value("label_column", std::string());
+    if (cfg.loss != "cross_entropy") o.label_dtype = DType::f32;
+    if (!data.contains("train")) throw Error("trainrt: data.train (a CSV path) is missing");
+    train_ds =
+        std::make_shared<TensorDataset>(read_csv(data.at("train").get<std::string>(), o).dataset());
+    if (data.contains("val"))
+      val_ds =
+          std::make_shared<TensorDataset>(read_csv(data.at("val").get<std::string>(), o).dataset());
+  } else {
+    throw Error("trainrt: data.format must be idx or csv, got \"" + format + "\"");
+  }
+  const Shape fs = train_ds->feature_shape();
+  const std::int64_t in_features = shape_numel(fs);
+  std::int64_t out_features = 1;
+  if (cfg.loss == "cross_entropy") {
+    std::int64_t max_label = 0;
+    for (auto v : train_ds->labels().to_vector<std::int64_t>()) max_label = std::max(max_label, v);
+    out_features = model_cfg.value("classes", max_label + 1);
+  } else {
+    out_features = std::max<std::int64_t>(1, shape_numel(train_ds->label_shape()));
+  }
+
+  nn::manual_seed(cfg.seed);
+  auto model = std::make_shared<nn::Sequential>();
+  std::int64_t prev = in_features;
+  const std::string act = model_cfg.value("activation", std::string("relu"));
+  for (std::int64_t h : model_cfg.value("hidden", std::vector<std::int64_t>{256, 128})) {
+    model->add(std::make_shared<nn::Linear>(prev, h));
+    model->add(activation(act));
+    prev = h;
+  }
+  model->add(std::make_shared<nn::Linear>(prev, out_features));
+
+  const Device device = cfg.resolved_device();
+  DataLoaderOptions lo;
+  lo.batch_size = cfg.batch_size;
+  lo.shuffle = true;
+  lo.seed = cfg.seed;
+  lo.device = device;
+  DataLoader train_loader(train_ds, lo);
+  lo.shuffle = false;
+  std::unique_ptr<DataLoader> val_loader;
+  if (val_ds) val_loader = std::make_unique<DataLoader>(val_ds, lo);
+
+  Trainer trainer(model, cfg);
+  trainer.add_callback(std::make_shared<ProgressBar>(100));
+  std::shared_ptr<ModelCheckpoint> mc;
+  if (!ckpt_dir.empty()) {
+    mc = std::make_shared<ModelCheckpoint>(ckpt_dir, val_ds ? "val_loss" : "train_loss");
+    trainer.add_callback(mc);
+  }
+  if (es.is_object()) {
+    trainer.add_callback(std::make_shared<EarlyStopping>(
+        es.value("patience", std::int64_t{3}), es.value("min_delta", 0.0),
+        es.value("monitor", std::string("val_loss")), es.value("restore_best", true)));
+  }
+  if (!resume.empty()) trainer.load(resume);
+  std::printf("trainrt train: %s, %lld train samples, model %lld -> %lld on %s\n", path.c_str(),
+              static_cast<long long>(train_ds->size()), static_cast<long long>(in_features),
+              static_cast<long long>(out_features), device_description(device).c_str());
+  const auto& h = trainer.fit(train_loader, val_loader.get());
+  if (!h.empty()) {
+    const auto& m = h.back();
+    std::printf("final: train_loss %.4f val_loss %.4f val_acc %.4f\n", m.train_loss, m.val_loss,
+                m.val_acc);
+  }
+  if (!trainer.metrics_csv_path().empty())
+    std::printf("metrics: %s\n", trainer.metrics_csv_path().c_str());
+  if (mc)
+    std::printf("checkpoint: %s (best), %s (last)\n", mc->best_path().c_str(),
+                mc->last_path().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(2);
+  const std::string cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") return usage(0);
+  try {
+    if (cmd == "train") {
+      std::string config;
+      for (int i = 2; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--config" && i + 1 < argc)
+          config = argv[++i];
+        else
+          return usage(2);
+      }
+      if (config.empty()) return usage(2);
+      return train(config);
+    }
+    std::fprintf(stderr,
+                 "trainrt: unknown command \"%s\" (lr-find and compare are not there yet)\n",
+                 cmd.c_str());
+    return usage(2);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}
