@@ -369,3 +369,23 @@ TEST(Trainer, RegressionLoss) {
   EXPECT_LT(h.back().train_loss, 0.2 * h.front().train_loss);
   EXPECT_TRUE(std::isnan(h.back().train_acc));
 }
+
+TEST(Trainer, LrFindSweepsAndRestores) {
+  auto cfg = base_config();
+  Trainer t(mlp(8), cfg);
+  auto tl = loader(blobs(256, 12), 32, true);
+  const auto before = weights(t.model());
+  const double lr0 = t.current_lr();
+  const std::string csv = tmp_dir("lrfind") + "/lr.csv";
+  const LRFindResult r = t.lr_find(tl, 1e-5, 10.0, 60, csv);
+  ASSERT_GE(r.lrs.size(), 10u);
+  EXPECT_DOUBLE_EQ(r.lrs.front(), 1e-5);
+  for (std::size_t i = 1; i < r.lrs.size(); ++i) EXPECT_GT(r.lrs[i], r.lrs[i - 1]);
+  EXPECT_GT(r.suggested_lr, 1e-5);
+  EXPECT_LT(r.suggested_lr, 10.0);
+  EXPECT_TRUE(bitwise_equal(weights(t.model()), before));
+  EXPECT_EQ(t.current_lr(), lr0);
+  EXPECT_EQ(tl.position(), 0);
+  EXPECT_TRUE(fs::exists(csv));
+  EXPECT_THROW(t.lr_find(tl, 1.0, 0.1), Error);
+}

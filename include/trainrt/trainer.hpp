@@ -107,6 +107,13 @@ struct EvalResult {
   std::int64_t samples = 0;
 };
 
+struct LRFindResult {
+  std::vector<double> lrs;
+  std::vector<double> losses;           // raw batch losses
+  std::vector<double> smoothed_losses;  // exponential moving average (0.98), bias-corrected
+  double suggested_lr = 0.0;            // steepest descent of the smoothed loss
+};
+
 class Trainer;
 
 class TRAINRT_API Callback {
@@ -192,6 +199,11 @@ class TRAINRT_API Trainer {
   /// The loader's features must match the model's input; labels as the loss wants them.
   /// Continues from the epoch/step/loader position of a load()ed checkpoint.
   const std::vector<EpochMetrics>& fit(DataLoader& train, DataLoader* val = nullptr);
+  /// LR range test: `num_iter` steps with the lr growing exponentially from start_lr to
+  /// end_lr (stops early when the smoothed loss exceeds 4x its best); the model, optimizer
+  /// and scaler are restored afterwards. Writes lr,loss,smoothed_loss to csv_path when set.
+  LRFindResult lr_find(DataLoader& train, double start_lr = 1e-7, double end_lr = 10.0,
+                       std::int64_t num_iter = 100, const std::string& csv_path = std::string());
   /// Loss and accuracy over one pass of `loader` in eval mode (no grads).
   EvalResult evaluate(DataLoader& loader);
 

@@ -25,6 +25,8 @@ namespace {
 int usage(int rc) {
   std::fprintf(rc ? stderr : stdout,
                "usage: trainrt train --config FILE.json\n"
+               "       trainrt lr-find --config FILE.json [--start 1e-7] [--end 10] [--iters 100]\n"
+               "                       [--out lr_find.csv]\n"
                "  FILE.json: the Trainer keys (optimizer, lr, weight_decay, momentum, betas,\n"
                "  loss, scheduler, grad_clip, epochs, batch_size, amp, grad_accumulation, seed,\n"
                "  device, output_dir, max_steps) plus data, model, checkpoint_dir,\n"
@@ -40,7 +42,14 @@ std::shared_ptr<nn::Module> activation(const std::string& name) {
   throw Error("trainrt: unknown activation \"" + name + "\"");
 }
 
-int train(const std::string& path) {
+struct LrFindArgs {
+  bool on = false;
+  double start = 1e-7, end = 10.0;
+  std::int64_t iters = 100;
+  std::string out = "lr_find.csv";
+};
+
+int train(const std::string& path, const LrFindArgs& lf = LrFindArgs()) {
   std::ifstream in(path);
   if (!in) throw Error("trainrt: cannot open " + path);
   json j;
@@ -124,6 +133,13 @@ int train(const std::string& path) {
         es.value("monitor", std::string("val_loss")), es.value("restore_best", true)));
   }
   if (!resume.empty()) trainer.load(resume);
+  if (lf.on) {
+    const LRFindResult r = trainer.lr_find(train_loader, lf.start, lf.end, lf.iters, lf.out);
+    std::printf("trainrt lr-find: %zu steps from %g to %g; suggested lr %.3g\nloss-vs-lr: %s\n",
+                r.lrs.size(), lf.start, r.lrs.empty() ? lf.start : r.lrs.back(), r.suggested_lr,
+                lf.out.c_str());
+    return 0;
+  }
   std::printf("trainrt train: %s, %lld train samples, model %lld -> %lld on %s\n", path.c_str(),
               static_cast<long long>(train_ds->size()), static_cast<long long>(in_features),
               static_cast<long long>(out_features), device_description(device).c_str());
@@ -160,8 +176,31 @@ int main(int argc, char** argv) {
       if (config.empty()) return usage(2);
       return train(config);
     }
-    std::fprintf(stderr,
-                 "trainrt: unknown command \"%s\" (lr-find and compare are not there yet)\n",
+    if (cmd == "lr-find") {
+      std::string config;
+      LrFindArgs lf;
+      lf.on = true;
+      for (int i = 2; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (i + 1 >= argc) return usage(2);
+        const std::string v = argv[++i];
+        if (a == "--config")
+          config = v;
+        else if (a == "--start")
+          lf.start = std::stod(v);
+        else if (a == "--end")
+          lf.end = std::stod(v);
+        else if (a == "--iters")
+          lf.iters = std::stoll(v);
+        else if (a == "--out")
+          lf.out = v;
+        else
+          return usage(2);
+      }
+      if (config.empty()) return usage(2);
+      return train(config, lf);
+    }
+    std::fprintf(stderr, "trainrt: unknown command \"%s\" (compare is not there yet)\n",
                  cmd.c_str());
     return usage(2);
   } catch (const std::exception& e) {

@@ -294,6 +294,75 @@ EvalResult Trainer::evaluate(DataLoader& loader) {
   return res;
 }
 
+LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
+                              std::int64_t num_iter, const std::string& csv_path) {
+  if (!(start_lr > 0.0) || !(end_lr > start_lr) || num_iter < 2)
+    throw Error(
+        fmt::format("Trainer::lr_find: need 0 < start_lr < end_lr and num_iter >= 2, got "
+                    "{}, {}, {}",
+                    start_lr, end_lr, num_iter));
+  const auto params = model_->parameters();
+  std::vector<Tensor> saved;
+  for (const auto& p : params) saved.push_back(p.value().clone());
+  const StateDict opt_state = optimizer_->state_dict();
+  const StateDict scaler_state = scaler_ ? scaler_->state_dict() : StateDict();
+  const StateDict loader_state = train.state_dict();
+  LRFindResult r;
+  const double ratio = std::pow(end_lr / start_lr, 1.0 / static_cast<double>(num_iter - 1));
+  double avg = 0.0, best = std::numeric_limits<double>::infinity();
+  model_->train();
+  Batch b;
+  for (std::int64_t i = 0; i < num_iter; ++i) {
+    if (!train.next(b) && !train.next(b)) break;
+    const double lr = start_lr * std::pow(ratio, static_cast<double>(i));
+    optimizer_->set_lr(lr);
+    optimizer_->zero_grad(true);
+    Tensor x = b.features.device() == device_ ? b.features : b.features.to(device_);
+    Tensor y = b.labels.device() == device_ ? b.labels : b.labels.to(device_);
+    const Tensor out = model_->forward(x);
+    Tensor grad;
+    const double loss = compute_loss(out, y, true, 1.0, &grad, nullptr);
+    if (!std::isfinite(loss)) break;
+    model_->backward(grad);
+    if (config_.grad_clip > 0) clip_grad_norm_(*optimizer_, config_.grad_clip);
+    if (scaler_) {
+      scaler_->step(*optimizer_);
+      scaler_->update();
+    } else {
+      optimizer_->step();
+    }
+    avg = 0.98 * avg + 0.02 * loss;
+    const double smooth = avg / (1.0 - std::pow(0.98, static_cast<double>(i + 1)));
+    r.lrs.push_back(lr);
+    r.losses.push_back(loss);
+    r.smoothed_losses.push_back(smooth);
+    best = std::min(best, smooth);
+    if (i > 0 && smooth > 4.0 * best) break;
+  }
+  // Steepest descent of the smoothed loss against log(lr), ignoring the first and last points.
+  double steepest = std::numeric_limits<double>::infinity();
+  for (std::size_t i = 1; i + 1 < r.lrs.size(); ++i) {
+    const double g = (r.smoothed_losses[i + 1] - r.smoothed_losses[i - 1]) /
+                     (std::log(r.lrs[i + 1]) - std::log(r.lrs[i - 1]));
+    if (g < steepest) {
+      steepest = g;
+      r.suggested_lr = r.lrs[i];
+    }
+  }
+  if (r.suggested_lr == 0.0 && !r.lrs.empty()) r.suggested_lr = r.lrs.front();
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(saved[i]);
+  optimizer_->load_state_dict(opt_state);
+  if (scaler_) scaler_->load_state_dict(scaler_state);
+  train.load_state_dict(loader_state);
+  if (!csv_path.empty()) {
+    std::string csv = "lr,loss,smoothed_loss\n";
+    for (std::size_t i = 0; i < r.lrs.size(); ++i)
+      csv += fmt::format("{:.9g},{:.9g},{:.9g}\n", r.lrs[i], r.losses[i], r.smoothed_losses[i]);
+    write_file_atomic(csv_path, csv.data(), csv.size());
+  }
+  return r;
+}
+
 const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val) {
   const std::int64_t nb = train.num_batches();
   if (nb < 1) throw Error("Trainer::fit: the training loader has no batches");
