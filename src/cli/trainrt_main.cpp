@@ -8,6 +8,7 @@
 //   "checkpoint_dir": "runs/ckpt"      (best and last; optional)
 //   "early_stopping": {"patience": 3, "min_delta": 0, "monitor": "val_loss"}   (optional)
 //   "resume": "runs/ckpt/last"          (optional)
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -27,6 +28,8 @@ int usage(int rc) {
                "usage: trainrt train --config FILE.json\n"
                "       trainrt lr-find --config FILE.json [--start 1e-7] [--end 10] [--iters 100]\n"
                "                       [--out lr_find.csv]\n"
+               "       trainrt compare --config FILE.json [--optimizers sgd,adam,...]\n"
+               "                       [--lrs 1e-3,1e-2] [--out compare.csv]\n"
                "  FILE.json: the Trainer keys (optimizer, lr, weight_decay, momentum, betas,\n"
                "  loss, scheduler, grad_clip, epochs, batch_size, amp, grad_accumulation, seed,\n"
                "  device, output_dir, max_steps) plus data, model, checkpoint_dir,\n"
@@ -49,7 +52,8 @@ struct LrFindArgs {
   std::string out = "lr_find.csv";
 };
 
-int train(const std::string& path, const LrFindArgs& lf = LrFindArgs()) {
+int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
+          const json& overrides = json(), std::vector<EpochMetrics>* history = nullptr) {
   std::ifstream in(path);
   if (!in) throw Error("trainrt: cannot open " + path);
   json j;
@@ -65,6 +69,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs()) {
   const json es = j.value("early_stopping", json());
   const std::string resume = j.value("resume", std::string());
   for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
+  if (overrides.is_object()) j.update(overrides);
   TrainerConfig cfg = TrainerConfig::from_json(j.dump());
 
   std::shared_ptr<TensorDataset> train_ds, val_ds;
@@ -123,7 +128,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs()) {
   Trainer trainer(model, cfg);
   trainer.add_callback(std::make_shared<ProgressBar>(100));
   std::shared_ptr<ModelCheckpoint> mc;
-  if (!ckpt_dir.empty()) {
+  if (!ckpt_dir.empty() && !history) {  // compare runs keep no checkpoints
     mc = std::make_shared<ModelCheckpoint>(ckpt_dir, val_ds ? "val_loss" : "train_loss");
     trainer.add_callback(mc);
   }
@@ -144,6 +149,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs()) {
               static_cast<long long>(train_ds->size()), static_cast<long long>(in_features),
               static_cast<long long>(out_features), device_description(device).c_str());
   const auto& h = trainer.fit(train_loader, val_loader.get());
+  if (history) *history = h;
   if (!h.empty()) {
     const auto& m = h.back();
     std::printf("final: train_loss %.4f val_loss %.4f val_acc %.4f\n", m.train_loss, m.val_loss,
@@ -200,8 +206,62 @@ int main(int argc, char** argv) {
       if (config.empty()) return usage(2);
       return train(config, lf);
     }
-    std::fprintf(stderr, "trainrt: unknown command \"%s\" (compare is not there yet)\n",
-                 cmd.c_str());
+    if (cmd == "compare") {
+      std::string config, out = "compare.csv";
+      std::vector<std::string> optimizers;
+      std::vector<double> lrs;
+      auto split = [](const std::string& v) {
+        std::vector<std::string> parts;
+        std::stringstream ss(v);
+        std::string p;
+        while (std::getline(ss, p, ','))
+          if (!p.empty()) parts.push_back(p);
+        return parts;
+      };
+      for (int i = 2; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (i + 1 >= argc) return usage(2);
+        const std::string v = argv[++i];
+        if (a == "--config")
+          config = v;
+        else if (a == "--optimizers")
+          optimizers = split(v);
+        else if (a == "--lrs")
+          for (const auto& p : split(v)) lrs.push_back(std::stod(p));
+        else if (a == "--out")
+          out = v;
+        else
+          return usage(2);
+      }
+      if (config.empty() || (optimizers.empty() && lrs.empty())) return usage(2);
+      if (optimizers.empty()) optimizers.push_back("");
+      if (lrs.empty()) lrs.push_back(0.0);
+      std::string csv =
+          "run,optimizer,lr,epoch,global_step,train_loss,train_acc,val_loss,val_acc,"
+          "cur_lr,grad_norm,samples_per_sec\n";
+      auto f = [](double v) { return std::isfinite(v) ? std::to_string(v) : std::string(); };
+      for (const auto& opt : optimizers) {
+        for (double lr : lrs) {
+          json o = {{"output_dir", ""}};
+          if (!opt.empty()) o["optimizer"] = opt;
+          if (lr > 0) o["lr"] = lr;
+          const std::string run =
+              (opt.empty() ? std::string("default") : opt) + (lr > 0 ? "@" + f(lr) : std::string());
+          std::printf("== %s\n", run.c_str());
+          std::vector<EpochMetrics> h;
+          train(config, LrFindArgs(), o, &h);
+          for (const auto& m : h)
+            csv += run + "," + opt + "," + f(lr) + "," + std::to_string(m.epoch) + "," +
+                   std::to_string(m.global_step) + "," + f(m.train_loss) + "," + f(m.train_acc) +
+                   "," + f(m.val_loss) + "," + f(m.val_acc) + "," + f(m.lr) + "," + f(m.grad_norm) +
+                   "," + f(m.samples_per_sec) + "\n";
+        }
+      }
+      write_file_atomic(out, csv.data(), csv.size());
+      std::printf("curves: %s\n", out.c_str());
+      return 0;
+    }
+    std::fprintf(stderr, "trainrt: unknown command \"%s\"\n", cmd.c_str());
     return usage(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
