@@ -11,6 +11,7 @@
 //   ceiling_sgd    the same for SGD (3 read, 2 written)
 //   ceiling_read   a read-only sum of squares (the norm's pass), rotating among buffers that
 //                  together exceed the last-level cache
+//   ceiling_clip_adamw  the clip + step sequence: a read pass over g, then the AdamW pattern
 // Each result reports bytes/s; compare_optim.py divides them into ratios. Inputs are random;
 // 16M params x 4 arrays are far larger than any cache, so every pass goes to memory.
 // CUDA timings synchronise the device after each step (UseManualTime around the step).
@@ -196,6 +197,19 @@ void bm_ceiling_sgd(benchmark::State& state) {
       [&] { ceiling_sgd_pass(x.a.data(), x.b.data(), x.c.data(), n); });
 }
 
+void bm_ceiling_clip_adamw(benchmark::State& state) {
+  // The clip + step access sequence with trivial arithmetic: a read pass over g, then the
+  // AdamW pattern over p, g, m, v (g possibly still in cache from the first pass).
+  Arrays& x = ceiling_arrays();
+  const std::int64_t n = total_params();
+  double sink = 0.0;
+  run(state, Device::cpu(), 32.0 * n, [&] {
+    sink += ceiling_read_pass(x.b.data(), n);
+    ceiling_adamw_pass(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n);
+  });
+  benchmark::DoNotOptimize(sink);
+}
+
 void bm_ceiling_read(benchmark::State& state) {
   // Rotates among buffers larger than the last-level cache together (6 x 64 MiB at 16M
   // params), so the read comes from memory, as the grads' read before a step does.
@@ -235,6 +249,7 @@ void register_all() {
   regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd/cpu", bm_ceiling_sgd));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_read/cpu", bm_ceiling_read));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_clip_adamw/cpu", bm_ceiling_clip_adamw));
   for (benchmark::internal::Benchmark* b : regs) {
     b->UseManualTime()->Unit(benchmark::kMillisecond);
   }
