@@ -25,20 +25,20 @@ constexpr int kFeatures = 8;
 constexpr int kClasses = 4;
 constexpr int kSamples = 512;
 
-struct Dataset {
+struct SyntheticData {
   std::vector<float> x;             // [kSamples, kFeatures]
   std::vector<std::int64_t> label;  // [kSamples]
 };
 
 // Labels come from a random linear "teacher"; points closer than a margin to its decision
 // boundary are redrawn, so the classes are separable and a linear model can fit them all.
-Dataset make_dataset(std::uint32_t seed) {
+SyntheticData make_dataset(std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> teacher(kFeatures * kClasses);
   for (float& w : teacher) w = normal(rng);
 
-  Dataset d;
+  SyntheticData d;
   d.x.reserve(kSamples * kFeatures);
   while (static_cast<int>(d.label.size()) < kSamples) {
     float x[kFeatures];
@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
     const Device dev = Device::best();
     std::printf("device: %s\n", device_description(dev).c_str());
 
-    const Dataset data = make_dataset(1234);
+    const SyntheticData data = make_dataset(1234);
     const Tensor labels = Tensor::from_vector(data.label, {kSamples}).to(dev);
     Model model;
     double first_loss = 0.0, loss = 0.0, acc = 0.0;
