@@ -190,6 +190,7 @@ void fill_scalars(int algo, const HyperParams& h, std::int64_t t, bool fresh, fl
     s[TRAINRT_OS_BC1] = static_cast<float>(bc1);
     s[TRAINRT_OS_BC2] = static_cast<float>(bc2);
     s[TRAINRT_OS_BC2_SQRT] = static_cast<float>(std::sqrt(bc2));
+    s[TRAINRT_OS_INV_BC2_SQRT] = static_cast<float>(1.0 / std::sqrt(bc2));
     s[TRAINRT_OS_STEP_SIZE] = static_cast<float>(lr / bc1);
     if (algo == kRAdam) {
       const double rho_inf = 2.0 / (1.0 - b2) - 1.0;

@@ -203,7 +203,8 @@ enum trainrt_optim_flag_c {
  *   SGD:      LR, WEIGHT_DECAY, MOMENTUM, BUF_SCALE = momentum (0 at t = 1),
  *             BUF_GAIN = 1 - dampening (1 at t = 1): buf = buf * BUF_SCALE + BUF_GAIN * g
  *   Adam(W):  LR, WEIGHT_DECAY, DECAY = 1 - lr * wd, BETA1, OMB1 = 1 - beta1, BETA2,
- *             OMB2 = 1 - beta2, EPS, STEP_SIZE = lr / (1 - beta1^t), BC2_SQRT = sqrt(1 - beta2^t)
+ *             OMB2 = 1 - beta2, EPS, STEP_SIZE = lr / (1 - beta1^t), BC2_SQRT = sqrt(1 - beta2^t),
+ *             INV_BC2_SQRT = 1 / sqrt(1 - beta2^t)
  *   RMSprop:  LR, WEIGHT_DECAY, MOMENTUM, BETA2 = alpha, OMB2 = 1 - alpha, EPS
  *   Adagrad:  LR = lr / (1 + (t - 1) * lr_decay), WEIGHT_DECAY, EPS
  *   RAdam:    LR, WEIGHT_DECAY, DECAY, BETA1, OMB1, BETA2, OMB2, EPS, BC1 = 1 - beta1^t,
@@ -231,6 +232,7 @@ enum trainrt_optim_scalar_c {
   TRAINRT_OS_BC2_SQRT = 14,
   TRAINRT_OS_RECT = 15,
   TRAINRT_OS_MAX_GRAD_NORM = 16,
+  TRAINRT_OS_INV_BC2_SQRT = 17,
   TRAINRT_OS_COUNT = 24
 };
 
