@@ -317,6 +317,13 @@ def fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
 
 
+def quiet_cell(q):
+    """'2/3': rounds under the pressure limit (used) of all; '0/3 (noisy)': none, all used."""
+    if not q:
+        return "n/a"
+    return f"{q[0]}/{q[1]}" + (" (noisy)" if q[0] == 0 else "")
+
+
 def ceiling_gbps(bench, device, dtype, shape):
     """The faster of bench_losses' plain copy and streaming-store copy of the same bytes."""
     vals = [bench.gbps((op, device, dtype, shape)) for op in ("ceiling_copy", "ceiling_copy_nt")]
@@ -324,7 +331,7 @@ def ceiling_gbps(bench, device, dtype, shape):
     return max(vals) if vals else None
 
 
-def build_table(device, bench, timer):
+def build_table(device, bench, timer, group_quiet=None):
     header = [
         "op",
         "dtype",
@@ -337,6 +344,7 @@ def build_table(device, bench, timer):
         "fraction of ceiling",
         "trainrt min–max ms",
         "torch min–max ms",
+        "quiet rounds",
     ]
     rows = []
     for shape in SHAPES:
@@ -362,6 +370,7 @@ def build_table(device, bench, timer):
                         fmt(tr_gbps / ceil if (tr_gbps and ceil) else None, ".2f"),
                         f"{rng[0]:.3f}–{rng[1]:.3f}" if rng else "n/a",
                         f"{min(times):.3f}–{max(times):.3f}" if times else "n/a",
+                        quiet_cell((group_quiet or {}).get((dtype, shape))),
                     ]
                 )
     return header, rows
@@ -480,7 +489,10 @@ def main():
     # PyTorch on it, so both see nearly the same machine load; with --wait-quiet each group
     # first waits for the CPU pressure to drop (other work on a shared machine).
     groups = [(dtype, shape) for shape in SHAPES for dtype in DTYPES]
-    group_pressure = []
+    group_pressure = []  # (round, group, pressure, attempts, used)
+    group_rounds = {}  # (dtype, shape) -> [(round, pressure, bench JSON, torch times, torch shares, attempts)]
+    raw_rounds = []
+    group_quiet = {}  # (dtype, shape) -> (rounds under the pressure limit, rounds)
     for rnd in range(args.rounds):
         for dtype, shape in groups:
             tag = f"{dtype} {shape[0]}x{shape[1]}"
@@ -516,8 +528,19 @@ def main():
                 attempts.append((share if share is not None else 0.0, doc, times, shares))
                 if share is None or share * 100 <= args.max_psi:
                     break
-            # Keep the least disturbed attempt (the only one unless --retry-noisy).
+            # Keep the least disturbed attempt of this round (the only one unless --retry-noisy).
             share, doc, times, shares = min(attempts, key=lambda a: a[0])
+            group_rounds.setdefault((dtype, shape), []).append((rnd + 1, share, doc, times, shares, len(attempts)))
+
+    # Per group, use the rounds measured under at most --max-psi CPU pressure when there are
+    # any, else all rounds (and say so).
+    for (dtype, shape), kept in group_rounds.items():
+        quiet = [k for k in kept if k[1] * 100 <= args.max_psi]
+        use = quiet or kept
+        group_quiet[(dtype, shape)] = (len(quiet), len(kept))
+        for k in kept:
+            group_pressure.append((k[0], f"{dtype} {shape[0]}x{shape[1]}", k[1], k[5], any(k is u for u in use)))
+        for _, _, doc, times, shares, _ in use:
             if doc is not None:
                 bench.add_json(doc)
             if timer is not None:
@@ -525,9 +548,12 @@ def main():
                     timer.times.setdefault(k, []).extend(v)
                 for k, v in shares.items():
                     timer.shares.setdefault(k, []).extend(v)
-            group_pressure.append((rnd + 1, tag, share, len(attempts)))
+        raw_rounds.append({"dtype": dtype, "shape": list(shape), "rounds": [
+            {"round": r, "pressure": sh, "attempts": n, "used": any(u[0] == r for u in use), "bench": d,
+             "torch": {"/".join(map(str, k)): v for k, v in t.items()}}
+            for r, sh, d, t, _, n in kept]})
 
-    header, rows = build_table(args.device, bench, timer)
+    header, rows = build_table(args.device, bench, timer, group_quiet)
     cheader, crows = build_ceiling_table(args.device, bench, timer)
     qheader, qrows = build_quiet_table(args.device, bench, timer) if args.device == "cpu" else (None, None)
     load_after = load_average()
@@ -595,8 +621,9 @@ def main():
             )
         if group_pressure:
             lines.append(
-                "- CPU pressure while each group was measured (round, group: % of the time, attempts): "
-                + "; ".join(f"{r}, {t}: {100 * p:.0f} ({n})" for r, t, p, n in group_pressure)
+                "- CPU pressure while each group was measured (round, group: % of the time, attempts; "
+                "* = round used): "
+                + "; ".join(f"{r}, {t}: {100 * p:.0f} ({n}){'*' if u else ''}" for r, t, p, n, u in group_pressure)
             )
         lines += [f"- note: {n}" for n in args.note]
         lines += [
@@ -607,7 +634,9 @@ def main():
             + f"bench_losses filtered to the group (--benchmark_repetitions={args.reps}, "
             f"--benchmark_min_time={args.min_time}) then PyTorch ({args.torch_min_runs}+ timed "
             f"{'batches of ' + str(CUDA_BATCH) + ' calls, CUDA events' if args.device == 'cuda' else 'calls, perf_counter'} "
-            "per op, after warm-up); medians over all runs; ceiling = the faster of bench_losses' ceiling_copy "
+            "per op, after warm-up); per group, only the rounds measured under at most "
+            f"{args.max_psi:g} % CPU pressure are used when there are any (else all rounds); medians over "
+            "the runs of the rounds used; ceiling = the faster of bench_losses' ceiling_copy "
             "and ceiling_copy_nt (streaming stores) over the same bytes in the same run (read + write counted); "
             "GB/s = bytes per call (docs/PERF.md: read the input once, write one output of its size) / median "
             "time, 1 GB = 1e9 bytes.",
@@ -652,6 +681,7 @@ def main():
                     "context": ctx,
                     "trainrt": {"/".join(map(str, k)): v for k, v in bench.runs.items()},
                     "torch": {"/".join(map(str, k)): v for k, v in (timer.times.items() if timer else [])},
+                    "rounds": raw_rounds,
                 },
                 f,
                 indent=1,
