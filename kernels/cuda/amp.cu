@@ -1,5 +1,5 @@
-// Loss-scale bookkeeping of GradScaler on the device: BEGIN_UNSCALE (grad scalars block =
-// {1 / scale, 1, 0, 0}) and UPDATE_SCALE (torch._amp_update_scale_, the math of
+// Loss-scale bookkeeping of GradScaler on the device: BEGIN_UNSCALE (grad scalars block:
+// INV_SCALE = 1 / scale, FOUND_INF = 0) and UPDATE_SCALE (torch._amp_update_scale_, the math of
 // kernels/common/optim.h).
 //
 // Contract. One single-thread kernel per op (a handful of scalars: nothing to parallelise),
@@ -32,10 +32,9 @@ __device__ __forceinline__ bool any_found(const FoundInfs& f) {
 }
 
 __global__ void begin_unscale_kernel(const float* scale, float* gs) {
+  // CLIP_COEF is left as it is: a clip already folded into the block still applies (ABI).
   gs[TRAINRT_GS_INV_SCALE] = static_cast<float>(1.0 / static_cast<double>(*scale));
-  gs[TRAINRT_GS_CLIP_COEF] = 1.0f;
   gs[TRAINRT_GS_FOUND_INF] = 0.0f;
-  gs[TRAINRT_GS_RESERVED] = 0.0f;
 }
 
 /// *acc = 1 when some flag of f is non-zero (acc starts at 0; never cleared here).
