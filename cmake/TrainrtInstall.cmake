@@ -7,6 +7,7 @@
 #   <prefix>/<libdir>/cmake/trainrt/                trainrtConfig.cmake, version file,
 #                                                   exported target trainrt::trainrt
 #   <prefix>/<libdir>/pkgconfig/trainrt.pc
+#   <prefix>/bin/trainrt                            the command-line trainer
 #   <prefix>/bin/<example>                          only with --component examples
 #
 # Everything is relative to the prefix, so an installed tree still works after it is moved:
@@ -76,9 +77,14 @@ install(FILES ${PROJECT_BINARY_DIR}/trainrt.pc DESTINATION ${CMAKE_INSTALL_LIBDI
 
 # Examples land in <prefix>/bin and find libtrainrt.so through $ORIGIN/../<libdir>; they are
 # installed only on request: cmake --install <build> --component examples.
-foreach(example IN ITEMS loss_quickstart)
+file(RELATIVE_PATH _trainrt_bin_to_lib "/p/${CMAKE_INSTALL_BINDIR}" "/p/${CMAKE_INSTALL_LIBDIR}")
+# The trainrt command-line tool is part of the default install.
+if(TARGET trainrt_cli)
+  set_target_properties(trainrt_cli PROPERTIES INSTALL_RPATH "$ORIGIN/${_trainrt_bin_to_lib}")
+  install(TARGETS trainrt_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+foreach(example IN ITEMS loss_quickstart fashion_mnist_mlp)
   if(TARGET ${example})
-    file(RELATIVE_PATH _trainrt_bin_to_lib "/p/${CMAKE_INSTALL_BINDIR}" "/p/${CMAKE_INSTALL_LIBDIR}")
     set_target_properties(${example} PROPERTIES INSTALL_RPATH "$ORIGIN/${_trainrt_bin_to_lib}")
     install(TARGETS ${example} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
             COMPONENT examples EXCLUDE_FROM_ALL)

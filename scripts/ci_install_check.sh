@@ -69,6 +69,10 @@ done
 if [ $with_example = 1 ]; then
   [ -x "$prefix/$bindir/loss_quickstart" ] || fail "loss_quickstart is not installed by --component examples"
 fi
+if grep -q '^trainrt_cli' "$build/CMakeCache.txt" 2>/dev/null || [ -x "$build/bin/trainrt" ]; then
+  [ -x "$prefix/$bindir/trainrt" ] || fail "the trainrt tool is not installed"
+  "$prefix/$bindir/trainrt" --help > "$tmp/trainrt-help.log" 2>&1 || fail "installed trainrt --help failed"
+fi
 if [ $with_module = 1 ]; then
   [ -f "$prefix/$libdir/libtrainrt_cuda.so" ] || fail "the CUDA module is not installed beside libtrainrt.so"
 fi
