@@ -588,6 +588,7 @@ def main():
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         cmd = "python3" if args.device == "cuda" else "/usr/bin/python3"
+        build_dir = os.path.dirname(os.path.dirname(args.bench)) or "build"
         argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
         lines = [
             f"# bench_losses vs PyTorch ({args.device}), {started.date().isoformat()}",
@@ -665,7 +666,7 @@ def main():
             "Reproduce:",
             "",
             "```sh",
-            "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build --target bench_losses",
+            f"cmake -S . -B {build_dir} -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build {build_dir} --target bench_losses",
             f"{cmd} bench/compare_torch.py {argv}",
             "```",
             "",
