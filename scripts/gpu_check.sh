@@ -10,8 +10,9 @@
 # which this script unpacks with dpkg -x into a private prefix (never into /). Then, with
 # the device tool:
 #   run(command="bash scripts/gpu_check.sh", carry=[".debs"], timeout_s=600)
-# and read $OUT/summary.md (also ctest.log, build.log, bench.log, bench_*.json,
-# compare_cuda.md).
+# and read $OUT/summary.md (also ctest.log, build.log, bench.log, compare_cuda.md and
+# benchmarks.json, which holds every bench_* executable's JSON output by name: six files
+# whatever the number of benchmarks, as the tool brings back at most eight).
 #
 # Options:
 #   --configure-only   unpack and configure, then stop (to check the prefix logic anywhere)
@@ -46,6 +47,7 @@ bench_reps=${TRAINRT_BENCH_REPS:-3}
 bench_min_time=${TRAINRT_BENCH_MIN_TIME:-0.2}
 compare_rounds=${TRAINRT_COMPARE_ROUNDS:-2}
 python=${PYTHON:-python3}
+json_dir=${TMPDIR:-/tmp}/trainrt-bench-json  # per-executable JSON (outside $OUT: the tool brings back 8 files at most), combined into $OUT/benchmarks.json
 jobs=$(nproc 2>/dev/null || echo 4)
 arch_dir=$(gcc -print-multiarch 2>/dev/null)
 arch_dir=${arch_dir:-x86_64-linux-gnu}
@@ -176,8 +178,8 @@ ctest_counts() {  # "passed failed total skipped" from ctest.log
   echo "$passed $failed $total ${skipped:-0}"
 }
 
-bench_table() {  # median time and GB/s of every benchmark in $OUT/bench_*.json
-  local files=("$OUT"/bench_*.json)
+bench_table() {  # median time and GB/s of every benchmark in $json_dir/bench_*.json
+  local files=("$json_dir"/bench_*.json)
   [ -e "${files[0]}" ] || { echo "(no benchmark JSON)"; return; }
   LD_LIBRARY_PATH=$orig_ld_library_path "$python" - "${files[@]}" <<'EOF' 2>&1 || echo "(could not read the benchmark JSON)"
 import json, statistics, sys
@@ -196,16 +198,18 @@ for path in sys.argv[1:]:
         if b.get("run_type", "iteration") != "iteration":
             continue
         scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
-        r = rows.setdefault(name, {"ms": [], "bytes": b.get("bytes_per_call", 0.0)})
+        r = rows.setdefault(name, {"ms": [], "bps": []})
         r.setdefault("ms", []).append(b["real_time"] * scale)
-print("| benchmark | median ms | GB/s | runs |")
+        if "bytes_per_second" in b:
+            r.setdefault("bps", []).append(b["bytes_per_second"])
+print("| benchmark | median ms | GB/s (1e9 B/s) | runs |")
 print("|---|---|---|---|")
 for name, r in rows.items():
     if "err" in r:
         print(f"| {name} | error: {r['err']} | | |")
         continue
     ms = statistics.median(r["ms"])
-    gbps = f"{r['bytes'] / (ms * 1e-3) / 1e9:.1f}" if r.get("bytes") else ""
+    gbps = f"{statistics.median(r['bps']) / 1e9:.1f}" if r.get("bps") else ""
     print(f"| {name} | {ms:.4f} | {gbps} | {len(r['ms'])} |")
 EOF
 }
@@ -328,11 +332,12 @@ if [ "$run_bench" = 1 ]; then
   t0=$SECONDS
   bench_status=ok
   : >"$OUT/bench.log"
+  rm -rf "$json_dir" && mkdir -p "$json_dir"
   for exe in "$build"/bin/bench_*; do
     [ -x "$exe" ] || continue
     name=$(basename "$exe")
     log "$name"
-    if ! timeout 300 "$exe" --benchmark_out="$OUT/$name.json" --benchmark_out_format=json \
+    if ! timeout 300 "$exe" --benchmark_out="$json_dir/$name.json" --benchmark_out_format=json \
       --benchmark_repetitions="$bench_reps" --benchmark_min_time="$bench_min_time" \
       >>"$OUT/bench.log" 2>&1; then
       bench_status="failed ($name)"
@@ -342,10 +347,23 @@ if [ "$run_bench" = 1 ]; then
   step_seconds[bench]=$((SECONDS - t0))
 
   t0=$SECONDS
-  if [ -f "$OUT/bench_losses.json" ]; then
+  # One file for all the benchmark JSON: {"bench_losses": {...}, ...}.
+  LD_LIBRARY_PATH=$orig_ld_library_path "$python" - "$OUT/benchmarks.json" "$json_dir"/bench_*.json \
+    <<'EOF' || log "could not combine the benchmark JSON"
+import json, os, sys
+out = {}
+for path in sys.argv[2:]:
+    try:
+        out[os.path.basename(path)[:-5]] = json.load(open(path))
+    except Exception as e:  # a crashed benchmark leaves a partial file
+        out[os.path.basename(path)[:-5]] = {"error": str(e)}
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+EOF
+
+  if [ -f "$json_dir/bench_losses.json" ]; then
     log "compare_torch --device cuda"
     if LD_LIBRARY_PATH=$orig_ld_library_path timeout 300 "$python" bench/compare_torch.py \
-      --device cuda --bench-json "$OUT/bench_losses.json" --rounds "$compare_rounds" \
+      --device cuda --bench-json "$json_dir/bench_losses.json" --rounds "$compare_rounds" \
       --out "$OUT/compare_cuda.md" \
       --note "trainrt times from bench_losses run once (--benchmark_repetitions=$bench_reps, --benchmark_min_time=$bench_min_time) by scripts/gpu_check.sh" \
       >>"$OUT/bench.log" 2>&1; then
