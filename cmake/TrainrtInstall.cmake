@@ -83,7 +83,8 @@ if(TARGET trainrt_cli)
   set_target_properties(trainrt_cli PROPERTIES INSTALL_RPATH "$ORIGIN/${_trainrt_bin_to_lib}")
   install(TARGETS trainrt_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
-foreach(example IN ITEMS loss_quickstart fashion_mnist_mlp)
+foreach(example IN ITEMS loss_quickstart fashion_mnist_mlp regression_losses
+                        optimizer_comparison)
   if(TARGET ${example})
     set_target_properties(${example} PROPERTIES INSTALL_RPATH "$ORIGIN/${_trainrt_bin_to_lib}")
     install(TARGETS ${example} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}

@@ -103,3 +103,44 @@ if(TARGET test_checkpoint)
     SKIP_RETURN_CODE 77
     TIMEOUT 120)
 endif()
+
+# ---- the trainrt command line, end to end -------------------------------------------------
+# train / lr-find / compare on a tiny CSV dataset the script writes (exit status, metrics,
+# checkpoints, CSVs), and bad configs (missing file, invalid JSON, unknown optimizer, no
+# data.train) that must fail with status 1 and their message.
+if(TARGET trainrt_cli)
+  foreach(mode good bad)
+    add_test(NAME trainrt_cli_${mode}_config
+             COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cli_commands.sh ${mode}
+                     $<TARGET_FILE:trainrt_cli> ${CMAKE_CURRENT_BINARY_DIR}/cli_${mode})
+    set_tests_properties(trainrt_cli_${mode}_config PROPERTIES TIMEOUT 60)
+  endforeach()
+endif()
+
+# ---- the examples -------------------------------------------------------------------------
+# examples/ is added after tests/, so its targets do not exist yet here: the tests are added
+# at the end of the top-level directory, each only when its example target was built.
+function(trainrt_add_example_tests)
+  set(src ${PROJECT_SOURCE_DIR}/tests)
+  set(work ${PROJECT_BINARY_DIR}/tests/example_runs)
+  if(TARGET regression_losses)
+    # Small (1000 train samples, 15 epochs): --check exits 1 unless the L1 and Huber runs
+    # reach a clean-test MAE below 0.9 x the MSE run's.
+    add_test(NAME example_regression_losses_check
+             COMMAND regression_losses --device cpu --train 1000 --test 500 --epochs 15
+                     --check --out ${work}/regression_losses.csv)
+    # The same check on data without outliers must fail: the check above can fail.
+    add_test(NAME example_regression_losses_check_can_fail
+             COMMAND sh ${src}/examples_check.sh regression-check-fails
+                     $<TARGET_FILE:regression_losses> ${work}/regression_no_outliers)
+    set_tests_properties(example_regression_losses_check
+                         example_regression_losses_check_can_fail PROPERTIES TIMEOUT 60)
+  endif()
+  if(TARGET optimizer_comparison)
+    add_test(NAME example_optimizer_comparison_synthetic
+             COMMAND sh ${src}/examples_check.sh optimizer-csv
+                     $<TARGET_FILE:optimizer_comparison> ${work}/optimizer_comparison)
+    set_tests_properties(example_optimizer_comparison_synthetic PROPERTIES TIMEOUT 60)
+  endif()
+endfunction()
+cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL trainrt_add_example_tests)

@@ -1,0 +1,133 @@
+#!/bin/sh
+# End-to-end checks of the trainrt command line on a tiny CSV dataset written here.
+#   tests/cli_commands.sh good PATH/TO/trainrt WORKDIR   train, lr-find, compare succeed
+#   tests/cli_commands.sh bad  PATH/TO/trainrt WORKDIR   bad configs fail with a clear message
+# Exits 1 on the first check that does not hold, printing what was expected and the output.
+set -u
+mode=$1
+bin=$2
+dir=$3
+rm -rf "$dir"
+mkdir -p "$dir" || exit 1
+
+fail() {
+  echo "FAIL: $*"
+  [ -f "$dir/out.log" ] && { echo "--- output:"; cat "$dir/out.log"; }
+  exit 1
+}
+
+# run NAME ARGS...: runs the tool, output in $dir/out.log (also echoed), exit status in $rc.
+run() {
+  echo "+ trainrt $*"
+  "$bin" "$@" >"$dir/out.log" 2>&1
+  rc=$?
+  cat "$dir/out.log"
+}
+
+# 3 well separated classes, 4 features (feature c is about 2 for class c, the last is noise),
+# from a Park-Miller generator so every awk gives the same numbers.
+write_csv() {  # FILE ROWS SEED
+  awk -v rows="$2" -v seed="$3" 'BEGIN {
+    s = seed
+    print "f0,f1,f2,f3,label"
+    for (i = 0; i < rows; i++) {
+      c = i % 3
+      line = ""
+      for (j = 0; j < 4; j++) {
+        s = (s * 16807) % 2147483647
+        v = (j == c ? 2 : 0) + (s / 2147483647 - 0.5)
+        line = line sprintf("%.5f,", v)
+      }
+      print line c
+    }
+  }' >"$1"
+}
+
+write_csv "$dir/train.csv" 96 12345
+write_csv "$dir/val.csv" 48 777
+
+config() {  # FILE OPTIMIZER: a complete, valid config apart from the optimizer name
+  cat >"$1" <<EOF
+{
+  "optimizer": "$2", "lr": 0.05, "epochs": 5, "batch_size": 16, "seed": 1, "device": "cpu",
+  "output_dir": "$dir/run", "checkpoint_dir": "$dir/ckpt",
+  "data": {"format": "csv", "train": "$dir/train.csv", "val": "$dir/val.csv",
+           "label_column": "label"},
+  "model": {"hidden": [8], "activation": "relu"}
+}
+EOF
+}
+
+lines() { wc -l <"$1" | tr -d ' '; }
+
+if [ "$mode" = good ]; then
+  config "$dir/train.json" adam
+
+  run train --config "$dir/train.json"
+  [ "$rc" -eq 0 ] || fail "train exited $rc"
+  grep -q '^final: train_loss' "$dir/out.log" || fail "train printed no final line"
+  for f in run/metrics.csv run/metrics.jsonl ckpt/best/manifest.json ckpt/last/manifest.json \
+    ckpt/last/model.safetensors; do
+    [ -s "$dir/$f" ] || fail "train did not write $f"
+  done
+  head -n 1 "$dir/run/metrics.csv" | grep -q 'epoch' || fail "metrics.csv has no header"
+  [ "$(lines "$dir/run/metrics.csv")" -eq 6 ] || fail "metrics.csv: expected a header and 5 epochs"
+  # The classes are separable: 5 epochs must learn them.
+  acc=$(sed -n 's/^final: .* val_acc \([0-9.]*\)$/\1/p' "$dir/out.log")
+  [ -n "$acc" ] || fail "no val_acc in the final line"
+  awk -v a="$acc" 'BEGIN { exit !(a >= 0.95) }' || fail "val_acc $acc < 0.95 after 5 epochs"
+
+  run lr-find --config "$dir/train.json" --start 1e-5 --end 1 --iters 20 --out "$dir/lr_find.csv"
+  [ "$rc" -eq 0 ] || fail "lr-find exited $rc"
+  grep -q 'suggested lr' "$dir/out.log" || fail "lr-find printed no suggested lr"
+  [ -s "$dir/lr_find.csv" ] || fail "lr-find did not write lr_find.csv"
+  head -n 1 "$dir/lr_find.csv" | grep -q '^lr,loss' || fail "lr_find.csv: expected an lr,loss header"
+  [ "$(lines "$dir/lr_find.csv")" -ge 3 ] || fail "lr_find.csv: expected at least 2 rows"
+
+  run compare --config "$dir/train.json" --optimizers sgd,adam --out "$dir/compare.csv"
+  [ "$rc" -eq 0 ] || fail "compare exited $rc"
+  [ -s "$dir/compare.csv" ] || fail "compare did not write compare.csv"
+  head -n 1 "$dir/compare.csv" | grep -q '^run,optimizer,' || fail "compare.csv: bad header"
+  for o in sgd adam; do
+    n=$(grep -c "^$o,$o," "$dir/compare.csv")
+    [ "$n" -eq 5 ] || fail "compare.csv: expected 5 epochs of $o, found $n"
+  done
+  echo "cli good: train, lr-find and compare passed"
+  exit 0
+fi
+
+if [ "$mode" = bad ]; then
+  # expect_error MESSAGE ARGS...: exit status 1 (an error, not a crash or usage) and MESSAGE
+  expect_error() {
+    msg=$1
+    shift
+    run "$@"
+    [ "$rc" -eq 1 ] || fail "trainrt $* exited $rc, expected 1"
+    grep -qF -- "$msg" "$dir/out.log" || fail "trainrt $*: no message \"$msg\""
+  }
+  expect_error "cannot open $dir/missing.json" train --config "$dir/missing.json"
+
+  printf '{"optimizer": "adam", "lr": 0.01,\n' >"$dir/broken.json"
+  expect_error "invalid JSON" train --config "$dir/broken.json"
+  expect_error "invalid JSON" lr-find --config "$dir/broken.json"
+
+  config "$dir/unknown_opt.json" adamx
+  expect_error 'unknown optimizer "adamx"' train --config "$dir/unknown_opt.json"
+  expect_error 'unknown optimizer "adamx"' lr-find --config "$dir/unknown_opt.json"
+
+  config "$dir/good.json" adam
+  expect_error 'unknown optimizer "nadam"' compare --config "$dir/good.json" --optimizers nadam
+
+  cat >"$dir/no_train.json" <<EOF
+{"optimizer": "adam", "device": "cpu", "data": {"format": "csv"}}
+EOF
+  expect_error "data.train" train --config "$dir/no_train.json"
+
+  # Nothing may be left behind by the failed runs.
+  [ ! -e "$dir/run" ] || fail "a failed run wrote $dir/run"
+  echo "cli bad: every bad config failed with its message"
+  exit 0
+fi
+
+echo "usage: $0 good|bad TRAINRT WORKDIR"
+exit 2
