@@ -256,6 +256,66 @@ TEST_P(SoftmaxTest, F32ExponentialIsAccurateToAFewUlp) {
   expect_close(got, ref, allow, "softmax f32 [0, x] rows");
 }
 
+TEST_P(SoftmaxTest, F32ExponentialIsAccurateAtEveryLanePosition) {
+  // As above, with the x in column r % 67 of a 67-wide row whose other entries are 0 or
+  // below the exponential's range: x passes through every lane of the vector body and the
+  // masked tail of the SIMD kernels (whole vectors of 16 and 8 lanes, a 3-lane tail).
+  const std::int64_t rows = 6000, C = 67;
+  std::vector<double> x(rows * C, -200.0);
+  const std::vector<double> u = uniform(rows, -87, 0, 9);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t k = r % C, z = (k + 1 + (r / C) % (C - 1)) % C;  // z != k
+    x[r * C + k] = u[r];
+    x[r * C + z] = 0.0;
+  }
+  const std::vector<double> xr = rounded(x, DType::f32);
+  const std::vector<double> ref = ref_forward(xr, C, false);
+  const std::vector<double> got =
+      trainrt::softmax(make_tensor(x, {rows, C}, DType::f32, dev)).to_double_vector();
+  std::vector<double> allow(ref.size());
+  for (std::size_t i = 0; i < ref.size(); ++i)
+    allow[i] = 6 * std::ldexp(1.0, -23) * std::fabs(ref[i]) + 1.2e-38;
+  expect_close(got, ref, allow, "softmax f32, x at every column of 67");
+}
+
+TEST_P(SoftmaxTest, SpecialValuesAtEveryLanePosition) {
+  // A NaN, a +inf or a run of -inf anywhere in a long row (vector body or tail) behaves as
+  // in the short rows of SpecialValues.
+  const std::int64_t C = 71;
+  std::vector<double> x;
+  for (std::int64_t k = 0; k < C; ++k) {
+    const std::vector<double> base = uniform(C, -3, 3, 100 + k);
+    std::vector<double> row = base;
+    row[k] = kNaN;  // NaN row
+    x.insert(x.end(), row.begin(), row.end());
+    row = base;
+    row[k] = kInf;  // NaN row (inf - inf)
+    x.insert(x.end(), row.begin(), row.end());
+    row.assign(C, -kInf);
+    row[k] = 1.5;  // a single finite entry: 1 there, 0 elsewhere
+    x.insert(x.end(), row.begin(), row.end());
+    row = base;
+    for (std::int64_t c = 0; c <= k; ++c) row[c] = -kInf;  // -inf prefix of k + 1
+    if (k == C - 1) row[0] = 0.25;
+    x.insert(x.end(), row.begin(), row.end());
+  }
+  const Shape shape = {static_cast<std::int64_t>(x.size()) / C, C};
+  for (DType t : kFloatTypes) {
+    const std::vector<double> xr = rounded(x, t);
+    const Tensor xt = make_tensor(x, shape, t, dev);
+    for (bool log : {false, true}) {
+      const std::string what = label(log ? "log_softmax" : "softmax", t, shape);
+      SCOPED_TRACE(what);
+      const std::vector<double> ref = ref_forward(xr, C, log);
+      ASSERT_TRUE(std::isnan(ref[0]));
+      ASSERT_EQ(ref[2 * C], log ? 0.0 : 1.0);  // k = 0: the finite entry is column 0
+      const std::vector<double> got = log ? trainrt::log_softmax(xt).to_double_vector()
+                                          : trainrt::softmax(xt).to_double_vector();
+      expect_close(got, ref, forward_allowance(xr, ref, C, log, t), what);
+    }
+  }
+}
+
 TEST_P(SoftmaxTest, GradientMatchesFiniteDifferences) {
   // f(x) = sum(w * op(x)); df/dx from the op's backward with dy = w vs central differences.
   const Shape shapes[] = {{3, 7}, {2, 3, 5}, {1, 1}};

@@ -14,6 +14,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../common/losses.h"
 #include "cpu_kernels.h"
@@ -82,6 +85,94 @@ bool has_nan(const A* z, int64_t n) {
   return false;
 }
 
+/// Prefetches the n values after z[0, n) (the next block or row) while z's block computes;
+/// see block_exp_sum. Prefetches never fault.
+template <class A>
+inline void prefetch_next(const A* z, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(A)) __builtin_prefetch(z + n + i, 0, 3);
+}
+
+#if defined(__AVX512F__)
+// The x86-64-v4 build spells the f32 block loops with AVX-512 intrinsics: GCC's vectorisation
+// of exp_nonpos builds 2^n with integer converts, shifts and a blend; here one vscalefps does
+// it, the tail is a masked load instead of a scalar loop, and two accumulators split the
+// max / sum dependency chains. Same polynomial and constants as exp_nonpos (math.h).
+// GCC 12's own intrinsics (_mm512_undefined_*, `__Y = __Y`) trip -Wuninitialized when inlined.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline __m512 exp_nonpos16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __m512 xc = _mm512_max_ps(lo, x);  // keeps a NaN x (max returns its second operand)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  const __m512 res = _mm512_scalef_ps(y, n);
+  // x < -87 (and -inf) gives exactly 0, as exp_nonpos
+  return _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+}
+
+inline __mmask16 tail_mask(int64_t rem) {
+  return rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1u);
+}
+
+template <>
+float block_max<float>(const float* z, int64_t n) {
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+  int64_t i = 0;
+  // max_ps(z, m) returns m when z is NaN: NaN is ignored, as the generic block_max
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm512_max_ps(_mm512_loadu_ps(z + i), m0);
+    m1 = _mm512_max_ps(_mm512_loadu_ps(z + i + 16), m1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    m0 = _mm512_mask_max_ps(m0, k, _mm512_maskz_loadu_ps(k, z + i), m0);
+  }
+  return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+
+/// sum_i exp(z_i - bm) over a block; stores each term to out when out != nullptr. While the
+/// block computes, the next n values after it (the next block or row: rows are contiguous) are
+/// prefetched, so that its memory reads overlap this block's arithmetic. Prefetches never
+/// fault, so running past the end of the tensor is harmless.
+inline float block_exp_sum(const float* z, int64_t n, float bm, float* out) {
+  const __m512 vm = _mm512_set1_ps(bm);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    _mm_prefetch((const char*)(z + n + i), _MM_HINT_T0);
+    _mm_prefetch((const char*)(z + n + i + 16), _MM_HINT_T0);
+    const __m512 e0 = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(z + i), vm));
+    const __m512 e1 = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(z + i + 16), vm));
+    if (out) {
+      _mm512_storeu_ps(out + i, e0);
+      _mm512_storeu_ps(out + i + 16, e1);
+    }
+    s0 = _mm512_add_ps(s0, e0);
+    s1 = _mm512_add_ps(s1, e1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e =
+        _mm512_maskz_mov_ps(k, exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), vm)));
+    if (out) _mm512_mask_storeu_ps(out + i, k, e);
+    s0 = _mm512_add_ps(s0, e);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+#pragma GCC diagnostic pop
+#endif
+
 /// Online max / sum of exp over a row of n values, L1-sized blocks.
 template <class A>
 MaxSum<A> row_max_sum(const A* z, int64_t n) {
@@ -93,8 +184,16 @@ MaxSum<A> row_max_sum(const A* z, int64_t n) {
     const A bm = block_max(zb, len);
     A bs = A(0);
     if (bm != neg_inf<A>()) {
+#if defined(__AVX512F__)
+      if (sizeof(A) == sizeof(float)) {
+        bs = (A)block_exp_sum((const float*)(const void*)zb, len, (float)bm, nullptr);
+      } else
+#endif
+      {
+        prefetch_next(zb, len);
 #pragma omp simd reduction(+ : bs)
-      for (int64_t i = 0; i < len; ++i) bs += exp_nonpos(zb[i] - bm);
+        for (int64_t i = 0; i < len; ++i) bs += exp_nonpos(zb[i] - bm);
+      }
     } else if (has_nan(zb, len)) {
       bs = (A)NAN;
     }
@@ -117,12 +216,17 @@ inline MaxSum<float> row_max_sum_store(const float* z, int64_t n, float* out, fl
     bmax[b] = bm;
     float bs = 0.0f;
     if (bm != neg_inf<float>()) {
+#if defined(__AVX512F__)
+      bs = block_exp_sum(zb, len, bm, ob);
+#else
+      prefetch_next(zb, len);
 #pragma omp simd reduction(+ : bs)
       for (int64_t i = 0; i < len; ++i) {
         const float e = exp_nonpos(zb[i] - bm);
         ob[i] = e;
         bs += e;
       }
+#endif
     } else {
       for (int64_t i = 0; i < len; ++i) ob[i] = 0.0f;
       if (has_nan(zb, len)) bs = NAN;
