@@ -17,6 +17,7 @@ using trainrt::Device;
 using trainrt::DType;
 using trainrt::Error;
 using trainrt::Shape;
+using trainrt::StateDict;
 using trainrt::Tensor;
 namespace nn = trainrt::nn;
 using trainrt_test::make_tensor;
@@ -382,6 +383,70 @@ TEST_P(NnTest, DropoutEvalAndEdgeCases) {
   for (size_t i = 0; i < ya.size(); ++i) EXPECT_EQ(ya[i] == 0, yb[i] == 0) << i;
   EXPECT_THROW(nn::Dropout(-0.1), Error);
   EXPECT_THROW(nn::Dropout(1.5), Error);
+}
+
+namespace {
+/// The message of the trainrt::Error that f throws ("" when it throws none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return std::string();
+}
+}  // namespace
+
+TEST_P(NnTest, DropoutSeedAndOffsetAreExtraStateForCheckpoints) {
+  const Tensor ones = make_tensor(Vec(96, 1.0), {96}, DType::f32, dev);
+  auto make = [&](std::uint64_t seed) {
+    auto m = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Dropout>(0.3, seed), std::make_shared<nn::ReLU>(),
+        std::make_shared<nn::Dropout>(0.6, seed + 1)});
+    m->to(dev);
+    return m;
+  };
+  auto a = make(0xFEDCBA9876543210ull);  // above 2^53: kept exactly
+  for (int i = 0; i < 3; ++i) a->forward(ones);
+  const StateDict s = a->extra_states();
+  EXPECT_EQ(s.strings.at("0.seed"), "18364758544493064720");
+  EXPECT_EQ(s.strings.at("0.offset"), "3");
+  EXPECT_EQ(s.strings.at("2.seed"), "18364758544493064721");
+  EXPECT_EQ(s.strings.size(), 4u);
+  EXPECT_TRUE(s.tensors.empty() && s.scalars.empty());
+
+  auto b = make(5);
+  b->load_extra_states(s);
+  EXPECT_EQ(b->forward(ones).to_double_vector(), a->forward(ones).to_double_vector());
+  EXPECT_EQ(b->extra_states().strings, a->extra_states().strings);
+
+  // Bad states throw and change nothing, in any module.
+  auto c = make(9);
+  const StateDict before = c->extra_states();
+  StateDict missing = s;
+  missing.strings.erase("2.offset");
+  StateDict extra = s;
+  extra.strings["1.seed"] = "4";  // ReLU keeps no state
+  StateDict stray = s;
+  stray.scalars["7.offset"] = 1;
+  StateDict bad = s;
+  bad.strings["2.offset"] = "-1";
+  StateDict huge = s;
+  huge.strings["2.seed"] = "18446744073709551616";  // 2^64
+  for (const StateDict* x : {&missing, &extra, &stray, &bad, &huge}) {
+    EXPECT_THROW(c->load_extra_states(*x), Error);
+    EXPECT_EQ(c->extra_states().strings, before.strings);
+  }
+  EXPECT_NE(error_of([&] { c->load_extra_states(missing); }).find("module '2'"), std::string::npos);
+  EXPECT_NE(error_of([&] { c->load_extra_states(stray); }).find("no module owns '7.offset'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { c->load_extra_states(bad); }).find("unsigned 64-bit decimal"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              c->load_extra_states(StateDict());
+            }).find("exactly the strings 'seed' and 'offset'"),
+            std::string::npos);
 }
 
 // ---- Flatten, Sequential, training --------------------------------------------------------

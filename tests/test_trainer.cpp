@@ -38,8 +38,13 @@ std::shared_ptr<TensorDataset> blobs(std::int64_t n, std::uint32_t seed,
                                          Tensor::from_vector(y, {n}));
 }
 
-std::shared_ptr<nn::Sequential> mlp(std::uint64_t seed) {
+std::shared_ptr<nn::Sequential> mlp(std::uint64_t seed, double dropout = 0.0) {
   nn::manual_seed(seed);
+  if (dropout > 0.0) {
+    return std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Linear>(kFeatures, 16), std::make_shared<nn::ReLU>(),
+        std::make_shared<nn::Dropout>(dropout), std::make_shared<nn::Linear>(16, kClasses)});
+  }
   return std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Linear>(kFeatures, 16), std::make_shared<nn::ReLU>(),
       std::make_shared<nn::Linear>(16, kClasses)});
@@ -249,24 +254,25 @@ TEST(Trainer, NonFiniteLossWithScalerIsSkippedAndCounted) {
 }
 
 namespace {
-void check_resume(TrainerConfig cfg, std::int64_t n, std::int64_t k, const std::string& name) {
+void check_resume(TrainerConfig cfg, std::int64_t n, std::int64_t k, const std::string& name,
+                  double dropout = 0.0) {
   const std::string dir = tmp_dir(name);
   auto ds = blobs(200, 11);  // 7 batches of 32 (the last one 8)
   cfg.max_steps = n;
-  Trainer a(mlp(21), cfg);
+  Trainer a(mlp(21, dropout), cfg);
   auto la = loader(ds, 32, true);
   a.fit(la);
   ASSERT_EQ(a.global_step(), n);
 
   cfg.max_steps = k;
-  Trainer b(mlp(21), cfg);
+  Trainer b(mlp(21, dropout), cfg);
   auto lb = loader(ds, 32, true);
   b.fit(lb);
   ASSERT_EQ(b.global_step(), k);
   b.save(dir + "/ck");
 
   cfg.max_steps = n;
-  Trainer c(mlp(77), cfg);  // another init: the checkpoint overwrites it
+  Trainer c(mlp(77, dropout), cfg);  // another init and dropout seed: the checkpoint's win
   c.load(dir + "/ck");
   auto lc = loader(ds, 32, true);
   c.fit(lc);
@@ -295,6 +301,40 @@ TEST(Trainer, ResumeIsBitwiseOnCpu) {
   cfg.amp = "fp16";
   cfg.grad_accumulation = 2;  // 4 steps per epoch
   check_resume(cfg, 14, 5, "resume_sgd_amp");
+}
+
+TEST(Trainer, ResumeWithDropoutIsBitwiseOnCpu) {
+  // The Dropout masks after resuming continue the seed and offset of the saved run.
+  auto cfg = base_config();
+  cfg.epochs = 3;
+  check_resume(cfg, 17, 9, "resume_dropout", 0.3);
+}
+
+TEST(Trainer, LoadRejectsACheckpointWithoutTheModelsDropoutState) {
+  const std::string dir = tmp_dir("dropout_mismatch");
+  auto cfg = base_config();
+  cfg.max_steps = 2;
+  Trainer plain(mlp(3), cfg);
+  auto l = loader(blobs(64, 4), 32, true);
+  plain.fit(l);
+  plain.save(dir + "/ck");
+  // Same parameter names and shapes ("0.*", "3.*" vs "0.*", "2.*" differ), so build a model
+  // with Dropout last: its parameters match the plain MLP's.
+  nn::manual_seed(3);
+  auto with_dropout =
+      std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+          std::make_shared<nn::Linear>(kFeatures, 16), std::make_shared<nn::ReLU>(),
+          std::make_shared<nn::Linear>(16, kClasses), std::make_shared<nn::Dropout>(0.1, 8)});
+  Trainer t(with_dropout, cfg);
+  const auto before = weights(t.model());
+  try {
+    t.load(dir + "/ck");
+    FAIL() << "load accepted a checkpoint without the Dropout state";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("module '3'"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(bitwise_equal(before, weights(t.model())));
+  EXPECT_EQ(t.global_step(), 0);
 }
 
 TEST(TrainerConfig, JsonParsing) {

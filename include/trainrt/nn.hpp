@@ -31,6 +31,7 @@
 #include "trainrt/dtype.hpp"
 #include "trainrt/export.hpp"
 #include "trainrt/parameter.hpp"
+#include "trainrt/state_dict.hpp"
 #include "trainrt/tensor.hpp"
 
 namespace trainrt {
@@ -86,6 +87,20 @@ class TRAINRT_API Module {
   void set_input_grad(bool on) { input_grad_ = on; }
   bool input_grad() const { return input_grad_; }
 
+  /// State that is not a parameter but that a resumed run needs (PyTorch's get_extra_state /
+  /// set_extra_state): empty by default; Dropout's is its seed and offset. Override both in a
+  /// module that keeps such state; load_extra_state must throw trainrt::Error, changing
+  /// nothing, when `state` does not fit.
+  virtual StateDict extra_state() const;
+  virtual void load_extra_state(const StateDict& state);
+  /// The extra states of this module and its children in one StateDict, each key prefixed
+  /// with the module's dotted name ("2.offset"; the model's own keys unprefixed). The Trainer
+  /// saves it in its checkpoints.
+  StateDict extra_states() const;
+  /// Restores extra_states(). Throws trainrt::Error, leaving every module as it was, when a
+  /// module's state is missing or does not fit, or `states` holds keys no module owns.
+  void load_extra_states(const StateDict& states);
+
  protected:
   /// Registers a parameter under `name`; returns its handle (valid until to()).
   Parameter register_parameter(const std::string& name, const Tensor& value);
@@ -106,6 +121,8 @@ class TRAINRT_API Module {
   void add_child(const std::string& name, std::shared_ptr<Module> module);
   void collect(const std::string& prefix,
                std::vector<std::pair<std::string, Parameter>>& out) const;
+  void collect_modules(const std::string& prefix,
+                       std::vector<std::pair<std::string, Module*>>& out) const;
 
   std::vector<std::pair<std::string, Parameter>> params_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
@@ -195,6 +212,10 @@ class TRAINRT_API Dropout : public Module {
   /// Offset the next training forward will use (restore it to resume a run).
   std::uint64_t offset() const { return offset_; }
   void set_offset(std::uint64_t offset) { offset_ = offset; }
+
+  /// "seed" and "offset" (decimal strings: 64-bit values do not fit a double).
+  StateDict extra_state() const override;
+  void load_extra_state(const StateDict& state) override;
 
  protected:
   void clear_state() override;

@@ -1,5 +1,8 @@
 // Activations and Dropout (fused element-wise kernels of the nn_pointwise slot), and the
 // core-side wrappers of the layer slots.
+#include <cstdint>
+#include <string>
+
 #include "../checks.hpp"
 #include "nn_internal.hpp"
 #include "trainrt/nn.hpp"
@@ -119,6 +122,49 @@ Dropout::Dropout(double p, std::uint64_t seed) : p_(p), seed_(seed) {
 }
 
 void Dropout::clear_state() { has_forward_ = false; }
+
+StateDict Dropout::extra_state() const {
+  StateDict s;
+  s.strings["seed"] = std::to_string(seed_);
+  s.strings["offset"] = std::to_string(offset_);
+  return s;
+}
+
+namespace {
+std::uint64_t parse_u64(const StateDict& s, const char* key) {
+  auto it = s.strings.find(key);
+  if (it == s.strings.end()) detail::fail("Dropout: the state has no '{}'", key);
+  const std::string& v = it->second;
+  std::uint64_t x = 0;
+  bool ok = !v.empty() && v.size() <= 20;
+  for (char c : v) {
+    if (!ok) break;
+    if (c < '0' || c > '9') {
+      ok = false;
+      break;
+    }
+    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (x > (UINT64_MAX - d) / 10) ok = false;
+    x = x * 10 + d;
+  }
+  if (!ok) detail::fail("Dropout: '{}' must be an unsigned 64-bit decimal, got '{}'", key, v);
+  return x;
+}
+}  // namespace
+
+void Dropout::load_extra_state(const StateDict& state) {
+  if (!state.tensors.empty() || !state.scalars.empty() || state.strings.size() != 2) {
+    detail::fail(
+        "Dropout: the state must hold exactly the strings 'seed' and 'offset', got {} "
+        "tensors, {} numbers and {} strings",
+        state.tensors.size(), state.scalars.size(), state.strings.size());
+  }
+  const std::uint64_t seed = parse_u64(state, "seed");
+  const std::uint64_t offset = parse_u64(state, "offset");
+  seed_ = seed;
+  offset_ = offset;
+  has_forward_ = false;
+}
 
 Tensor Dropout::forward(const Tensor& input) {
   detail::require_floating(input, "Dropout", "input");

@@ -78,6 +78,88 @@ std::vector<std::pair<std::string, Parameter>> Module::named_parameters() const 
   return out;
 }
 
+void Module::collect_modules(const std::string& prefix,
+                             std::vector<std::pair<std::string, Module*>>& out) const {
+  out.emplace_back(prefix, const_cast<Module*>(this));
+  for (const auto& c : children_) c.second->collect_modules(prefix + c.first + ".", out);
+}
+
+StateDict Module::extra_state() const { return StateDict(); }
+
+void Module::load_extra_state(const StateDict& state) {
+  if (!state.empty()) {
+    detail::fail(
+        "load_extra_state: this module keeps no extra state, got {} tensors, {} numbers "
+        "and {} strings",
+        state.tensors.size(), state.scalars.size(), state.strings.size());
+  }
+}
+
+StateDict Module::extra_states() const {
+  std::vector<std::pair<std::string, Module*>> mods;
+  collect_modules("", mods);
+  StateDict out;
+  for (const auto& [prefix, m] : mods) {
+    const StateDict s = m->extra_state();
+    for (const auto& [k, v] : s.tensors) out.tensors[prefix + k] = v;
+    for (const auto& [k, v] : s.scalars) out.scalars[prefix + k] = v;
+    for (const auto& [k, v] : s.strings) out.strings[prefix + k] = v;
+  }
+  return out;
+}
+
+namespace {
+
+/// The entries of `from` named prefix + key with key free of '.', moved into the result.
+template <class V>
+void take(std::map<std::string, V>& from, const std::string& prefix, std::map<std::string, V>& to) {
+  for (auto it = from.begin(); it != from.end();) {
+    const std::string& k = it->first;
+    if (k.size() > prefix.size() && k.compare(0, prefix.size(), prefix) == 0 &&
+        k.find('.', prefix.size()) == std::string::npos) {
+      to.emplace(k.substr(prefix.size()), it->second);
+      it = from.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace
+
+void Module::load_extra_states(const StateDict& states) {
+  std::vector<std::pair<std::string, Module*>> mods;
+  collect_modules("", mods);
+  StateDict rest = states;
+  std::vector<StateDict> parts(mods.size());
+  for (std::size_t i = 0; i < mods.size(); ++i) {
+    take(rest.tensors, mods[i].first, parts[i].tensors);
+    take(rest.scalars, mods[i].first, parts[i].scalars);
+    take(rest.strings, mods[i].first, parts[i].strings);
+  }
+  if (!rest.empty()) {
+    std::string names;
+    for (const auto& kv : rest.tensors) names += " '" + kv.first + "'";
+    for (const auto& kv : rest.scalars) names += " '" + kv.first + "'";
+    for (const auto& kv : rest.strings) names += " '" + kv.first + "'";
+    detail::fail("load_extra_states: no module owns{}", names);
+  }
+  std::vector<StateDict> before;
+  before.reserve(mods.size());
+  for (const auto& m : mods) before.push_back(m.second->extra_state());
+  std::size_t i = 0;
+  try {
+    for (; i < mods.size(); ++i) mods[i].second->load_extra_state(parts[i]);
+  } catch (const Error& e) {
+    for (std::size_t j = 0; j < i; ++j) mods[j].second->load_extra_state(before[j]);
+    const std::string name =
+        mods[i].first.empty()
+            ? std::string("the model")
+            : "module '" + mods[i].first.substr(0, mods[i].first.size() - 1) + "'";
+    detail::fail("load_extra_states: {}: {}", name, e.what());
+  }
+}
+
 std::vector<Parameter> Module::parameters() const {
   std::vector<Parameter> out;
   for (auto& p : named_parameters()) out.push_back(p.second);

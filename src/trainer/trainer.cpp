@@ -537,6 +537,8 @@ void Trainer::write_metrics() const {
 void Trainer::save(const std::string& path) const {
   CheckpointContents c;
   for (const auto& [name, p] : model_->named_parameters()) c.model[name] = p.value();
+  const StateDict modules = model_->extra_states();  // Dropout seeds and offsets
+  if (!modules.empty()) c.states["modules"] = modules;
   c.states["optimizer"] = optimizer_->state_dict();
   if (scheduler_) c.states["scheduler"] = scheduler_->state_dict();
   if (scaler_) c.states["scaler"] = scaler_->state_dict();
@@ -589,6 +591,13 @@ void Trainer::load(const std::string& path) {
     throw Error("Trainer::load: " + path + ": the GradScaler in the file does not match amp");
   // The scheduler is built first (its constructor sets the lr), then the optimizer's state
   // (with the lr it had) and the scheduler's state are loaded over it.
+  // Dropout seeds and offsets, first: it checks the structure and changes nothing on error.
+  const StateDict* modules = st("modules");
+  try {
+    model_->load_extra_states(modules ? *modules : StateDict());
+  } catch (const Error& e) {
+    throw Error(fmt::format("Trainer::load: {}: {}", path, e.what()));
+  }
   if (!scheduler_ && config_.scheduler != "none") build_scheduler(spe > 0 ? spe : 1);
   steps_per_epoch_ = spe;
   for (const auto& [name, p] : named) p.value().copy_(c.model.at(name));
