@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "fixture_text.hpp"
 #include "optim_util.hpp"
 #include "test_util.hpp"
 
@@ -51,60 +52,51 @@ struct OptimCase {
 };
 
 std::vector<OptimCase> load_optim_cases() {
-  const std::string path = std::string(TRAINRT_TEST_FIXTURES_DIR) + "/torch_optim.txt";
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path);
   std::vector<OptimCase> cases;
   OptimCase cur;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string tag;
-    ls >> tag;
-    if (tag == "case") {
-      cur = OptimCase();
-      ls >> cur.name;
-    } else if (tag == "optimizer") {
-      ls >> cur.optimizer;
-    } else if (tag == "steps") {
-      ls >> cur.steps;
-    } else if (tag == "default") {
-      std::string k;
-      double v;
-      ls >> k >> v;
-      cur.defaults[k] = v;
-    } else if (tag == "group") {
-      int g = 0, n = 0;
-      ls >> g >> n;
-      HyperParams o;
-      std::string k;
-      double v;
-      while (ls >> k >> v) o[k] = v;
-      cur.groups.emplace_back(n, o);
-    } else if (tag == "param") {
-      int p = 0, nd = 0;
-      ls >> p >> nd;
-      Shape s(static_cast<std::size_t>(nd));
-      for (auto& d : s) ls >> d;
-      cur.shapes.push_back(s);
-    } else if (tag == "absent") {
-      int p = 0, k = 0;
-      ls >> p >> k;
-      cur.absent.emplace_back(p, k);
-    } else if (tag == "after") {
-      int k = 0, p = 0;
-      ls >> k >> p;
-      std::vector<double> v;
-      std::string tok;
-      while (ls >> tok) v.push_back(std::strtod(tok.c_str(), nullptr));
-      cur.after[{k, p}] = v;
-    } else if (tag == "end") {
-      cases.push_back(cur);
-    } else {
-      throw std::runtime_error(path + ": unknown line '" + line + "'");
-    }
-  }
+  trainrt_test::read_fixture("torch_optim.txt",
+                             [&](const std::string& tag, std::istringstream& ls) {
+                               if (tag == "case") {
+                                 cur = OptimCase();
+                                 ls >> cur.name;
+                               } else if (tag == "optimizer") {
+                                 ls >> cur.optimizer;
+                               } else if (tag == "steps") {
+                                 ls >> cur.steps;
+                               } else if (tag == "default") {
+                                 std::string k;
+                                 double v;
+                                 ls >> k >> v;
+                                 cur.defaults[k] = v;
+                               } else if (tag == "group") {
+                                 int g = 0, n = 0;
+                                 ls >> g >> n;
+                                 HyperParams o;
+                                 std::string k;
+                                 double v;
+                                 while (ls >> k >> v) o[k] = v;
+                                 cur.groups.emplace_back(n, o);
+                               } else if (tag == "param") {
+                                 int p = 0, nd = 0;
+                                 ls >> p >> nd;
+                                 Shape s(static_cast<std::size_t>(nd));
+                                 for (auto& d : s) ls >> d;
+                                 cur.shapes.push_back(s);
+                               } else if (tag == "absent") {
+                                 int p = 0, k = 0;
+                                 ls >> p >> k;
+                                 cur.absent.emplace_back(p, k);
+                               } else if (tag == "after") {
+                                 int k = 0, p = 0;
+                                 ls >> k >> p;
+                                 cur.after[{k, p}] = trainrt_test::fixture_numbers(ls);
+                               } else if (tag == "end") {
+                                 cases.push_back(cur);
+                               } else {
+                                 return false;
+                               }
+                               return true;
+                             });
   return cases;
 }
 

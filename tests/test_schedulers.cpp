@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "fixture_text.hpp"
 #include "optim_util.hpp"
 #include "test_util.hpp"
 #include "trainrt/schedulers.hpp"
@@ -46,7 +47,7 @@ struct SchedCase {
   std::vector<Point> points;
 };
 
-double num(const std::string& s) { return std::strtod(s.c_str(), nullptr); }
+double num(const std::string& s) { return trainrt_test::fixture_number(s); }
 
 std::vector<std::string> split(const std::string& s, char c) {
   std::vector<std::string> out;
@@ -79,58 +80,52 @@ Args parse_args(std::istringstream& ls) {
 }
 
 std::vector<SchedCase> load_cases() {
-  const std::string path = std::string(TRAINRT_TEST_FIXTURES_DIR) + "/torch_schedulers.txt";
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path);
   std::vector<SchedCase> cases;
   SchedCase cur;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string tag;
-    ls >> tag;
-    if (tag == "case") {
-      cur = SchedCase();
-      ls >> cur.name;
-    } else if (tag == "optimizer") {
-      std::string a, b, c, d;
-      ls >> cur.optimizer >> a >> b >> c >> d;
-      cur.lrs = {num(a), num(b)};
-      cur.moms = {num(c), num(d)};
-    } else if (tag == "scheduler") {
-      ls >> cur.type;
-      cur.args = parse_args(ls);
-    } else if (tag == "sub") {
-      std::string t;
-      ls >> t;
-      cur.subs.emplace_back(t, parse_args(ls));
-    } else if (tag == "steps") {
-      ls >> cur.steps;
-    } else if (tag == "metric") {
-      int k = 0;
-      std::string v;
-      ls >> k >> v;
-      cur.metrics[k] = num(v);
-    } else if (tag == "at") {
-      Point p;
-      std::string t;
-      ls >> p.k >> p.last_epoch >> t;
-      std::vector<double>* dst = &p.lr;
-      while (ls >> t) {
-        if (t == "mom") {
-          dst = &p.mom;
-        } else {
-          dst->push_back(num(t));
-        }
-      }
-      cur.points.push_back(p);
-    } else if (tag == "end") {
-      cases.push_back(cur);
-    } else {
-      throw std::runtime_error(path + ": unknown line '" + line + "'");
-    }
-  }
+  trainrt_test::read_fixture("torch_schedulers.txt",
+                             [&](const std::string& tag, std::istringstream& ls) {
+                               if (tag == "case") {
+                                 cur = SchedCase();
+                                 ls >> cur.name;
+                               } else if (tag == "optimizer") {
+                                 std::string a, b, c, d;
+                                 ls >> cur.optimizer >> a >> b >> c >> d;
+                                 cur.lrs = {num(a), num(b)};
+                                 cur.moms = {num(c), num(d)};
+                               } else if (tag == "scheduler") {
+                                 ls >> cur.type;
+                                 cur.args = parse_args(ls);
+                               } else if (tag == "sub") {
+                                 std::string t;
+                                 ls >> t;
+                                 cur.subs.emplace_back(t, parse_args(ls));
+                               } else if (tag == "steps") {
+                                 ls >> cur.steps;
+                               } else if (tag == "metric") {
+                                 int k = 0;
+                                 std::string v;
+                                 ls >> k >> v;
+                                 cur.metrics[k] = num(v);
+                               } else if (tag == "at") {
+                                 Point p;
+                                 std::string t;
+                                 ls >> p.k >> p.last_epoch >> t;
+                                 std::vector<double>* dst = &p.lr;
+                                 while (ls >> t) {
+                                   if (t == "mom") {
+                                     dst = &p.mom;
+                                   } else {
+                                     dst->push_back(num(t));
+                                   }
+                                 }
+                                 cur.points.push_back(p);
+                               } else if (tag == "end") {
+                                 cases.push_back(cur);
+                               } else {
+                                 return false;
+                               }
+                               return true;
+                             });
   return cases;
 }
 

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "fixture_text.hpp"
 #include "test_util.hpp"
 #include "trainrt/trainrt.hpp"
 
@@ -63,26 +64,13 @@ struct Golden {
   std::vector<GoldenCase> cases;
 };
 
-template <class T>
-std::vector<T> rest(std::istringstream& s) {
-  std::vector<T> v;
-  T t;
-  while (s >> t) v.push_back(t);
-  return v;
-}
-
 Golden load_golden() {
-  const std::string path = std::string(TRAINRT_TEST_FIXTURES_DIR) + "/torch_train.txt";
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path);
   Golden g;
   GoldenCase* c = nullptr;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream s(line);
-    std::string key;
-    s >> key;
+  trainrt_test::read_fixture("torch_train.txt", [&](const std::string& key, std::istringstream& s) {
+    if (key != "case" && key != "layers" && key != "batches" && key != "x" && key != "y" &&
+        key != "init" && c == nullptr)
+      throw std::runtime_error("torch_train.txt: '" + key + "' outside a case");
     if (key == "layers") {
       s >> g.in >> g.h1 >> g.h2 >> g.out;
     } else if (key == "batches") {
@@ -93,9 +81,9 @@ Golden load_golden() {
       std::size_t b = 0;
       s >> b;
       if (key == "x")
-        g.x.at(b) = rest<float>(s);
+        g.x.at(b) = trainrt_test::fixture_numbers<float>(s);
       else
-        g.y.at(b) = rest<std::int64_t>(s);
+        g.y.at(b) = trainrt_test::fixture_numbers<std::int64_t>(s);
     } else if (key == "init") {
       InitParam p;
       int ndim = 0;
@@ -105,7 +93,7 @@ Golden load_golden() {
         s >> n;
         p.shape.push_back(n);
       }
-      p.values = rest<float>(s);
+      p.values = trainrt_test::fixture_numbers<float>(s);
       g.init.push_back(std::move(p));
     } else if (key == "case") {
       g.cases.emplace_back();
@@ -132,13 +120,14 @@ Golden load_golden() {
     } else if (key == "final") {
       std::string name;
       s >> name;
-      c->final_params.emplace_back(name, rest<float>(s));
+      c->final_params.emplace_back(name, trainrt_test::fixture_numbers<float>(s));
     } else if (key == "end") {
       c = nullptr;
     } else {
-      throw std::runtime_error("torch_train.txt: unknown line: " + line);
+      return false;
     }
-  }
+    return true;
+  });
   return g;
 }
 
