@@ -411,6 +411,7 @@ struct CeShared {
   A coef;  // upstream scale / denominator
   int64_t ignore_index;
   float* bmax;  // per-thread scratch: block maxima of one row
+  float* ebuf;  // per-thread scratch: the f32 gradient row of f16/bf16 inputs (or nullptr)
 };
 
 template <class TI>
@@ -460,9 +461,22 @@ A ce_index_loss_ms(MaxSum<A> st, A z_y, A w_y, A sum_wz, A W, A eps, A C, A zl) 
 
 /// One row with a class-index target. z: the (soft-capped) scores as A; x_row: the raw
 /// input (for the soft-cap derivative); g: gradient row or nullptr.
+float ce_index_row_fast(const CeShared<float>& s, const float* z, int64_t y, float* e);
+
 template <class T, class A>
 A ce_index_row(const CeShared<A>& s, const A* z, int64_t y, T* g) {
   const int64_t C = s.C;
+  if constexpr (sizeof(A) == sizeof(float)) {
+    // f16 / bf16 without weights or soft-capping: the f32 hot path into a scratch row, then
+    // one rounding pass (one exponential per element, as f32).
+    if (g && s.ebuf && s.w == nullptr && s.softcap == A(0)) {
+      const float loss = ce_index_row_fast(s, z, y, s.ebuf);
+      const float* e = s.ebuf;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) store<float>(g, c, e[c]);
+      return loss;
+    }
+  }
   const MaxSum<A> st = row_max_sum(z, C);
   const A lse = lse_of(st);
   const A w_y = s.w ? s.w[y] : A(1);
@@ -490,6 +504,28 @@ A ce_index_row(const CeShared<A>& s, const A* z, int64_t y, T* g) {
   return loss;
 }
 
+/// f32 scores without soft-capping or weights, the hot path, fully vectorised: the loss, and
+/// the f32 gradient written to e (the gradient row itself for f32, else a scratch row) when
+/// e != nullptr.
+float ce_index_row_fast(const CeShared<float>& s, const float* z, int64_t y, float* e) {
+  const int64_t C = s.C;
+  const float sum_z = s.eps != 0.0f ? row_sum(z, C) : 0.0f;
+  if (!e) return ce_index_loss_ms(row_max_sum(z, C), z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
+  // e holds exp(z - block max) after the first pass; one rescale pass finishes it.
+  const MaxSum<float> st = row_max_sum_store(z, C, e, s.bmax);
+  const float lse = lse_of(st);
+  const float loss = ce_index_loss_ms(st, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
+  const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
+  if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
+    for (int64_t c = 0; c < C; ++c) e[c] = NAN;
+    return loss;
+  }
+  // p_c = exp(z_c - max) / sum (not exp(z_c - lse): see ce_index_loss_ms)
+  row_rescale(e, C, s.bmax, st.m, r.coef_p * s.coef / st.s, r.eps_over_c * s.coef);
+  e[y] -= r.target_w * s.coef;
+  return loss;
+}
+
 /// f32 row without soft-capping or weights: the hot path, fully vectorised.
 template <>
 float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64_t y, float* g) {
@@ -514,22 +550,7 @@ float ce_index_row<float, float>(const CeShared<float>& s, const float* z, int64
     }
     return loss;
   }
-  const int64_t C = s.C;
-  const float sum_z = s.eps != 0.0f ? row_sum(z, C) : 0.0f;
-  if (!g) return ce_index_loss_ms(row_max_sum(z, C), z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
-  // g holds exp(z - block max) after the first pass; one rescale pass finishes it.
-  const MaxSum<float> st = row_max_sum_store(z, C, g, s.bmax);
-  const float lse = lse_of(st);
-  const float loss = ce_index_loss_ms(st, z[y], 1.0f, sum_z, s.W, s.eps, (float)C, s.zl);
-  const CeIndexRow<float> r = ce_index_row_grad(lse, 1.0f, s.W, s.eps, (float)C, s.zl);
-  if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
-    for (int64_t c = 0; c < C; ++c) g[c] = NAN;
-    return loss;
-  }
-  // p_c = exp(z_c - max) / sum (not exp(z_c - lse): see ce_index_loss_ms)
-  row_rescale(g, C, s.bmax, st.m, r.coef_p * s.coef / st.s, r.eps_over_c * s.coef);
-  g[y] -= r.target_w * s.coef;
-  return loss;
+  return ce_index_row_fast(s, z, y, g);
 }
 
 template <class T, class A>
@@ -569,6 +590,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
 
   CeShared<A> s;
   s.bmax = nullptr;
+  s.ebuf = nullptr;
   s.C = C;
   s.w = w;
   s.W = w ? row_sum(w, C) : (A)C;
@@ -593,6 +615,9 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
     float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
     CeShared<A> ts = s;  // per-thread copy holding this thread's scratch
     ts.bmax = bmax;
+    // f16 / bf16 index targets: the f32 gradient row, rounded into grad at the end.
+    if (sizeof(T) < sizeof(float) && index && grad != nullptr && !a->input_is_logp)
+      ts.ebuf = (float*)malloc((size_t)(C > 0 ? C : 1) * sizeof(float));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + n * C;
@@ -635,6 +660,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
         row_loss[n] = ce_prob_row<T, A>(s, z, t, zbuf + 2 * C, gr);
       }
     }
+    free(ts.ebuf);
     free(zbuf);
     free(bmax);
   }
