@@ -1,6 +1,9 @@
 // Trainer: learning, EarlyStopping, ModelCheckpoint, the non-finite loss policy, bitwise resume
-// on the CPU, JSON config parsing. A small synthetic problem keeps it fast.
+// on the CPU, JSON config parsing, mixed precision through the layers (amp), logging through
+// the "trainrt" spdlog logger. A small synthetic problem keeps it fast.
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <cstring>
@@ -10,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
 #include "trainrt/trainrt.hpp"
 
 namespace fs = std::filesystem;
@@ -19,9 +23,9 @@ namespace {
 
 constexpr std::int64_t kFeatures = 8, kClasses = 3;
 
-// Three Gaussian blobs; nan_row >= 0 puts a NaN into that row's features.
-std::shared_ptr<TensorDataset> blobs(std::int64_t n, std::uint32_t seed,
-                                     std::int64_t nan_row = -1) {
+// Three Gaussian blobs; nan_row >= 0 puts `bad` (NaN by default) into that row's features.
+std::shared_ptr<TensorDataset> blobs(std::int64_t n, std::uint32_t seed, std::int64_t nan_row = -1,
+                                     float bad = std::nanf("")) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> noise(0.0f, 0.7f);
   std::vector<float> x(static_cast<std::size_t>(n * kFeatures));
@@ -33,7 +37,7 @@ std::shared_ptr<TensorDataset> blobs(std::int64_t n, std::uint32_t seed,
       x[static_cast<std::size_t>(i * kFeatures + f)] =
           (f % kClasses == c ? 1.5f : -0.5f) + noise(rng);
   }
-  if (nan_row >= 0) x[static_cast<std::size_t>(nan_row * kFeatures)] = std::nanf("");
+  if (nan_row >= 0) x[static_cast<std::size_t>(nan_row * kFeatures)] = bad;
   return std::make_shared<TensorDataset>(Tensor::from_vector(x, {n, kFeatures}),
                                          Tensor::from_vector(y, {n}));
 }
@@ -237,20 +241,48 @@ TEST(Trainer, NonFiniteLossWithoutScalerStopsNamingTheStep) {
 }
 
 TEST(Trainer, NonFiniteLossWithScalerIsSkippedAndCounted) {
-  auto cfg = base_config();
-  cfg.amp = "fp16";
-  cfg.epochs = 3;
-  Trainer t(mlp(6), cfg);
-  auto tl = loader(blobs(128, 9, 70), 32, false);
-  const auto& h = t.fit(tl);
-  ASSERT_EQ(h.size(), 3u);
-  EXPECT_EQ(t.skipped_steps(), 3);
-  EXPECT_EQ(h.back().skipped_steps, 3);
-  EXPECT_EQ(t.global_step(), 12);
-  EXPECT_TRUE(std::isfinite(h.back().train_loss));
-  for (const auto& w : weights(t.model()))
-    for (float v : w) ASSERT_TRUE(std::isfinite(v));
-  EXPECT_DOUBLE_EQ(t.scaler()->get_scale(), 65536.0 / 8.0);
+  trainrt_test::allow_warnings();  // one warning per skipped step, checked below
+  // A NaN feature, and a finite f32 feature that the cast to f16 turns into inf: both give
+  // inf/NaN grads in the f16 forward/backward, and the GradScaler skips the step.
+  for (float bad : {std::nanf(""), 1e30f}) {
+    auto cfg = base_config();
+    cfg.amp = "fp16";
+    cfg.epochs = 3;
+    Trainer t(mlp(6), cfg);
+    auto tl = loader(blobs(128, 9, 70, bad), 32, false);
+    std::vector<std::vector<float>> before_step3;
+    struct Snap : Callback {
+      std::vector<std::vector<float>>* out;
+      explicit Snap(std::vector<std::vector<float>>* o) : out(o) {}
+      void on_batch_end(Trainer& tr, const BatchInfo& b) override {
+        if (b.epoch == 0 && b.batch == 1) *out = weights(tr.model());
+        if (b.epoch == 0 && b.batch == 2) {
+          EXPECT_TRUE(b.step_end);
+          EXPECT_TRUE(b.skipped);
+          EXPECT_TRUE(bitwise_equal(weights(tr.model()), *out))
+              << "the skipped step changed weights";
+        }
+      }
+    };
+    t.add_callback(std::make_shared<Snap>(&before_step3));
+    trainrt_test::take_logged_warnings();
+    const auto& h = t.fit(tl);
+    ASSERT_EQ(h.size(), 3u);
+    EXPECT_EQ(t.skipped_steps(), 3);
+    EXPECT_EQ(h.back().skipped_steps, 3);
+    EXPECT_EQ(t.global_step(), 12);
+    EXPECT_TRUE(std::isfinite(h.back().train_loss));
+    for (const auto& w : weights(t.model()))
+      for (float v : w) ASSERT_TRUE(std::isfinite(v));
+    EXPECT_DOUBLE_EQ(t.scaler()->get_scale(), 65536.0 / 8.0);
+    const auto warnings = trainrt_test::take_logged_warnings();
+    ASSERT_EQ(warnings.size(), 3u) << bad;
+    EXPECT_NE(warnings[0].find("step 3 (epoch 0, batch 2) skipped: inf/NaN gradients"),
+              std::string::npos)
+        << warnings[0];
+    EXPECT_NE(warnings[2].find("scale now 8192, 3 skipped steps"), std::string::npos)
+        << warnings[2];
+  }
 }
 
 namespace {
@@ -428,4 +460,352 @@ TEST(Trainer, LrFindSweepsAndRestores) {
   EXPECT_EQ(tl.position(), 0);
   EXPECT_TRUE(fs::exists(csv));
   EXPECT_THROW(t.lr_find(tl, 1.0, 0.1), Error);
+}
+
+// ---- mixed precision through the layers (amp) --------------------------------------------
+
+namespace {
+
+// Passes its input through, recording the dtype of every forward input (and whether the model
+// was training) and of every backward gradient: what the neighbouring layers really computed.
+class DTypeProbe : public nn::Module {
+ public:
+  struct Seen {
+    DType dtype;
+    bool training;
+  };
+  std::vector<Seen> forwards;
+  std::vector<DType> backwards;
+  Tensor forward(const Tensor& input) override {
+    forwards.push_back({input.dtype(), is_training()});
+    return input;
+  }
+  Tensor backward(const Tensor& grad_output) override {
+    backwards.push_back(grad_output.dtype());
+    return grad_output;
+  }
+};
+
+struct ProbedMlp {
+  std::shared_ptr<nn::Sequential> model;
+  std::shared_ptr<DTypeProbe> hidden, logits;
+};
+
+// mlp(seed) with probes after the first Linear and after the last (the logits): the same
+// parameters in the same order, so runs compare with the f32 run of the same seed.
+ProbedMlp probed_mlp(std::uint64_t seed) {
+  nn::manual_seed(seed);
+  ProbedMlp p;
+  p.hidden = std::make_shared<DTypeProbe>();
+  p.logits = std::make_shared<DTypeProbe>();
+  p.model = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(kFeatures, 16), p.hidden, std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(16, kClasses), p.logits});
+  return p;
+}
+
+// Every parameter's model copy against its master: Linear weights carry one of `dt`, equal
+// to the master rounded to `dt`; biases carry none (Linear adds them in f32).
+void expect_model_copies(nn::Module& m, DType dt, const std::string& what) {
+  for (const auto& [name, p] : m.named_parameters()) {
+    const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    if (dt == DType::f32 || is_bias) {
+      EXPECT_FALSE(p.model_copy().defined()) << what << " " << name;
+      continue;
+    }
+    ASSERT_TRUE(p.model_copy().defined()) << what << " " << name;
+    EXPECT_EQ(p.model_copy().dtype(), dt) << what << " " << name;
+    EXPECT_EQ(p.model_copy().to_double_vector(), p.value().to(dt).to_double_vector())
+        << what << " " << name << ": the model copy is not the master rounded";
+  }
+}
+
+}  // namespace
+
+TEST(TrainerAmp, Bf16AndFp16LearnLikeF32InReducedPrecision) {
+  struct Run {
+    std::string amp;
+    DType dt;
+    std::vector<EpochMetrics> h;
+  };
+  std::vector<Run> runs = {
+      {"none", DType::f32, {}}, {"bf16", DType::bf16, {}}, {"fp16", DType::f16, {}}};
+  for (Run& r : runs) {
+    auto cfg = base_config();
+    cfg.amp = r.amp;
+    cfg.scheduler = "cosine";
+    cfg.grad_clip = 1.0;
+    ProbedMlp pm = probed_mlp(1);
+    Trainer t(pm.model, cfg);
+    EXPECT_EQ(t.compute_dtype(), r.dt);
+    EXPECT_EQ(t.scaler() != nullptr, r.amp == "fp16");
+    auto tl = loader(blobs(384, 1), 32, true);
+    auto vl = loader(blobs(96, 2), 32, false);
+    r.h = t.fit(tl, &vl);
+    ASSERT_EQ(r.h.size(), 5u) << r.amp;
+    EXPECT_LT(r.h.back().train_loss, 0.5 * r.h.front().train_loss) << r.amp;
+    EXPECT_GT(r.h.back().val_acc, 0.9) << r.amp;
+    EXPECT_EQ(r.h.back().skipped_steps, 0) << r.amp;
+    // The layers computed in r.dt: the hidden activations and logits seen in training and in
+    // validation, and the gradients flowing back through them.
+    ASSERT_EQ(pm.hidden->forwards.size(), 5u * (12 + 3)) << r.amp;  // 12 train + 3 val batches
+    std::size_t eval_forwards = 0;
+    for (const auto* probe : {pm.hidden.get(), pm.logits.get()}) {
+      for (const auto& f : probe->forwards) {
+        EXPECT_EQ(f.dtype, r.dt) << r.amp;
+        if (!f.training) ++eval_forwards;
+      }
+      ASSERT_EQ(probe->backwards.size(), 5u * 12) << r.amp;
+      for (DType d : probe->backwards) EXPECT_EQ(d, r.dt) << r.amp;
+    }
+    EXPECT_EQ(eval_forwards, 2u * 5 * 3) << r.amp;
+    // Grads stay f32; the model copies follow the masters the optimizer updated.
+    for (const auto& p : t.model().parameters()) EXPECT_EQ(p.grad().dtype(), DType::f32);
+    expect_model_copies(t.model(), r.dt, r.amp);
+    // evaluate() runs the same reduced-precision forward and gives the last epoch's numbers.
+    pm.logits->forwards.clear();
+    const EvalResult e = t.evaluate(vl);
+    EXPECT_NEAR(e.acc, r.h.back().val_acc, 1e-12) << r.amp;
+    EXPECT_NEAR(e.loss, r.h.back().val_loss, 1e-12) << r.amp;
+    ASSERT_EQ(pm.logits->forwards.size(), 3u);
+    EXPECT_EQ(pm.logits->forwards[0].dtype, r.dt);
+  }
+  // Close to the f32 run: same data, init and order; only the rounding differs.
+  const auto& f32 = runs[0].h.back();
+  for (std::size_t i = 1; i < runs.size(); ++i) {
+    const auto& m = runs[i].h.back();
+    EXPECT_NEAR(m.val_acc, f32.val_acc, 0.03) << runs[i].amp;
+    EXPECT_NEAR(m.train_loss, f32.train_loss, 0.05 + 0.1 * f32.train_loss) << runs[i].amp;
+    EXPECT_NEAR(m.val_loss, f32.val_loss, 0.05 + 0.1 * f32.val_loss) << runs[i].amp;
+    // ... but not the f32 run itself.
+    EXPECT_NE(m.train_loss, f32.train_loss) << runs[i].amp;
+  }
+}
+
+TEST(TrainerAmp, ModelCopiesFollowLoadLrFindAndEarlyStoppingRestore) {
+  const std::string dir = tmp_dir("amp_copies");
+  auto cfg = base_config();
+  cfg.amp = "bf16";
+  cfg.max_steps = 6;
+  Trainer a(mlp(31), cfg);
+  auto la = loader(blobs(128, 3), 32, true);
+  a.fit(la);
+  expect_model_copies(a.model(), DType::bf16, "after fit");
+  a.save(dir + "/ck");
+
+  // load(): the masters come from the file, the copies are derived from them.
+  Trainer b(mlp(32), cfg);
+  b.load(dir + "/ck");
+  EXPECT_TRUE(bitwise_equal(weights(a.model()), weights(b.model())));
+  expect_model_copies(b.model(), DType::bf16, "after load");
+
+  // lr_find() restores the masters and the copies.
+  auto lb = loader(blobs(128, 3), 32, true);
+  const auto copies_before = b.model().parameters()[0].model_copy().to_double_vector();
+  b.lr_find(lb, 1e-4, 1.0, 10);
+  expect_model_copies(b.model(), DType::bf16, "after lr_find");
+  EXPECT_EQ(b.model().parameters()[0].model_copy().to_double_vector(), copies_before);
+
+  // EarlyStopping's restore of the best weights rewrites the copies too.
+  cfg.max_steps = 0;
+  cfg.epochs = 6;
+  Trainer c(mlp(33), cfg);
+  auto es = std::make_shared<EarlyStopping>(1, 1e9, "val_loss", true);
+  c.add_callback(es);
+  auto lc = loader(blobs(128, 5), 32, true);
+  auto vc = loader(blobs(64, 6), 32, false);
+  c.fit(lc, &vc);
+  EXPECT_TRUE(es->stopped());
+  expect_model_copies(c.model(), DType::bf16, "after the EarlyStopping restore");
+
+  // amp needs f32 masters.
+  auto f64 = std::make_shared<nn::Linear>(kFeatures, kClasses, true, 1, DType::f64);
+  try {
+    Trainer bad(f64, cfg);
+    ADD_FAILURE() << "amp with f64 parameters accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs f32 parameters"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainerAmp, ResumeIsBitwiseOnCpu) {
+  // The checkpoint holds the f32 masters; load re-derives the model copies, so the resumed
+  // run multiplies by the same copies as the uninterrupted one.
+  auto cfg = base_config();
+  cfg.epochs = 4;
+  cfg.amp = "bf16";
+  cfg.scheduler = "onecycle";
+  cfg.grad_clip = 0.5;
+  check_resume(cfg, 25, 10, "resume_bf16_dropout", 0.3);
+  cfg.amp = "fp16";
+  cfg.grad_accumulation = 2;
+  check_resume(cfg, 14, 5, "resume_fp16_adamw");
+}
+
+// ---- losses configured by TrainerConfig --------------------------------------------------
+
+TEST(Trainer, HuberDeltaAndSmoothL1BetaReachTheLoss) {
+  // A model that outputs 0 for every input; targets 3.01 (not a bf16 value: 3.0 when rounded).
+  const std::int64_t n = 8;
+  auto ds =
+      std::make_shared<TensorDataset>(Tensor::from_vector(std::vector<float>(n, 1.0f), {n, 1}),
+                                      Tensor::from_vector(std::vector<float>(n, 3.01f), {n, 1}));
+  auto eval_loss = [&](const std::string& loss, double delta, double beta, const char* amp) {
+    auto cfg = base_config();
+    cfg.loss = loss;
+    cfg.huber_delta = delta;
+    cfg.smooth_l1_beta = beta;
+    cfg.amp = amp;
+    auto model = std::make_shared<nn::Linear>(1, 1);
+    model->weight().value().zero_();
+    model->bias().value().zero_();
+    Trainer t(model, cfg);
+    auto l = loader(ds, 4, false);
+    return t.evaluate(l).loss;
+  };
+  const double d = 3.01f;  // the f32 target
+  for (const char* amp : {"none", "bf16", "fp16"}) {
+    // huber: delta * (|d| - delta / 2) above delta; smooth_l1: |d| - beta / 2 above beta.
+    // The regression losses run in f32, so the target is not rounded to bf16/f16.
+    EXPECT_NEAR(eval_loss("huber", 1.0, 1.0, amp), 1.0 * (d - 0.5), 1e-6) << amp;
+    EXPECT_NEAR(eval_loss("huber", 2.0, 1.0, amp), 2.0 * (d - 1.0), 1e-6) << amp;
+    EXPECT_NEAR(eval_loss("huber", 4.0, 1.0, amp), 0.5 * d * d, 1e-5) << amp;
+    EXPECT_NEAR(eval_loss("smooth_l1", 1.0, 1.0, amp), d - 0.5, 1e-6) << amp;
+    EXPECT_NEAR(eval_loss("smooth_l1", 1.0, 2.0, amp), d - 1.0, 1e-6) << amp;
+    EXPECT_NEAR(eval_loss("smooth_l1", 1.0, 0.0, amp), d, 1e-6) << amp;  // beta 0: L1
+    EXPECT_NEAR(eval_loss("smooth_l1", 1.0, 4.0, amp), 0.5 * d * d / 4.0, 1e-5) << amp;
+  }
+
+  const auto c = TrainerConfig::from_json(R"({"huber_delta": 0.25, "smooth_l1_beta": 0})");
+  EXPECT_DOUBLE_EQ(c.huber_delta, 0.25);
+  EXPECT_DOUBLE_EQ(c.smooth_l1_beta, 0.0);
+  EXPECT_EQ(TrainerConfig::from_json(c.to_json()).to_json(), c.to_json());
+  EXPECT_DOUBLE_EQ(TrainerConfig().huber_delta, 1.0);
+  EXPECT_DOUBLE_EQ(TrainerConfig().smooth_l1_beta, 1.0);
+  auto expect_error = [](const std::string& text, const std::string& needle) {
+    try {
+      TrainerConfig::from_json(text);
+      ADD_FAILURE() << "no error for " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(R"({"loss": "huber", "huber_delta": 0})",
+               "huber_delta must be a finite number > 0, got 0");
+  expect_error(R"({"loss": "huber", "huber_delta": -1})",
+               "huber_delta must be a finite number > 0, got -1");
+  expect_error(R"({"smooth_l1_beta": -0.5})",
+               "smooth_l1_beta must be a finite number >= 0, got -0.5");
+  expect_error(R"({"huber_delta": "big"})", "\"huber_delta\" must be a number");
+  TrainerConfig bad = base_config();
+  bad.smooth_l1_beta = std::nan("");
+  EXPECT_THROW(Trainer(mlp(1), bad), Error);
+}
+
+// ---- logging through the "trainrt" spdlog logger ----------------------------------------
+
+namespace {
+
+// Adds a ring-buffer sink to the "trainrt" logger (the test main registers it) at debug level
+// for the lifetime of the object.
+struct LogCapture {
+  std::shared_ptr<spdlog::logger> logger = spdlog::get("trainrt");
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
+      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
+  spdlog::level::level_enum level_before;
+  LogCapture() {
+    EXPECT_TRUE(logger != nullptr);
+    level_before = logger->level();
+    logger->set_level(spdlog::level::debug);
+    logger->sinks().push_back(sink);
+  }
+  ~LogCapture() {
+    auto& sinks = logger->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+    logger->set_level(level_before);
+  }
+  // (level, message) of everything logged so far.
+  std::vector<std::pair<spdlog::level::level_enum, std::string>> lines() const {
+    std::vector<std::pair<spdlog::level::level_enum, std::string>> out;
+    for (const auto& m : sink->last_raw())
+      out.emplace_back(m.level, std::string(m.payload.data(), m.payload.size()));
+    return out;
+  }
+};
+
+std::size_t count_lines(const std::vector<std::pair<spdlog::level::level_enum, std::string>>& ls,
+                        spdlog::level::level_enum level, const std::string& needle) {
+  std::size_t n = 0;
+  for (const auto& [l, m] : ls)
+    if (l == level && m.find(needle) != std::string::npos) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST(TrainerLogging, LoggingCallbackEarlyStoppingCheckpointAndSkippedSteps) {
+  trainrt_test::allow_warnings();  // the skipped-step warnings are part of what is checked
+  const std::string dir = tmp_dir("logging");
+  LogCapture cap;
+  auto cfg = base_config();
+  cfg.amp = "fp16";
+  cfg.epochs = 8;
+  Trainer t(mlp(6), cfg);
+  t.add_callback(std::make_shared<LoggingCallback>(2));
+  // Nothing improves by 1e9: epoch 0 stays the best, patience 1 stops after epoch 2.
+  t.add_callback(std::make_shared<EarlyStopping>(1, 1e9, "val_loss", true));
+  t.add_callback(std::make_shared<ModelCheckpoint>(dir, "val_acc", "max"));
+  auto tl = loader(blobs(128, 9, 70), 32, false);  // row 70: batch 2 of every epoch is NaN
+  auto vl = loader(blobs(64, 8), 32, false);
+  const auto& h = t.fit(tl, &vl);
+  ASSERT_EQ(h.size(), 3u);
+  const auto ls = cap.lines();
+  using L = spdlog::level::level_enum;
+
+  EXPECT_EQ(count_lines(ls, L::info, "Trainer: 195 parameters in 4 tensors, AdamW lr 0.01"), 1u);
+  EXPECT_EQ(count_lines(ls, L::info, "amp fp16 (compute f16)"), 1u);
+  // One info line per epoch with every metric.
+  for (std::int64_t e = 0; e < 3; ++e) {
+    const std::string head = fmt::format("epoch {}/8 step {} train_loss ", e + 1, 4 * (e + 1));
+    ASSERT_EQ(count_lines(ls, L::info, head), 1u) << head;
+    for (const auto& [l, m] : ls) {
+      if (m.find(head) != 0) continue;
+      for (const char* key : {" train_acc 0.", " val_loss ", " val_acc ", " lr 0.01 ",
+                              " grad_norm ", " clipped ", " samples/s ", "s skipped_steps "})
+        EXPECT_NE(m.find(key), std::string::npos) << key << " in " << m;
+      EXPECT_NE(m.find(fmt::format("skipped_steps {}", e + 1)), std::string::npos) << m;
+    }
+  }
+  // Debug lines every 2 optimizer steps: steps 2, 4, ..., 12; step 6 is epoch 1's skipped one
+  // (the third batch of each epoch holds the NaN: steps 3, 7, 11).
+  EXPECT_EQ(count_lines(ls, L::debug, " grad_norm "), 6u);
+  EXPECT_EQ(count_lines(ls, L::debug, "epoch 1/8 step 2 batch 2/4 loss "), 1u);
+  EXPECT_EQ(count_lines(ls, L::debug, "(skipped)"), 0u);
+  // A warning per skipped step.
+  EXPECT_EQ(count_lines(ls, L::warn, "skipped: inf/NaN gradients"), 3u);
+  EXPECT_EQ(count_lines(ls, L::warn, "Trainer: step 7 (epoch 1, batch 2) skipped"), 1u);
+  // EarlyStopping: the stop and the restore; ModelCheckpoint: best saves (info), last (debug).
+  EXPECT_EQ(count_lines(ls, L::info, "EarlyStopping: val_loss did not improve"), 1u);
+  EXPECT_EQ(count_lines(ls, L::info, "stopping after epoch 2"), 1u);
+  EXPECT_EQ(count_lines(ls, L::info, "EarlyStopping: restored the weights of epoch 0"), 1u);
+  EXPECT_EQ(count_lines(ls, L::info, "ModelCheckpoint: epoch 0: val_acc "), 1u);
+  EXPECT_EQ(count_lines(ls, L::debug, "ModelCheckpoint: epoch 2 saved to "), 1u);
+  EXPECT_EQ(count_lines(ls, L::info, "Trainer: stopped early after 3 epochs, 12 steps (3 skipped)"),
+            1u);
+  EXPECT_THROW(LoggingCallback(-1), Error);
+}
+
+TEST(TrainerLogging, DebugLinesOnlyWhenTheLevelAllowsThem) {
+  LogCapture cap;
+  cap.logger->set_level(spdlog::level::info);
+  auto cfg = base_config();
+  cfg.epochs = 2;
+  Trainer t(mlp(2), cfg);
+  t.add_callback(std::make_shared<LoggingCallback>(1));
+  auto tl = loader(blobs(128, 3), 32, true);
+  t.fit(tl);
+  const auto ls = cap.lines();
+  EXPECT_EQ(count_lines(ls, spdlog::level::debug, ""), 0u);
+  EXPECT_EQ(count_lines(ls, spdlog::level::info, "train_loss"), 2u);
+  EXPECT_EQ(count_lines(ls, spdlog::level::info, "Trainer: done after 2 epochs, 8 steps"), 1u);
 }

@@ -13,8 +13,24 @@
 // micro-batches) -> unscale -> clip (fused norm, always measured) -> fused step (skipped on
 // inf/NaN with the scaler) -> scheduler step.
 //
-// amp: the layers run in f32. "fp16" turns on dynamic loss scaling (GradScaler) on f32 compute;
-// "bf16" needs no scaling and trains in f32. Autocast of the layers is not wired in yet.
+// amp "fp16" / "bf16" (mixed precision through the layers): the parameters stay f32 masters
+// and the Trainer gives each of them an f16/bf16 model copy (Parameter::set_model_copy; not
+// Linear biases, which Linear adds in f32 from the master). Each input batch (floating
+// features) is cast to that dtype before forward, so activations, Dropout and their backward
+// run in f16/bf16; Linear multiplies by the weight's model copy with f32 accumulation and
+// accumulates f32 parameter grads. Cross-entropy takes the reduced-precision logits (f32
+// accumulation inside the fused kernel); the pointwise regression losses (mse, l1, huber,
+// smooth_l1) run on the output widened to f32, as torch.autocast does, so the targets are not
+// rounded. The fused step updates the f32 masters and rewrites the model copies in the same
+// pass. fp16 adds dynamic loss scaling (GradScaler: unscale before clipping, the step skipped
+// on inf/NaN grads); bf16 needs none. Checkpoints hold the f32 masters; load() re-derives the
+// model copies (sync_model_copies()), so a resumed amp run is bitwise the uninterrupted one on
+// the CPU. evaluate(), lr_find() and the metrics see the same reduced-precision forward.
+//
+// Logging (spdlog logger "trainrt", see log.hpp): the Trainer warns about every step the
+// GradScaler skipped; EarlyStopping and ModelCheckpoint log their events at info level (the
+// per-epoch "last" save at debug); per-epoch metric lines (info) and per-step lines (debug)
+// come from LoggingCallback, added like ProgressBar.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +59,8 @@ struct TRAINRT_API TrainerConfig {
   double beta2 = 0.999;
   std::string loss = "cross_entropy";  // cross_entropy | mse | l1 | huber | smooth_l1
   double label_smoothing = 0.0;
+  double huber_delta = 1.0;     // "huber": quadratic below delta, linear above (> 0)
+  double smooth_l1_beta = 1.0;  // "smooth_l1": quadratic below beta (>= 0; 0 is L1)
   // none | step | multistep | exponential | cosine | linear | onecycle | plateau. All but plateau
   // step once per optimizer step; step_size and milestones are in epochs; plateau steps once
   // per epoch on the validation loss (the training loss without validation).
@@ -98,7 +116,10 @@ struct BatchInfo {
   double acc = 0.0;   // running accuracy (NaN if not classification)
   double lr = 0.0;
   double samples_per_sec = 0.0;
-  double elapsed = 0.0;  // seconds since the epoch began
+  double elapsed = 0.0;   // seconds since the epoch began
+  bool step_end = false;  // this batch completed an optimizer step (the last micro-batch)
+  bool skipped = false;   // ... and the GradScaler skipped that step (inf/NaN grads)
+  double grad_norm = std::numeric_limits<double>::quiet_NaN();  // that step's norm, unclipped
 };
 
 struct EvalResult {
@@ -186,6 +207,23 @@ class TRAINRT_API ProgressBar : public Callback {
   double last_draw_ = -1.0;
 };
 
+/// Logs through the "trainrt" spdlog logger: at train begin (info) the model size, optimizer,
+/// amp and device; one info line per epoch (epoch, step, train loss/acc, val loss/acc, lr,
+/// grad norm before/after clipping, samples/s, seconds, skipped steps); a debug line every
+/// `every_n_steps` optimizer steps (0: none) with the running loss/acc, lr, the step's grad
+/// norm and samples/s; at train end (info) the totals and whether a callback stopped early.
+class TRAINRT_API LoggingCallback : public Callback {
+ public:
+  explicit LoggingCallback(std::int64_t every_n_steps = 50);
+  void on_train_begin(Trainer& t) override;
+  void on_batch_end(Trainer& t, const BatchInfo& b) override;
+  void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
+  void on_train_end(Trainer& t) override;
+
+ private:
+  std::int64_t every_;
+};
+
 class TRAINRT_API Trainer {
  public:
   Trainer(std::shared_ptr<nn::Module> model, TrainerConfig config);
@@ -216,6 +254,13 @@ class TRAINRT_API Trainer {
   void request_stop() { stop_ = true; }
   bool stop_requested() const { return stop_; }
 
+  /// The dtype the layers compute in: f32, or f16 / bf16 with amp.
+  DType compute_dtype() const { return compute_dtype_; }
+  /// Refills every f16/bf16 model copy of the model's parameters from its f32 master (with
+  /// amp every parameter but the Linear biases has one). Call it after changing parameter
+  /// values in place; load(), lr_find() and EarlyStopping's restore do.
+  void sync_model_copies();
+
   nn::Module& model() { return *model_; }
   const TrainerConfig& config() const { return config_; }
   Device device() const { return device_; }
@@ -235,11 +280,14 @@ class TRAINRT_API Trainer {
   void build_scheduler(std::int64_t steps_per_epoch);
   double compute_loss(const Tensor& out, const Tensor& target, bool grad, double grad_scale,
                       Tensor* grad_out, double* correct);
+  /// The batch features on the device, floating ones cast to compute_dtype().
+  Tensor prepare_input(const Tensor& features) const;
   void write_metrics() const;
 
   std::shared_ptr<nn::Module> model_;
   TrainerConfig config_;
   Device device_;
+  DType compute_dtype_ = DType::f32;
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::unique_ptr<optim::LRScheduler> scheduler_;
   std::unique_ptr<GradScaler> scaler_;

@@ -1,4 +1,4 @@
-// Trainer callbacks: EarlyStopping, ModelCheckpoint, ProgressBar.
+// Trainer callbacks: EarlyStopping, ModelCheckpoint, ProgressBar, LoggingCallback.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "../internal.hpp"
 #include "trainrt/error.hpp"
 #include "trainrt/trainer.hpp"
 
@@ -67,6 +68,10 @@ void EarlyStopping::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   if (++wait_ > patience_) {
     stopped_ = true;
     t.request_stop();
+    detail::log().info(
+        "EarlyStopping: {} did not improve by more than {} for {} epochs (best {:.6g} at epoch "
+        "{}); stopping after epoch {}",
+        monitor_, min_delta_, wait_, best_, best_epoch_, m.epoch);
   }
 }
 
@@ -75,6 +80,9 @@ void EarlyStopping::on_train_end(Trainer& t) {
   const auto params = t.model().parameters();
   if (params.size() != best_weights_.size()) return;
   for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(best_weights_[i]);
+  t.sync_model_copies();  // amp: the f16/bf16 copies follow the restored masters
+  detail::log().info("EarlyStopping: restored the weights of epoch {} ({} {:.6g})", best_epoch_,
+                     monitor_, best_);
 }
 
 ModelCheckpoint::ModelCheckpoint(std::string dir, std::string monitor, std::string mode)
@@ -92,11 +100,20 @@ std::string ModelCheckpoint::last_path() const {
 void ModelCheckpoint::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   std::filesystem::create_directories(dir_);
   t.save(last_path());
+  detail::log().debug("ModelCheckpoint: epoch {} saved to {}", m.epoch, last_path());
   const double v = monitored(m, monitor_);
   if (improved(v, best_, maximize_, 0.0, best_epoch_ < 0)) {
+    const bool first = best_epoch_ < 0;
+    const double previous = best_;
     best_ = v;
     best_epoch_ = m.epoch;
     t.save(best_path());
+    if (first)
+      detail::log().info("ModelCheckpoint: epoch {}: {} {:.6g}, saved to {}", m.epoch, monitor_, v,
+                         best_path());
+    else
+      detail::log().info("ModelCheckpoint: epoch {}: {} improved {:.6g} -> {:.6g}, saved to {}",
+                         m.epoch, monitor_, previous, v, best_path());
   }
 }
 
@@ -141,6 +158,53 @@ void ProgressBar::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   else
     std::fprintf(stdout, "%s\n", line.c_str());
   std::fflush(stdout);
+}
+
+LoggingCallback::LoggingCallback(std::int64_t every_n_steps) : every_(every_n_steps) {
+  if (every_n_steps < 0) throw Error("LoggingCallback: every_n_steps must be >= 0 (0: none)");
+}
+
+void LoggingCallback::on_train_begin(Trainer& t) {
+  const auto params = t.model().parameters();
+  std::int64_t numel = 0;
+  for (const auto& p : params) numel += p.value().numel();
+  const TrainerConfig& c = t.config();
+  detail::log().info(
+      "Trainer: {} parameters in {} tensors, {} lr {:.3g}, loss {}, amp {} (compute {}), {} "
+      "on {}, epochs {} from epoch {} (step {})",
+      numel, params.size(), t.optimizer().name(), t.current_lr(), c.loss, c.amp,
+      dtype_name(t.compute_dtype()), c.scheduler == "none" ? "no scheduler" : c.scheduler,
+      t.device().str(), c.epochs, t.epoch(), t.global_step());
+}
+
+void LoggingCallback::on_batch_end(Trainer& t, const BatchInfo& b) {
+  if (every_ == 0 || !b.step_end || b.global_step % every_ != 0) return;
+  spdlog::logger& log = detail::log();
+  if (!log.should_log(spdlog::level::debug)) return;
+  const std::string acc = std::isnan(b.acc) ? std::string() : fmt::format(" acc {:.4f}", b.acc);
+  log.debug(
+      "epoch {}/{} step {} batch {}/{} loss {:.4f}{} lr {:.3g} grad_norm {:.4g}{} {:.0f} "
+      "samples/s",
+      b.epoch + 1, t.config().epochs, b.global_step, b.batch + 1, b.num_batches, b.loss, acc, b.lr,
+      b.grad_norm, b.skipped ? " (skipped)" : "", b.samples_per_sec);
+}
+
+void LoggingCallback::on_epoch_end(Trainer& t, const EpochMetrics& m) {
+  auto f = [](double v) { return std::isnan(v) ? std::string("-") : fmt::format("{:.4f}", v); };
+  detail::log().info(
+      "epoch {}/{} step {} train_loss {} train_acc {} val_loss {} val_acc {} lr {:.3g} "
+      "grad_norm {:.4g} clipped {:.4g} {:.0f} samples/s {:.2f}s skipped_steps {}",
+      m.epoch + 1, t.config().epochs, m.global_step, f(m.train_loss), f(m.train_acc), f(m.val_loss),
+      f(m.val_acc), m.lr, m.grad_norm, m.grad_norm_clipped, m.samples_per_sec, m.seconds,
+      m.skipped_steps);
+}
+
+void LoggingCallback::on_train_end(Trainer& t) {
+  double seconds = 0;
+  for (const auto& m : t.history()) seconds += m.seconds;
+  detail::log().info("Trainer: {} after {} epochs, {} steps ({} skipped), {:.2f}s of training",
+                     t.stop_requested() ? "stopped early" : "done", t.epoch(), t.global_step(),
+                     t.skipped_steps(), seconds);
 }
 
 }  // namespace trainrt

@@ -72,6 +72,10 @@ TrainerConfig TrainerConfig::from_json(const std::string& text) {
       c.loss = get_string(v, "loss");
     else if (k == "label_smoothing")
       c.label_smoothing = get_number(v, "label_smoothing");
+    else if (k == "huber_delta")
+      c.huber_delta = get_number(v, "huber_delta");
+    else if (k == "smooth_l1_beta")
+      c.smooth_l1_beta = get_number(v, "smooth_l1_beta");
     else if (k == "scheduler")
       c.scheduler = get_string(v, "scheduler");
     else if (k == "step_size")
@@ -135,6 +139,8 @@ std::string TrainerConfig::to_json() const {
             {"betas", {beta1, beta2}},
             {"loss", loss},
             {"label_smoothing", label_smoothing},
+            {"huber_delta", huber_delta},
+            {"smooth_l1_beta", smooth_l1_beta},
             {"scheduler", scheduler},
             {"step_size", step_size},
             {"milestones", milestones},
@@ -167,6 +173,11 @@ void TrainerConfig::validate() const {
   if (!one_of(loss, {"cross_entropy", "mse", "l1", "huber", "smooth_l1"}))
     bad(fmt::format("unknown loss \"{}\" (cross_entropy, mse, l1, huber, smooth_l1)", loss));
   if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0)) bad("label_smoothing must be in [0, 1]");
+  // Checked whatever the loss, as the other keys are: a bad value is a mistake either way.
+  if (!(huber_delta > 0.0) || !std::isfinite(huber_delta))
+    bad(fmt::format("huber_delta must be a finite number > 0, got {}", huber_delta));
+  if (!(smooth_l1_beta >= 0.0) || !std::isfinite(smooth_l1_beta))
+    bad(fmt::format("smooth_l1_beta must be a finite number >= 0, got {}", smooth_l1_beta));
   if (!one_of(scheduler, {"none", "step", "multistep", "exponential", "cosine", "linear",
                           "onecycle", "plateau"}))
     bad(

@@ -11,6 +11,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "../internal.hpp"
 #include "trainrt/checkpoint.hpp"
 #include "trainrt/clip.hpp"
 #include "trainrt/error.hpp"
@@ -168,8 +169,51 @@ Trainer::Trainer(std::shared_ptr<nn::Module> model, TrainerConfig config)
   model_->set_input_grad(false);  // the input is the data: no dx for the first layer
   auto params = model_->parameters();
   if (params.empty()) throw Error("Trainer: the model has no parameters");
+  if (config_.amp != "none") {
+    compute_dtype_ = config_.amp == "fp16" ? DType::f16 : DType::bf16;
+    for (const auto& [name, p] : model_->named_parameters()) {
+      if (p.value().dtype() != DType::f32)
+        throw Error(fmt::format(
+            "Trainer: amp {} needs f32 parameters (the masters of the {} model copies); {} is {}",
+            config_.amp, dtype_name(compute_dtype_), name, dtype_name(p.value().dtype())));
+    }
+    // Linear adds its bias in f32 from the master: the bias gets no model copy. Every other
+    // parameter (Linear weights, parameters of custom modules) gets one.
+    std::vector<Parameter> f32_only;
+    std::vector<const nn::Module*> stack{model_.get()};
+    while (!stack.empty()) {
+      const nn::Module* m = stack.back();
+      stack.pop_back();
+      if (const auto* lin = dynamic_cast<const nn::Linear*>(m)) {
+        if (lin->bias().defined()) f32_only.push_back(lin->bias());
+      }
+      for (const auto& c : m->children()) stack.push_back(c.second.get());
+    }
+    for (const auto& p : params) {
+      if (std::find(f32_only.begin(), f32_only.end(), p) != f32_only.end()) continue;
+      p.set_model_copy(Tensor::empty(p.value().shape(), compute_dtype_, device_));
+    }
+  }
   optimizer_ = make_opt(config_, params);
   if (config_.amp == "fp16") scaler_ = std::make_unique<GradScaler>();
+}
+
+void Trainer::sync_model_copies() {
+  for (const auto& p : model_->parameters()) {
+    const Tensor copy = p.model_copy();
+    if (copy.defined()) p.set_model_copy(copy);  // refills it from the master
+  }
+}
+
+Tensor Trainer::prepare_input(const Tensor& features) const {
+  Tensor x = features;
+  const bool cast =
+      compute_dtype_ != DType::f32 && is_floating(x.dtype()) && x.dtype() != compute_dtype_;
+  // Cast before a host-to-device copy (half the bytes), after it when already there.
+  if (cast && x.device() != device_) x = x.to(compute_dtype_);
+  if (x.device() != device_) x = x.to(device_);
+  if (cast && x.dtype() != compute_dtype_) x = x.to(compute_dtype_);
+  return x;
 }
 
 Trainer::~Trainer() = default;
@@ -225,9 +269,10 @@ double Trainer::compute_loss(const Tensor& out, const Tensor& target, bool grad,
     o.grad_scale = grad_scale;
     o.grad_scale_tensor = scale_t;
     o.label_smoothing = config_.label_smoothing;
-    r = cross_entropy(out, target, o);
+    r = cross_entropy(out, target, o);  // f16/bf16 logits: f32 accumulation inside
     if (correct) {
-      const Tensor lh = out.device().is_cpu() ? out : out.to(Device::cpu());
+      const Tensor o32 = out.dtype() == DType::f32 ? out : out.to(DType::f32);
+      const Tensor lh = o32.device().is_cpu() ? o32 : o32.to(Device::cpu());
       const Tensor th = target.device().is_cpu() ? target : target.to(Device::cpu());
       const auto logits = lh.to_vector<float>();
       const auto labels = th.to_vector<std::int64_t>();
@@ -241,28 +286,35 @@ double Trainer::compute_loss(const Tensor& out, const Tensor& target, bool grad,
       *correct = c;
     }
   } else {
+    // Regression losses run in f32 on a reduced-precision output (torch.autocast's float32
+    // list): the targets keep their precision; the gradient goes back in the output's dtype.
+    const bool widen = out.dtype() == DType::f16 || out.dtype() == DType::bf16;
+    const Tensor in = widen ? out.to(DType::f32) : out;
     Tensor t = target;
-    if (t.dtype() != out.dtype()) t = t.to(out.dtype());
-    if (t.shape() != out.shape() && t.numel() == out.numel()) t = t.reshape(out.shape());
+    if (t.dtype() != in.dtype()) t = t.to(in.dtype());
+    if (t.shape() != in.shape() && t.numel() == in.numel()) t = t.reshape(in.shape());
     if (l == "mse" || l == "l1") {
       LossOptions o;
       o.compute_grad = grad;
       o.grad_scale = grad_scale;
       o.grad_scale_tensor = scale_t;
-      r = l == "mse" ? mse_loss(out, t, o) : l1_loss(out, t, o);
+      r = l == "mse" ? mse_loss(in, t, o) : l1_loss(in, t, o);
     } else if (l == "huber") {
       HuberOptions o;
       o.compute_grad = grad;
       o.grad_scale = grad_scale;
       o.grad_scale_tensor = scale_t;
-      r = huber_loss(out, t, o);
+      o.delta = config_.huber_delta;
+      r = huber_loss(in, t, o);
     } else {
       SmoothL1Options o;
       o.compute_grad = grad;
       o.grad_scale = grad_scale;
       o.grad_scale_tensor = scale_t;
-      r = smooth_l1_loss(out, t, o);
+      o.beta = config_.smooth_l1_beta;
+      r = smooth_l1_loss(in, t, o);
     }
+    if (widen && r.grad.defined()) r.grad = r.grad.to(out.dtype());
     if (correct) *correct = std::numeric_limits<double>::quiet_NaN();
   }
   if (grad_out) *grad_out = r.grad;
@@ -276,7 +328,7 @@ EvalResult Trainer::evaluate(DataLoader& loader) {
   double loss_sum = 0, correct_sum = 0;
   Batch b;
   while (loader.next(b)) {
-    Tensor x = b.features.device() == device_ ? b.features : b.features.to(device_);
+    Tensor x = prepare_input(b.features);
     Tensor y = b.labels.device() == device_ ? b.labels : b.labels.to(device_);
     const Tensor out = model_->forward(x);
     double correct = 0;
@@ -317,7 +369,7 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
     const double lr = start_lr * std::pow(ratio, static_cast<double>(i));
     optimizer_->set_lr(lr);
     optimizer_->zero_grad(true);
-    Tensor x = b.features.device() == device_ ? b.features : b.features.to(device_);
+    Tensor x = prepare_input(b.features);
     Tensor y = b.labels.device() == device_ ? b.labels : b.labels.to(device_);
     const Tensor out = model_->forward(x);
     Tensor grad;
@@ -351,6 +403,7 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
   }
   if (r.suggested_lr == 0.0 && !r.lrs.empty()) r.suggested_lr = r.lrs.front();
   for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(saved[i]);
+  sync_model_copies();
   optimizer_->load_state_dict(opt_state);
   if (scaler_) scaler_->load_state_dict(scaler_state);
   train.load_state_dict(loader_state);
@@ -412,7 +465,7 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
         break;
       }
       if (!train.next(b)) break;
-      Tensor x = b.features.device() == device_ ? b.features : b.features.to(device_);
+      Tensor x = prepare_input(b.features);
       Tensor y = b.labels.device() == device_ ? b.labels : b.labels.to(device_);
       if (micro == 0) optimizer_->zero_grad(true);
       const Tensor out = model_->forward(x);
@@ -435,6 +488,8 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
       }
       samples_this_run += n;
       ++micro;
+      bool step_end = false, step_skipped = false;
+      double step_norm = std::numeric_limits<double>::quiet_NaN();
       const bool last = train.position() >= nb;
       if (micro == accum || last) {
         micro = 0;
@@ -447,7 +502,16 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
         } else {
           optimizer_->step();
         }
-        if (!stepped) ++skipped_;
+        if (!stepped) {
+          ++skipped_;
+          detail::log().warn(
+              "Trainer: step {} (epoch {}, batch {}) skipped: inf/NaN gradients (batch loss {}); "
+              "GradScaler scale now {}, {} skipped steps in all",
+              global_step_ + 1, epoch_, b.index, loss, scaler_->get_scale(), skipped_);
+        }
+        step_end = true;
+        step_skipped = !stepped;
+        step_norm = norm;
         if (std::isfinite(norm)) {
           acc.norm_sum += norm;
           acc.norm_clip_sum += std::min(norm, clip);
@@ -467,6 +531,9 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
         info.lr = current_lr();
         info.elapsed = seconds_since(t0);
         info.samples_per_sec = info.elapsed > 0 ? samples_this_run / info.elapsed : 0.0;
+        info.step_end = step_end;
+        info.skipped = step_skipped;
+        info.grad_norm = step_norm;
         for (auto& cb : callbacks_) cb->on_batch_end(*this, info);
       }
     }
@@ -601,6 +668,7 @@ void Trainer::load(const std::string& path) {
   if (!scheduler_ && config_.scheduler != "none") build_scheduler(spe > 0 ? spe : 1);
   steps_per_epoch_ = spe;
   for (const auto& [name, p] : named) p.value().copy_(c.model.at(name));
+  sync_model_copies();  // the f16/bf16 copies are derived from the masters, not saved
   optimizer_->load_state_dict(*st("optimizer"));
   if (scheduler_) scheduler_->load_state_dict(*st("scheduler"));
   if (scaler_) scaler_->load_state_dict(*st("scaler"));
