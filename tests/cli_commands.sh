@@ -92,6 +92,35 @@ if [ "$mode" = good ]; then
     n=$(grep -c "^$o,$o," "$dir/compare.csv")
     [ "$n" -eq 5 ] || fail "compare.csv: expected 5 epochs of $o, found $n"
   done
+  # col FILE NAME: the values of column NAME (by the header), one per line.
+  col() {
+    awk -F, -v name="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i; next }
+                          c { print $c }' "$1"
+  }
+  head -n 1 "$dir/compare.csv" | grep -q ',base_lr,.*,lr,' ||
+    fail "compare.csv: expected base_lr and lr columns"
+  head -n 1 "$dir/compare.csv" | grep -q 'cur_lr' && fail "compare.csv: cur_lr is gone (lr)"
+  # Without --lrs, base_lr is the config's lr (0.05), and with no scheduler so is every lr.
+  [ "$(col "$dir/compare.csv" base_lr | sort -u)" = "0.05" ] ||
+    fail "compare.csv: base_lr must be the config's 0.05 without --lrs"
+  col "$dir/compare.csv" lr | awk '{ if ($1 != 0.05) bad = 1 } END { exit bad }' ||
+    fail "compare.csv: lr must be 0.05 in every epoch without a scheduler"
+
+  # With --lrs and a cosine schedule: base_lr is the swept value, lr the per-epoch lr.
+  sed 's/"optimizer": "adam"/"optimizer": "sgd", "scheduler": "cosine"/' "$dir/train.json" \
+    >"$dir/cosine.json"
+  run compare --config "$dir/cosine.json" --lrs 0.1,0.02 --out "$dir/compare_lrs.csv"
+  [ "$rc" -eq 0 ] || fail "compare --lrs exited $rc"
+  [ "$(lines "$dir/compare_lrs.csv")" -eq 11 ] || fail "compare_lrs.csv: expected 2 runs x 5 epochs"
+  [ "$(col "$dir/compare_lrs.csv" base_lr | sort -u | tr '\n' ' ')" = "0.02 0.1 " ] ||
+    fail "compare_lrs.csv: base_lr must be the --lrs values"
+  # Per run: lr decreases every epoch, below its base_lr, to 0 at the end of the schedule.
+  awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { if ($i == "base_lr") b = i; if ($i == "lr") l = i }; next }
+    { if ($b == prev_b && !($l < prev_l)) bad = 1
+      if (!($l < $b)) bad = 1
+      prev_b = $b; prev_l = $l }
+    END { if (prev_l > 1e-9) bad = 1; exit bad }' "$dir/compare_lrs.csv" ||
+    fail "compare_lrs.csv: lr is not the per-epoch cosine lr"
   echo "cli good: train, lr-find and compare passed"
   exit 0
 fi
@@ -117,6 +146,16 @@ if [ "$mode" = bad ]; then
 
   config "$dir/good.json" adam
   expect_error 'unknown optimizer "nadam"' compare --config "$dir/good.json" --optimizers nadam
+  # stdout is flushed before the error goes to stderr: the run's header line comes first.
+  head_line=$(grep -n '^== nadam' "$dir/out.log" | cut -d: -f1)
+  err_line=$(grep -n 'unknown optimizer "nadam"' "$dir/out.log" | cut -d: -f1)
+  [ -n "$head_line" ] && [ "$head_line" -lt "$err_line" ] ||
+    fail "compare: the error was printed before the output that preceded it"
+
+  config "$dir/bad_delta.json" adam
+  sed 's/"lr": 0.05/"lr": 0.05, "loss": "huber", "huber_delta": 0/' "$dir/bad_delta.json" \
+    >"$dir/bad_delta2.json"
+  expect_error 'huber_delta must be a finite number > 0' train --config "$dir/bad_delta2.json"
 
   cat >"$dir/no_train.json" <<EOF
 {"optimizer": "adam", "device": "cpu", "data": {"format": "csv"}}

@@ -24,6 +24,7 @@ using namespace trainrt;
 namespace {
 
 int usage(int rc) {
+  if (rc) std::fflush(stdout);
   std::fprintf(rc ? stderr : stdout,
                "usage: trainrt train --config FILE.json\n"
                "       trainrt lr-find --config FILE.json [--start 1e-7] [--end 10] [--iters 100]\n"
@@ -31,8 +32,9 @@ int usage(int rc) {
                "       trainrt compare --config FILE.json [--optimizers sgd,adam,...]\n"
                "                       [--lrs 1e-3,1e-2] [--out compare.csv]\n"
                "  FILE.json: the Trainer keys (optimizer, lr, weight_decay, momentum, betas,\n"
-               "  loss, scheduler, grad_clip, epochs, batch_size, amp, grad_accumulation, seed,\n"
-               "  device, output_dir, max_steps) plus data, model, checkpoint_dir,\n"
+               "  loss, huber_delta, smooth_l1_beta, scheduler, grad_clip, epochs, batch_size,\n"
+               "  amp, grad_accumulation, seed, device, output_dir, max_steps) plus data,\n"
+               "  model, checkpoint_dir,\n"
                "  early_stopping, resume (see the README)\n");
   return rc;
 }
@@ -52,8 +54,11 @@ struct LrFindArgs {
   std::string out = "lr_find.csv";
 };
 
+// history / base_lr: where compare collects the per-epoch metrics and the lr the run started
+// from (the config's after the overrides).
 int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
-          const json& overrides = json(), std::vector<EpochMetrics>* history = nullptr) {
+          const json& overrides = json(), std::vector<EpochMetrics>* history = nullptr,
+          double* base_lr = nullptr) {
   std::ifstream in(path);
   if (!in) throw Error("trainrt: cannot open " + path);
   json j;
@@ -71,6 +76,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
   if (overrides.is_object()) j.update(overrides);
   TrainerConfig cfg = TrainerConfig::from_json(j.dump());
+  if (base_lr) *base_lr = cfg.lr;
 
   std::shared_ptr<TensorDataset> train_ds, val_ds;
   const std::string format = data.value("format", std::string("idx"));
@@ -235,11 +241,19 @@ int main(int argc, char** argv) {
       }
       if (config.empty() || (optimizers.empty() && lrs.empty())) return usage(2);
       if (optimizers.empty()) optimizers.push_back("");
-      if (lrs.empty()) lrs.push_back(0.0);
+      if (lrs.empty()) lrs.push_back(0.0);  // 0: the config's lr
+      // base_lr: the run's starting lr (the --lrs value, else the config's); lr: the lr at the
+      // end of each epoch (after the scheduler), as in metrics.csv.
       std::string csv =
-          "run,optimizer,lr,epoch,global_step,train_loss,train_acc,val_loss,val_acc,"
-          "cur_lr,grad_norm,samples_per_sec\n";
-      auto f = [](double v) { return std::isfinite(v) ? std::to_string(v) : std::string(); };
+          "run,optimizer,base_lr,epoch,global_step,train_loss,train_acc,val_loss,val_acc,lr,"
+          "grad_norm,samples_per_sec\n";
+      // %.9g as metrics.csv (std::to_string's 6 decimals would print an lr of 1e-7 as 0).
+      auto f = [](double v) {
+        if (!std::isfinite(v)) return std::string();
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.9g", v);
+        return std::string(buf);
+      };
       for (const auto& opt : optimizers) {
         for (double lr : lrs) {
           json o = {{"output_dir", ""}};
@@ -249,9 +263,10 @@ int main(int argc, char** argv) {
               (opt.empty() ? std::string("default") : opt) + (lr > 0 ? "@" + f(lr) : std::string());
           std::printf("== %s\n", run.c_str());
           std::vector<EpochMetrics> h;
-          train(config, LrFindArgs(), o, &h);
+          double base_lr = lr;
+          train(config, LrFindArgs(), o, &h, &base_lr);
           for (const auto& m : h)
-            csv += run + "," + opt + "," + f(lr) + "," + std::to_string(m.epoch) + "," +
+            csv += run + "," + opt + "," + f(base_lr) + "," + std::to_string(m.epoch) + "," +
                    std::to_string(m.global_step) + "," + f(m.train_loss) + "," + f(m.train_acc) +
                    "," + f(m.val_loss) + "," + f(m.val_acc) + "," + f(m.lr) + "," + f(m.grad_norm) +
                    "," + f(m.samples_per_sec) + "\n";
@@ -261,9 +276,11 @@ int main(int argc, char** argv) {
       std::printf("curves: %s\n", out.c_str());
       return 0;
     }
+    std::fflush(stdout);
     std::fprintf(stderr, "trainrt: unknown command \"%s\"\n", cmd.c_str());
     return usage(2);
   } catch (const std::exception& e) {
+    std::fflush(stdout);  // what was printed before the error comes first
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }
