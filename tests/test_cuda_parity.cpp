@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "loss_cases.hpp"
+#include "optim_util.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -452,6 +453,107 @@ TEST(CudaParity, DeterministicOnGpu) {
     const Tensor x = make_tensor(uniform(64 * 5000, -5, 5, 43), {64, 5000}, t, gpu);
     EXPECT_EQ(raw_bytes(trainrt::softmax(x)), raw_bytes(trainrt::softmax(x)));
     EXPECT_EQ(raw_bytes(trainrt::log_softmax(x)), raw_bytes(trainrt::log_softmax(x)));
+  }
+}
+
+// ---- multi-tensor apply over more tensors than one launch holds ---------------------------
+
+TEST(CudaParity, ManyTensorsAcrossLaunchesMatchCpu) {
+  REQUIRE_CUDA();
+  // More tensors than one launch's kernel-parameter table holds (kernels/cuda/multi_tensor.cuh:
+  // about 535 for Adam with amsgrad and a model copy, 616 for LAMB, 1557 for the norm and the
+  // scale), zero-element and odd-sized ones among them and one of several chunks, so that the
+  // launches split and the per-chunk / per-tensor workspaces of LAMB and of the norm are
+  // addressed through every launch's offsets.
+  const std::int64_t sizes[] = {0, 1, 3, 4, 5, 17, 129, 255, 1000, 4097};
+  auto shapes_of = [&](int n) {
+    std::vector<Shape> s;
+    for (int i = 0; i < n; ++i) s.push_back({sizes[i % 10]});
+    s[7] = {70001};
+    return s;
+  };
+  const std::vector<Shape> shapes = shapes_of(1700);
+  struct Algo {
+    const char* name;
+    trainrt::optim::HyperParams h;
+    bool copies;
+  };
+  for (const Algo& a : {Algo{"Adam", {{"lr", 0.01}, {"amsgrad", 1}, {"weight_decay", 0.1}}, true},
+                        Algo{"LAMB", {{"lr", 0.01}, {"weight_decay", 0.01}}, true},
+                        Algo{"SGD", {{"lr", 0.05}, {"momentum", 0.9}}, false}}) {
+    SCOPED_TRACE(a.name);
+    std::vector<trainrt::Parameter> pc, pg;
+    for (std::size_t p = 0; p < shapes.size(); ++p) {
+      pc.push_back(trainrt_test::formula_param(shapes[p], static_cast<int>(p), cpu));
+      pg.push_back(trainrt_test::formula_param(shapes[p], static_cast<int>(p), gpu));
+      if (a.copies && p % 3 == 1) {
+        pc[p].set_model_copy(Tensor::empty(shapes[p], DType::bf16, cpu));
+        pg[p].set_model_copy(Tensor::empty(shapes[p], DType::bf16, gpu));
+      }
+    }
+    auto oc = trainrt::optim::make_optimizer(a.name, {trainrt::optim::ParamGroup(pc)}, a.h);
+    auto og = trainrt::optim::make_optimizer(a.name, {trainrt::optim::ParamGroup(pg)}, a.h);
+    for (int k = 0; k < 4; ++k) {
+      for (std::size_t p = 0; p < shapes.size(); ++p) {
+        trainrt_test::set_formula_grad(pc[p], static_cast<int>(p), k);
+        trainrt_test::set_formula_grad(pg[p], static_cast<int>(p), k);
+      }
+      oc->step();
+      og->step();
+    }
+    int bad = 0;
+    for (std::size_t p = 0; p < shapes.size() && bad < 5; ++p) {
+      const std::vector<float> c = trainrt_test::host_f32(pc[p].value());
+      const std::int64_t i =
+          trainrt_test::first_mismatch(trainrt_test::host_f32(pg[p].value()),
+                                       std::vector<double>(c.begin(), c.end()), 1e-5, 1e-6);
+      if (i >= 0) ADD_FAILURE() << "param " << p << " element " << i << " (" << ++bad << ")";
+      EXPECT_EQ(oc->step_count(pc[p]), og->step_count(pg[p])) << "param " << p;
+      if (a.copies && p % 3 == 1) {
+        EXPECT_EQ(pg[p].model_copy().to(DType::f32).to_vector<float>(),
+                  pg[p].value().to(DType::bf16).to(DType::f32).to_vector<float>())
+            << "model copy of param " << p;
+      }
+    }
+  }
+
+  // clip_grad_norm_ (multi_tensor_norm, then multi_tensor_scale) over 3400 grads of mixed
+  // dtypes: 1700 f32 ones (more than one launch), the rest f16 / bf16 / f64.
+  const std::vector<Shape> nshapes = shapes_of(3400);
+  const DType dts[] = {DType::f32, DType::f16, DType::f32, DType::bf16, DType::f64, DType::f32};
+  for (double p : {2.0, kInf, 1.0}) {
+    SCOPED_TRACE("norm_type " + std::to_string(p));
+    std::vector<trainrt::Parameter> pc, pg;
+    std::vector<DType> dt;
+    for (std::size_t i = 0; i < nshapes.size(); ++i) {
+      dt.push_back(i < 1200 ? DType::f32 : dts[i % 6]);
+      const std::int64_t n = trainrt::shape_numel(nshapes[i]);
+      const std::vector<double> g =
+          uniform(static_cast<std::size_t>(n), -1, 1, static_cast<unsigned>(7 + i));
+      for (auto* v : {&pc, &pg}) {
+        const Device d = v == &pc ? cpu : gpu;
+        trainrt::Parameter q(make_tensor(std::vector<double>(g.size(), 0.5), nshapes[i], dt[i], d));
+        q.set_grad(make_tensor(g, nshapes[i], dt[i], d));
+        v->push_back(q);
+      }
+    }
+    const double tc = trainrt::clip_grad_norm_(pc, 0.5, p).item();
+    const double tg = trainrt::clip_grad_norm_(pg, 0.5, p).item();
+    EXPECT_NEAR(tg, tc, 1e-6 * tc);
+    int bad = 0;
+    for (std::size_t i = 0; i < nshapes.size() && bad < 5; ++i) {
+      const std::vector<double> a = pc[i].grad().to_double_vector();
+      const std::vector<double> b = pg[i].grad().to_double_vector();
+      ASSERT_EQ(a.size(), b.size());
+      for (std::size_t j = 0; j < a.size(); ++j) {
+        if (!(std::fabs(b[j] - a[j]) <= tol(dt[i]) * std::fabs(a[j]) + 1e-30)) {
+          ADD_FAILURE() << "grad " << i << " (" << trainrt::dtype_name(dt[i]) << ") element " << j
+                        << ": " << b[j] << " vs " << a[j];
+          ++bad;
+          break;
+        }
+      }
+    }
   }
 }
 

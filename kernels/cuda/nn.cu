@@ -5,6 +5,8 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <limits>
+#include <string>
 
 #include "../common/nn.h"
 #include "cuda_check.h"
@@ -127,6 +129,13 @@ void launch_gemm(DeviceCtx& ctx, const trainrt_gemm_args& a) {
     fail("gemm: unsupported dtypes");
   }
   if (a.m == 0 || a.n == 0) return;
+  // cublasGemmEx takes int dimensions and leading dimensions (all of them <= max(m, n, k)): a
+  // larger size would be truncated silently, so refuse it.
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (a.m < 0 || a.n < 0 || a.k < 0 || a.m > kIntMax || a.n > kIntMax || a.k > kIntMax) {
+    fail("gemm: sizes m=" + std::to_string(a.m) + ", n=" + std::to_string(a.n) +
+         ", k=" + std::to_string(a.k) + " are negative or exceed cuBLAS's int range");
+  }
   cublasHandle_t h = blas_handle(ctx);
   // Row-major C [m, n] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
   const cublasOperation_t ob = a.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
