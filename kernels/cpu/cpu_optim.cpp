@@ -100,10 +100,16 @@ float* fptr(void* const* list, int64_t t, int64_t begin) {
 }
 
 // ---- per-algorithm chunk loops ------------------------------------------------------------
+// kLocalScalars: each chunk loop copies the step's scalars into locals first. Read through the
+// lambda's captured references, they could alias the param / state stores, so the compiler
+// reloaded and re-broadcast every scalar in every vector iteration (about ten extra loads per
+// 16 elements of AdamW); locals stay in registers.
 
 template <bool kL2, bool kMomentum, bool kNesterov>
-int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    const OptimScalars s = s_in;  // locals: see kLocalScalars
+    const GradMul gm = gm_in;
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* buf = kMomentum ? fptr(a->states[0], t, b) : nullptr;
@@ -118,8 +124,10 @@ int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradM
 }
 
 template <bool kL2, bool kDecoupled, bool kAmsgrad>
-int adam_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+int adam_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    const OptimScalars s = s_in;  // locals: see kLocalScalars
+    const GradMul gm = gm_in;
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* m = fptr(a->states[0], t, b);
@@ -138,8 +146,10 @@ int adam_step(const trainrt_optim_step_args* a, const OptimScalars s, const Grad
 }
 
 template <bool kL2, bool kCentered, bool kMomentum>
-int rmsprop_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+int rmsprop_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    const OptimScalars s = s_in;  // locals: see kLocalScalars
+    const GradMul gm = gm_in;
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* sq = fptr(a->states[0], t, b);
@@ -158,8 +168,10 @@ int rmsprop_step(const trainrt_optim_step_args* a, const OptimScalars s, const G
 }
 
 template <bool kL2>
-int adagrad_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+int adagrad_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    const OptimScalars s = s_in;  // locals: see kLocalScalars
+    const GradMul gm = gm_in;
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* sum = fptr(a->states[0], t, b);
@@ -174,8 +186,10 @@ int adagrad_step(const trainrt_optim_step_args* a, const OptimScalars s, const G
 }
 
 template <bool kL2, bool kDecoupled, bool kRectified>
-int radam_step(const trainrt_optim_step_args* a, const OptimScalars s, const GradMul gm) {
+int radam_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
+    const OptimScalars s = s_in;  // locals: see kLocalScalars
+    const GradMul gm = gm_in;
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* m = fptr(a->states[0], t, b);
