@@ -148,6 +148,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("trainrt_version", trainrt::version());
   benchmark::AddCustomContext("cpu_backend", trainrt::device_description(Device::cpu()));
   benchmark::AddCustomContext("omp_max_threads", std::to_string(omp_get_max_threads()));
+  benchmark::AddCustomContext("cpu_gemm", trainrt::cpu_gemm_info());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -163,6 +163,26 @@ class TorchSteps:
         return out
 
 
+def trainrt_coretype():
+    """The OPENBLAS_CORETYPE trainrt sets when it opens OpenBLAS (src/backend/cpu_gemm.cpp):
+    SkylakeX on an Intel CPU with AVX-512 F/BW/DQ/VL, Haswell on one with AVX2 and FMA, else
+    None (OpenBLAS's own choice)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    vendor = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("vendor_id")), "")
+    flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
+    if vendor != "GenuineIntel":
+        return None
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", nargs="?", default="build/bin/bench_train", help="bench_train executable")
@@ -181,7 +201,15 @@ def main():
     ap.add_argument("--out", help="write the report as markdown to this file")
     ap.add_argument("--json-out", help="write all raw measurements as JSON to this file")
     ap.add_argument("--note", action="append", default=[], help="a line to add to the report")
+    ap.add_argument("--torch-openblas", choices=["same", "own"], default="same",
+                    help="same (default): PyTorch's OpenBLAS runs the kernels trainrt picks for this "
+                         "CPU (OPENBLAS_CORETYPE set before torch is imported, unless already set); "
+                         "own: OpenBLAS's own choice (Prescott on CPUs that OpenBLAS 0.3.21 does not know)")
     args = ap.parse_args()
+    core = trainrt_coretype()
+    if args.torch_openblas == "same" and core and "OPENBLAS_CORETYPE" not in os.environ:
+        os.environ["OPENBLAS_CORETYPE"] = core  # read once, when torch loads OpenBLAS
+    torch_blas = os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice")
     import torch  # noqa: PLC0415 - after argument parsing so --help works without torch
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,6 +272,8 @@ def main():
         f"- machine: {machine_description()}",
         f"- trainrt {ctx.get('trainrt_version', '?')}; CPU backend: {ctx.get('cpu_backend', 'unknown')}; "
         f"OpenMP threads {ctx.get('omp_max_threads', '?')}",
+        f"- CPU GEMM: trainrt: {ctx.get('cpu_gemm', 'unknown')}; PyTorch's OpenBLAS: "
+        f"OPENBLAS_CORETYPE={torch_blas} (--torch-openblas {args.torch_openblas})",
         f"- PyTorch {torch.__version__}, torch.set_num_threads({args.threads})",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}",
     ]

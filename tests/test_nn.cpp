@@ -699,3 +699,27 @@ TEST(NnCudaParity, LinearActivationsDropoutMatchCpu) {
 }
 
 }  // namespace
+
+// ---- the CPU GEMM library -----------------------------------------------------------------
+
+TEST(CpuGemm, OpenBlasRunsTheBestKernelsItHasForThisCpu) {
+  // OpenBLAS 0.3.21 falls back to its Prescott (SSE3) kernels on Intel models it does not
+  // know (Sapphire Rapids here); trainrt sets OPENBLAS_CORETYPE before opening it.
+  const std::string info = trainrt::cpu_gemm_info();
+  SCOPED_TRACE(info);
+  ASSERT_NE(info.find("OpenBLAS"), std::string::npos);
+  ASSERT_NE(info.find("kernels "), std::string::npos);
+  if (info.find("set by trainrt") == std::string::npos) {
+    GTEST_SKIP() << "OPENBLAS_CORETYPE came from the environment or OpenBLAS was already loaded";
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    EXPECT_NE(info.find("kernels SkylakeX"), std::string::npos);
+  } else {
+    EXPECT_NE(info.find("kernels Haswell"), std::string::npos);
+  }
+#endif
+  EXPECT_EQ(info.find("Prescott"), std::string::npos);
+}

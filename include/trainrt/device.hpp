@@ -64,4 +64,9 @@ TRAINRT_API std::string load_cuda_backend_from(const std::vector<std::string>& p
 /// Name of the backend serving `device` plus a device description.
 TRAINRT_API std::string device_description(Device device);
 
+/// The CPU GEMM library and the kernels it runs, e.g. "OpenBLAS 0.3.21 ... DYNAMIC_ARCH ...;
+/// kernels SkylakeX (OPENBLAS_CORETYPE=SkylakeX set by trainrt)", or why it cannot be loaded.
+/// Opens OpenBLAS if no GEMM has yet (README, "CPU GEMM and OpenBLAS").
+TRAINRT_API std::string cpu_gemm_info();
+
 }  // namespace trainrt

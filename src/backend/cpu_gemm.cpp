@@ -7,7 +7,18 @@
 // the other works (measured: 2-3x slower steps on 2 busy cores). So OpenBLAS is kept at one
 // thread and a large GEMM is split by the OpenMP team into row (or column) blocks of C, one
 // single-threaded OpenBLAS call per block: one pool, sized by OMP_NUM_THREADS.
+//
+// Loading. OpenBLAS is opened with dlopen at the first GEMM rather than linked: its
+// DYNAMIC_ARCH build picks its kernels once, in its load-time constructor, from the CPU model,
+// and 0.3.21 (Debian 12) does not know recent Intel models: on this machine's Sapphire Rapids
+// it falls back to its Prescott (SSE3) kernels, 3.5x slower than its AVX-512 ones. The only
+// way to choose is OPENBLAS_CORETYPE, read by that constructor, so it must be set before
+// OpenBLAS is loaded. When the variable is unset and OpenBLAS is not loaded yet, trainrt sets
+// it for Intel CPUs to the best kernel family the CPU supports (SkylakeX with AVX-512, Haswell
+// with AVX2 + FMA; those are what OpenBLAS uses for every newer Intel core it knows) and
+// leaves every other case to OpenBLAS. See docs/DESIGN-NOTES.md, "OpenBLAS kernels".
 #include <cblas.h>
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -31,9 +42,71 @@ struct HostBuffer {
   HostBuffer& operator=(const HostBuffer&) = delete;
 };
 
-void init_threads() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
+struct Blas {
+  decltype(&cblas_sgemm) sgemm = nullptr;
+  decltype(&cblas_dgemm) dgemm = nullptr;
+  std::string info;   // for cpu_gemm_info()
+  std::string error;  // why OpenBLAS could not be used ("" when it can)
+};
+
+/// The OPENBLAS_CORETYPE trainrt chooses for this CPU ("" to leave it to OpenBLAS).
+const char* preferred_coretype() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (!__builtin_cpu_is("intel")) return "";
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return "";
+}
+
+Blas load_blas() {
+  Blas b;
+  const char* soname = "libopenblas.so.0";
+  std::string how;
+  const char* env = std::getenv("OPENBLAS_CORETYPE");
+  void* loaded = dlopen(soname, RTLD_NOW | RTLD_NOLOAD);
+  if (loaded != nullptr) {
+    how = "already loaded by the process: its own choice";
+    dlclose(loaded);
+  } else if (env != nullptr) {
+    how = fmt::format("OPENBLAS_CORETYPE={} from the environment", env);
+  } else if (*preferred_coretype() != '\0') {
+    // Before dlopen: OpenBLAS reads it in its constructor, once.
+    ::setenv("OPENBLAS_CORETYPE", preferred_coretype(), 0);
+    how = fmt::format("OPENBLAS_CORETYPE={} set by trainrt", preferred_coretype());
+  } else {
+    how = "OpenBLAS's own choice";
+  }
+  void* h = dlopen(soname, RTLD_NOW | RTLD_GLOBAL);
+  if (h == nullptr) {
+    const char* e = dlerror();
+    b.error = fmt::format("the CPU GEMM needs OpenBLAS ({}; Debian: libopenblas0): {}", soname,
+                          e ? e : "dlopen failed");
+    return b;
+  }
+  b.sgemm = reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(h, "cblas_sgemm"));
+  b.dgemm = reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(h, "cblas_dgemm"));
+  auto set_threads = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"));
+  auto corename = reinterpret_cast<char* (*)()>(dlsym(h, "openblas_get_corename"));
+  auto config = reinterpret_cast<char* (*)()>(dlsym(h, "openblas_get_config"));
+  if (b.sgemm == nullptr || b.dgemm == nullptr || set_threads == nullptr) {
+    b.error = fmt::format("{} lacks cblas_sgemm, cblas_dgemm or openblas_set_num_threads", soname);
+    return b;
+  }
+  set_threads(1);  // see "Threads" above
+  const char* core = corename ? corename() : nullptr;
+  const char* cfg = config ? config() : nullptr;
+  b.info = fmt::format("{}; kernels {} ({})", cfg ? cfg : soname, core ? core : "unknown", how);
+  log().debug("CPU GEMM: {}", b.info);
+  return b;
+}
+
+const Blas& blas() {
+  static const Blas b = load_blas();
+  return b;
 }
 
 // Below this many multiply-adds one call on the calling thread is faster than a team.
@@ -75,7 +148,11 @@ void blocked_gemm(Gemm gemm, bool ta, bool tb, int64_t m, int64_t n, int64_t k, 
 }  // namespace
 
 int cpu_gemm_impl(const trainrt_gemm_args* a, std::string& err) {
-  init_threads();
+  const Blas& lib = blas();
+  if (!lib.error.empty()) {
+    err = "gemm: " + lib.error;
+    return 1;
+  }
   const int32_t ab = a->ab_dtype, cd = a->c_dtype;
   const bool half = ab == TRAINRT_F16 || ab == TRAINRT_BF16;
   if (!(ab == TRAINRT_F32 || ab == TRAINRT_F64 || half) ||
@@ -90,7 +167,7 @@ int cpu_gemm_impl(const trainrt_gemm_args* a, std::string& err) {
   const int64_t ldb = std::max<int64_t>(1, a->trans_b ? k : n);
   const bool ta = a->trans_a != 0, tb = a->trans_b != 0;
   if (ab == TRAINRT_F64) {
-    blocked_gemm<double>(&cblas_dgemm, ta, tb, m, n, k, a->alpha, static_cast<const double*>(a->a),
+    blocked_gemm<double>(lib.dgemm, ta, tb, m, n, k, a->alpha, static_cast<const double*>(a->a),
                          lda, static_cast<const double*>(a->b), ldb, a->beta,
                          static_cast<double*>(a->c));
     return 0;
@@ -121,11 +198,17 @@ int cpu_gemm_impl(const trainrt_gemm_args* a, std::string& err) {
       pc = static_cast<float*>(wc->p);
     }
   }
-  blocked_gemm<float>(&cblas_sgemm, ta, tb, m, n, k, static_cast<float>(a->alpha), pa, lda, pb, ldb,
+  blocked_gemm<float>(lib.sgemm, ta, tb, m, n, k, static_cast<float>(a->alpha), pa, lda, pb, ldb,
                       static_cast<float>(a->beta), pc);
   if (wc) cpu::kernels().cast(wc->p, TRAINRT_F32, a->c, cd, m * n);
   return 0;
 }
 
 }  // namespace detail
+
+std::string cpu_gemm_info() {
+  const detail::Blas& b = detail::blas();
+  return b.error.empty() ? b.info : b.error;
+}
+
 }  // namespace trainrt
