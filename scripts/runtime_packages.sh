@@ -4,7 +4,9 @@
 # installed, and of the programs in bin/ (libraries inside the prefix itself excluded). The
 # slim runtime stages of docker/Dockerfile.cpu and docker/Dockerfile.cuda install exactly
 # these; scripts/ci_install_check.sh runs it on every install it checks. Libraries that belong
-# to no package (a CUDA toolkit unpacked by hand) are named on stderr and left out.
+# to no package (a CUDA toolkit unpacked by hand) are named on stderr and left out. Libraries
+# trainrt opens with dlopen are not in ldd's list and are added by soname: libopenblas.so.0
+# (the CPU GEMM, src/backend/cpu_gemm.cpp).
 #   scripts/runtime_packages.sh PREFIX
 set -euo pipefail
 prefix=$(realpath "$1")
@@ -18,7 +20,18 @@ if echo "$deps" | grep -F "not found" >&2; then
   echo "runtime_packages: unresolved libraries (above)" >&2
   exit 1
 fi
-echo "$deps" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u | while read -r lib; do
+# Opened with dlopen by libtrainrt: resolved as the loader would (ld.so.cache).
+dlopened=""
+for soname in libopenblas.so.0; do
+  path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s && /x86-64|AArch64|64bit/ { print $NF; exit }')
+  [ -n "$path" ] || path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s { print $NF; exit }')
+  if [ -z "$path" ]; then
+    echo "runtime_packages: $soname (opened by libtrainrt at run time) is not installed" >&2
+    exit 1
+  fi
+  dlopened+="$soname => $path (dlopen)"$'\n'
+done
+printf '%s\n%s' "$deps" "$dlopened" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u | while read -r lib; do
   real=$(realpath "$lib")
   case "$real" in "$prefix"/*) continue ;; esac
   pkg=""
