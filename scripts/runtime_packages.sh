@@ -23,8 +23,9 @@ fi
 # Opened with dlopen by libtrainrt: resolved as the loader would (ld.so.cache).
 dlopened=""
 for soname in libopenblas.so.0; do
-  path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s && /x86-64|AArch64|64bit/ { print $NF; exit }')
-  [ -n "$path" ] || path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s { print $NF; exit }')
+  # (awk reads everything: an early exit would kill ldconfig with SIGPIPE under pipefail)
+  path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s && /x86-64|AArch64|64bit/ && !p { p = $NF } END { print p }')
+  [ -n "$path" ] || path=$(ldconfig -p 2> /dev/null | awk -v s="$soname" '$1 == s && !p { p = $NF } END { print p }')
   if [ -z "$path" ]; then
     echo "runtime_packages: $soname (opened by libtrainrt at run time) is not installed" >&2
     exit 1
