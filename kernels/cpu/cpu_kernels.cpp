@@ -312,6 +312,24 @@ bool is_float_dt(int32_t dt) {
 // ----------------------------------------------------------------------------------------
 // softmax
 // ----------------------------------------------------------------------------------------
+/// One f32 row of softmax / log_softmax into out (one exponential per element; see
+/// row_max_sum_store). bmax: scratch for the block maxima.
+void softmax_row_f32(const float* z, int64_t C, float* out, float* bmax, bool log) {
+  if (log) {  // (z - max) - log(sum): an f32 lse = max + log(sum) would round at large max
+    const MaxSum<float> st = row_max_sum(z, C);
+    const float m = st.m, ls = log_acc(st.s);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) out[c] = (z[c] - m) - ls;
+    return;
+  }
+  const MaxSum<float> st = row_max_sum_store(z, C, out, bmax);
+  if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
+    for (int64_t c = 0; c < C; ++c) out[c] = NAN;
+    return;
+  }
+  row_rescale(out, C, bmax, st.m, 1.0f / st.s, 0.0f);
+}
+
 template <class T>
 void softmax_fwd(const trainrt_softmax_args* a) {
   using A = typename acc_type<T>::type;
@@ -319,6 +337,30 @@ void softmax_fwd(const trainrt_softmax_args* a) {
   T* y = (T*)a->out;
   const int64_t R = a->rows, C = a->cols;
   const bool log = a->log != 0;
+  if constexpr (sizeof(A) == sizeof(float)) {
+    // f16 / bf16: the row widened to f32, the f32 row path into a scratch row, one rounding
+    // pass out.
+#pragma omp parallel if (R * C > kParallelMin)
+    {
+      float* buf = (float*)malloc((size_t)(C > 0 ? 2 * C : 1) * sizeof(float));
+      float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < R; ++r) {
+        const T* xr = x + r * C;
+        T* yr = y + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) buf[c] = load<float>(xr, c);
+        prefetch_next(xr, C);  // the next row's reads overlap this row's arithmetic
+        softmax_row_f32(buf, C, buf + C, bmax, log);
+        const float* e = buf + C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) store<float>(yr, c, e[c]);
+      }
+      free(bmax);
+      free(buf);
+    }
+    return;
+  }
 #pragma omp parallel if (R * C > kParallelMin)
   {
     A* buf = (A*)malloc((size_t)(C > 0 ? C : 1) * sizeof(A));
@@ -350,23 +392,7 @@ void softmax_fwd<float>(const trainrt_softmax_args* a) {
   {
     float* bmax = (float*)malloc((size_t)(num_blocks(C) + 1) * sizeof(float));
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-      const float* z = x + r * C;
-      float* yr = y + r * C;
-      if (log) {  // (z - max) - log(sum), see softmax_fwd
-        const MaxSum<float> st = row_max_sum(z, C);
-        const float m = st.m, ls = log_acc(st.s);
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = (z[c] - m) - ls;
-      } else {
-        const MaxSum<float> st = row_max_sum_store(z, C, yr, bmax);
-        if (!(st.s > 0.0f)) {  // a NaN in the row, or a row of all -inf
-          for (int64_t c = 0; c < C; ++c) yr[c] = NAN;
-          continue;
-        }
-        row_rescale(yr, C, bmax, st.m, 1.0f / st.s, 0.0f);
-      }
-    }
+    for (int64_t r = 0; r < R; ++r) softmax_row_f32(x + r * C, C, y + r * C, bmax, log);
     free(bmax);
   }
 }
@@ -641,6 +667,7 @@ int cross_entropy_t(const trainrt_cross_entropy_args* a, DataError* err) {
           const A v = load<A>(xr, c);
           zbuf[c] = s.softcap != A(0) ? softcap_apply(v, s.softcap) : v;
         }
+        prefetch_next(xr, C);  // the next row's reads overlap this row's arithmetic
         z = zbuf;
       } else {
         z = (const A*)(const void*)xr;
