@@ -74,41 +74,11 @@ void write_model_copy(const float* p, void* copy, int32_t dtype, int64_t n) {
   }
 }
 
-/// Runs fn(tensor index, begin, len) over every chunk of the step's tensors, in parallel, and
-/// writes the model copies of each chunk right after it (while it is in cache).
-template <class F>
-int for_each_step_chunk(const trainrt_optim_step_args* a, F fn) {
-  int64_t n_chunks = 0, total = 0;
-  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
-  if (n_chunks > 0 && chunks == nullptr) return 2;
-#pragma omp parallel for schedule(static) if (total > kChunk)
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    const Chunk ch = chunks[c];
-    fn(ch.tensor, ch.begin, ch.len);
-    if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
-      const float* p = (const float*)a->params[ch.tensor] + ch.begin;
-      void* d = (char*)a->model_copies[ch.tensor] + ch.begin * 2;
-      write_model_copy(p, d, a->model_dtype, ch.len);
-    }
-  }
-  free(chunks);
-  return 0;
-}
-
-float* fptr(void* const* list, int64_t t, int64_t begin) {
-  return list == nullptr ? nullptr : (float*)list[t] + begin;
-}
-
-// ---- per-algorithm chunk loops ------------------------------------------------------------
-// kLocalScalars: each chunk loop copies the step's scalars into locals first. Read through the
-// lambda's captured references, they could alias the param / state stores, so the compiler
-// reloaded and re-broadcast every scalar in every vector iteration (about ten extra loads per
-// 16 elements of AdamW); locals stay in registers.
-//
-// kPrefetch: each chunk loop runs in sub-blocks of kPfBlock elements and, before a sub-block,
-// prefetches every array it touches kPfDist elements ahead. The hardware prefetcher alone kept
-// too few lines in flight for 4-7 concurrent streams per core: AdamW over 16M params went from
-// 1.22x the plain ceiling loop to about 1.0x (bench/NOTES.md).
+// kPrefetch: for_each_step_chunk hands each chunk to the algorithm in sub-blocks of kPfBlock
+// elements and, before a sub-block, prefetches the param, grad and state arrays kPfDist
+// elements ahead. The hardware prefetcher alone kept too few lines in flight for 4-7
+// concurrent streams per core: AdamW over 16M params went from 1.22x the plain ceiling loop to
+// about 1.0x (bench/NOTES.md).
 constexpr int64_t kPfBlock = 256;  // elements (1 KiB of f32 per array)
 constexpr int64_t kPfDist = 256;   // how far ahead, in elements
 
@@ -129,6 +99,46 @@ __attribute__((always_inline)) inline void prefetch_ahead(int64_t i0, int64_t i1
   }
 }
 
+float* fptr(void* const* list, int64_t t, int64_t begin) {
+  return list == nullptr ? nullptr : (float*)list[t] + begin;
+}
+
+/// Runs fn(tensor index, begin, len) over every chunk of the step's tensors, in parallel, in
+/// sub-blocks with the arrays prefetched ahead (kPrefetch), and writes the model copies of each
+/// chunk right after it (while it is in cache).
+template <class F>
+int for_each_step_chunk(const trainrt_optim_step_args* a, F fn) {
+  int64_t n_chunks = 0, total = 0;
+  Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
+  if (n_chunks > 0 && chunks == nullptr) return 2;
+#pragma omp parallel for schedule(static) if (total > kChunk)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const Chunk ch = chunks[c];
+    const float* g = (const float*)a->grads[ch.tensor] + ch.begin;
+    float* p = fptr(a->params, ch.tensor, ch.begin);
+    float* s0 = fptr(a->states[0], ch.tensor, ch.begin);
+    float* s1 = fptr(a->states[1], ch.tensor, ch.begin);
+    float* s2 = fptr(a->states[2], ch.tensor, ch.begin);
+    for (int64_t i0 = 0; i0 < ch.len; i0 += kPfBlock) {
+      const int64_t i1 = pf_block_end(i0, ch.len);
+      prefetch_ahead(i0, i1, ch.len, g, p, s0, s1, s2);
+      fn(ch.tensor, ch.begin + i0, i1 - i0);
+    }
+    if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
+      void* d = (char*)a->model_copies[ch.tensor] + ch.begin * 2;
+      write_model_copy(p, d, a->model_dtype, ch.len);
+    }
+  }
+  free(chunks);
+  return 0;
+}
+
+// ---- per-algorithm chunk loops ------------------------------------------------------------
+// kLocalScalars: each chunk loop copies the step's scalars into locals first. Read through the
+// lambda's captured references, they could alias the param / state stores, so the compiler
+// reloaded and re-broadcast every scalar in every vector iteration (about ten extra loads per
+// 16 elements of AdamW); locals stay in registers.
+
 template <bool kL2, bool kMomentum, bool kNesterov>
 int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const GradMul gm_in) {
   return for_each_step_chunk(a, [&](int64_t t, int64_t b, int64_t n) {
@@ -137,16 +147,12 @@ int sgd_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const Gr
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* buf = kMomentum ? fptr(a->states[0], t, b) : nullptr;
-    for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-      const int64_t i1 = pf_block_end(i0, n);
-      prefetch_ahead(i0, i1, n, g, p, buf);
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        float pi = p[i], bi = kMomentum ? buf[i] : 0.0f;
-        sgd_update<kL2, kMomentum, kNesterov>(pi, effective_grad<false>(g[i], gm), bi, s);
-        p[i] = pi;
-        if (kMomentum) buf[i] = bi;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], bi = kMomentum ? buf[i] : 0.0f;
+      sgd_update<kL2, kMomentum, kNesterov>(pi, effective_grad<false>(g[i], gm), bi, s);
+      p[i] = pi;
+      if (kMomentum) buf[i] = bi;
     }
   });
 }
@@ -161,18 +167,14 @@ int adam_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const G
     float* m = fptr(a->states[0], t, b);
     float* v = fptr(a->states[1], t, b);
     float* vmax = kAmsgrad ? fptr(a->states[2], t, b) : nullptr;
-    for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-      const int64_t i1 = pf_block_end(i0, n);
-      prefetch_ahead(i0, i1, n, g, p, m, v, vmax);
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        float pi = p[i], mi = m[i], vi = v[i], wi = kAmsgrad ? vmax[i] : 0.0f;
-        adam_update<kL2, kDecoupled, kAmsgrad>(pi, effective_grad<false>(g[i], gm), mi, vi, wi, s);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
-        if (kAmsgrad) vmax[i] = wi;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], mi = m[i], vi = v[i], wi = kAmsgrad ? vmax[i] : 0.0f;
+      adam_update<kL2, kDecoupled, kAmsgrad>(pi, effective_grad<false>(g[i], gm), mi, vi, wi, s);
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
+      if (kAmsgrad) vmax[i] = wi;
     }
   });
 }
@@ -187,19 +189,14 @@ int rmsprop_step(const trainrt_optim_step_args* a, const OptimScalars s_in, cons
     float* sq = fptr(a->states[0], t, b);
     float* buf = kMomentum ? fptr(a->states[1], t, b) : nullptr;
     float* ga = kCentered ? fptr(a->states[2], t, b) : nullptr;
-    for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-      const int64_t i1 = pf_block_end(i0, n);
-      prefetch_ahead(i0, i1, n, g, p, sq, buf, ga);
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        float pi = p[i], si = sq[i], bi = kMomentum ? buf[i] : 0.0f, ai = kCentered ? ga[i] : 0.0f;
-        rmsprop_update<kL2, kCentered, kMomentum>(pi, effective_grad<false>(g[i], gm), si, bi, ai,
-                                                  s);
-        p[i] = pi;
-        sq[i] = si;
-        if (kMomentum) buf[i] = bi;
-        if (kCentered) ga[i] = ai;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], si = sq[i], bi = kMomentum ? buf[i] : 0.0f, ai = kCentered ? ga[i] : 0.0f;
+      rmsprop_update<kL2, kCentered, kMomentum>(pi, effective_grad<false>(g[i], gm), si, bi, ai, s);
+      p[i] = pi;
+      sq[i] = si;
+      if (kMomentum) buf[i] = bi;
+      if (kCentered) ga[i] = ai;
     }
   });
 }
@@ -212,16 +209,12 @@ int adagrad_step(const trainrt_optim_step_args* a, const OptimScalars s_in, cons
     float* p = fptr(a->params, t, b);
     const float* g = (const float*)a->grads[t] + b;
     float* sum = fptr(a->states[0], t, b);
-    for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-      const int64_t i1 = pf_block_end(i0, n);
-      prefetch_ahead(i0, i1, n, g, p, sum);
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        float pi = p[i], si = sum[i];
-        adagrad_update<kL2>(pi, effective_grad<false>(g[i], gm), si, s);
-        p[i] = pi;
-        sum[i] = si;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], si = sum[i];
+      adagrad_update<kL2>(pi, effective_grad<false>(g[i], gm), si, s);
+      p[i] = pi;
+      sum[i] = si;
     }
   });
 }
@@ -235,17 +228,13 @@ int radam_step(const trainrt_optim_step_args* a, const OptimScalars s_in, const 
     const float* g = (const float*)a->grads[t] + b;
     float* m = fptr(a->states[0], t, b);
     float* v = fptr(a->states[1], t, b);
-    for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-      const int64_t i1 = pf_block_end(i0, n);
-      prefetch_ahead(i0, i1, n, g, p, m, v);
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        float pi = p[i], mi = m[i], vi = v[i];
-        radam_update<kL2, kDecoupled, kRectified>(pi, effective_grad<false>(g[i], gm), mi, vi, s);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], mi = m[i], vi = v[i];
+      radam_update<kL2, kDecoupled, kRectified>(pi, effective_grad<false>(g[i], gm), mi, vi, s);
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
     }
   });
 }
