@@ -45,6 +45,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -163,24 +164,19 @@ class TorchSteps:
         return out
 
 
-def trainrt_coretype():
-    """The OPENBLAS_CORETYPE trainrt sets when it opens OpenBLAS (src/backend/cpu_gemm.cpp):
-    SkylakeX on an Intel CPU with AVX-512 F/BW/DQ/VL, Haswell on one with AVX2 and FMA, else
-    None (OpenBLAS's own choice)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return None
-    vendor = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("vendor_id")), "")
-    flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
-    if vendor != "GenuineIntel":
-        return None
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
-        return "SkylakeX"
-    if {"avx2", "fma"} <= flags:
-        return "Haswell"
-    return None
+def trainrt_coretype(bench):
+    """The OPENBLAS_CORETYPE trainrt itself sets when it opens OpenBLAS (src/backend/cpu_gemm.cpp),
+    read from bench_train's context (trainrt::cpu_gemm_info()) after one short run, or None
+    when trainrt leaves the choice to OpenBLAS."""
+    cmd = [bench, "--benchmark_format=json", "--benchmark_filter=train_step_sgd/cpu",
+           "--benchmark_min_time=0.01"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{bench} failed with exit status {proc.returncode}")
+    info = json.loads(proc.stdout).get("context", {}).get("cpu_gemm", "")
+    m = re.search(r"OPENBLAS_CORETYPE=(\w+) set by trainrt", info)
+    return m.group(1) if m else None
 
 
 def main():
@@ -206,7 +202,7 @@ def main():
                          "CPU (OPENBLAS_CORETYPE set before torch is imported, unless already set); "
                          "own: OpenBLAS's own choice (Prescott on CPUs that OpenBLAS 0.3.21 does not know)")
     args = ap.parse_args()
-    core = trainrt_coretype()
+    core = trainrt_coretype(args.bench)
     if args.torch_openblas == "same" and core and "OPENBLAS_CORETYPE" not in os.environ:
         os.environ["OPENBLAS_CORETYPE"] = core  # read once, when torch loads OpenBLAS
     torch_blas = os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice")

@@ -144,3 +144,17 @@ function(trainrt_add_example_tests)
   endif()
 endfunction()
 cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL trainrt_add_example_tests)
+
+# An unusable OpenBLAS, in a fresh process (the library is opened once): a missing file, and a
+# library without the CBLAS symbols (zlib). CpuGemmEnv.* skips unless TRAINRT_OPENBLAS is set,
+# so the regular expression makes a skipped or missing test fail here.
+add_test(NAME cpu_gemm_openblas_missing COMMAND test_nn --gtest_filter=CpuGemmEnv.*)
+set_tests_properties(cpu_gemm_openblas_missing PROPERTIES
+  ENVIRONMENT "TRAINRT_OPENBLAS=${CMAKE_BINARY_DIR}/no_such_dir/libopenblas.so.0;TRAINRT_TEST_EXPECT_REASON=the CPU GEMM needs OpenBLAS"
+  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+  TIMEOUT 60)
+add_test(NAME cpu_gemm_openblas_not_openblas COMMAND test_nn --gtest_filter=CpuGemmEnv.*)
+set_tests_properties(cpu_gemm_openblas_not_openblas PROPERTIES
+  ENVIRONMENT "TRAINRT_OPENBLAS=libz.so.1;TRAINRT_TEST_EXPECT_REASON=lacks cblas_sgemm"
+  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+  TIMEOUT 60)

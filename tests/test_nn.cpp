@@ -723,3 +723,27 @@ TEST(CpuGemm, OpenBlasRunsTheBestKernelsItHasForThisCpu) {
 #endif
   EXPECT_EQ(info.find("Prescott"), std::string::npos);
 }
+
+TEST(CpuGemmEnv, AnUnusableOpenBlasIsAClearError) {
+  // Run by the ctests cpu_gemm_openblas_* with TRAINRT_OPENBLAS naming a library that is
+  // missing or is not OpenBLAS: GEMMs fail with trainrt::Error naming the problem, the rest of
+  // the CPU backend keeps working.
+  const char* lib = std::getenv("TRAINRT_OPENBLAS");
+  const char* expect = std::getenv("TRAINRT_TEST_EXPECT_REASON");
+  if (lib == nullptr || expect == nullptr) {
+    GTEST_SKIP() << "needs TRAINRT_OPENBLAS and TRAINRT_TEST_EXPECT_REASON (see extra_tests.cmake)";
+  }
+  const std::string info = trainrt::cpu_gemm_info();
+  EXPECT_NE(info.find(lib), std::string::npos) << info;
+  EXPECT_NE(info.find(expect), std::string::npos) << info;
+  nn::Linear lin(3, 2);
+  const Tensor x = make_tensor(Vec(6, 1.0), {2, 3}, DType::f32, Device::cpu());
+  try {
+    lin.forward(x);
+    ADD_FAILURE() << "a GEMM ran without OpenBLAS";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << e.what();
+  }
+  const Vec y = trainrt::softmax(x).to_double_vector();
+  for (double v : y) EXPECT_NEAR(v, 1.0 / 3.0, 1e-7);
+}

@@ -17,6 +17,7 @@
 // it for Intel CPUs to the best kernel family the CPU supports (SkylakeX with AVX-512, Haswell
 // with AVX2 + FMA; those are what OpenBLAS uses for every newer Intel core it knows) and
 // leaves every other case to OpenBLAS. See docs/DESIGN-NOTES.md, "OpenBLAS kernels".
+// TRAINRT_OPENBLAS names another library to open instead of libopenblas.so.0.
 #include <cblas.h>
 #include <dlfcn.h>
 #include <omp.h>
@@ -64,7 +65,9 @@ const char* preferred_coretype() {
 
 Blas load_blas() {
   Blas b;
-  const char* soname = "libopenblas.so.0";
+  // TRAINRT_OPENBLAS: another OpenBLAS build to open (a file name or a path).
+  const char* named = std::getenv("TRAINRT_OPENBLAS");
+  const char* soname = named != nullptr && *named != '\0' ? named : "libopenblas.so.0";
   std::string how;
   const char* env = std::getenv("OPENBLAS_CORETYPE");
   void* loaded = dlopen(soname, RTLD_NOW | RTLD_NOLOAD);
