@@ -5,6 +5,7 @@
 //   sgd_momentum   SGD momentum 0.9, wd 1e-4: read p, g, buf; write p, buf = 20 B/param
 //   clip_adamw     clip_grad_norm_(optimizer, 1.0) + AdamW step: the norm reads g (4 B) and the
 //                  coefficient is folded into the step: 32 B/param, no extra write pass
+//   grad_norm      trainrt::grad_norm(params): the norm's read pass alone (4 B/param)
 //   clip_params_adamw  PyTorch's way for comparison: clip_grad_norm_(params) writes the grads
 //                  (4 + 8 B) before the step: 40 B/param
 //   ceiling_adamw  a loop with the AdamW access pattern (4 arrays read, 3 written, trivial math)
@@ -12,6 +13,8 @@
 //   ceiling_read   a read-only sum of squares (the norm's pass), rotating among buffers that
 //                  together exceed the last-level cache
 //   ceiling_clip_adamw  the clip + step sequence: a read pass over g, then the AdamW pattern
+//   ceiling_norm   the same read-only sum of squares over one buffer, again and again (as
+//                  grad_norm reads the same grads at every iteration)
 // Each result reports bytes/s; compare_optim.py divides them into ratios. Inputs are random;
 // 16M params x 4 arrays are far larger than any cache, so every pass goes to memory.
 // CUDA timings synchronise the device after each step (UseManualTime around the step).
@@ -113,6 +116,11 @@ void bm_clip_adamw(benchmark::State& state, Device dev, int tensors) {
     trainrt::clip_grad_norm_(opt, 1.0);  // the grads' norm is ~23: clipping is active
     opt.step();
   });
+}
+
+void bm_grad_norm(benchmark::State& state, Device dev, int tensors) {
+  std::vector<Parameter> ps = make_params(tensors, dev);
+  run(state, dev, 4.0 * total_params(), [&] { trainrt::grad_norm(ps); });
 }
 
 void bm_clip_params_adamw(benchmark::State& state, Device dev, int tensors) {
@@ -248,6 +256,14 @@ void bm_ceiling_clip_adamw(benchmark::State& state) {
   benchmark::DoNotOptimize(sink);
 }
 
+void bm_ceiling_norm(benchmark::State& state) {
+  Arrays& x = ceiling_arrays();
+  const std::int64_t n = total_params();
+  double sink = 0.0;
+  run(state, Device::cpu(), 4.0 * n, [&] { sink += ceiling_read_pass(x.b.data(), n); });
+  benchmark::DoNotOptimize(sink);
+}
+
 void bm_ceiling_read(benchmark::State& state) {
   // Rotates among buffers larger than the last-level cache together (6 x 64 MiB at 16M
   // params), so the read comes from memory, as the grads' read before a step does.
@@ -280,6 +296,8 @@ void register_all() {
           benchmark::RegisterBenchmark(("sgd_momentum" + suffix).c_str(), bm_sgd, dev, tensors));
       regs.push_back(benchmark::RegisterBenchmark(("clip_adamw" + suffix).c_str(), bm_clip_adamw,
                                                   dev, tensors));
+      regs.push_back(
+          benchmark::RegisterBenchmark(("grad_norm" + suffix).c_str(), bm_grad_norm, dev, tensors));
       regs.push_back(benchmark::RegisterBenchmark(("clip_params_adamw" + suffix).c_str(),
                                                   bm_clip_params_adamw, dev, tensors));
     }
@@ -288,6 +306,7 @@ void register_all() {
   regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd/cpu", bm_ceiling_sgd));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_read/cpu", bm_ceiling_read));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_clip_adamw/cpu", bm_ceiling_clip_adamw));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_norm/cpu", bm_ceiling_norm));
   for (benchmark::internal::Benchmark* b : regs) {
     b->UseManualTime()->Unit(benchmark::kMillisecond);
   }
