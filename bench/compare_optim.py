@@ -239,7 +239,8 @@ def main():
         "",
         "clip + step / step alone (trainrt, best times): " + ", ".join(clip_ratio_min) + ".",
         "",
-        "trainrt's clip in PyTorch's way (clip_grad_norm_(params) writes the grads, then the step): "
+        "trainrt's clip in PyTorch's way (clip_grad_norm_(params) writes the grads, then the step; "
+        "the grads are restored, untimed, before each): "
         + ", ".join("%s %.1f ms" % (k.split("/")[2], trm[k]) for k in extra) + ".",
         "",
         "Ceilings (same run): " + ", ".join("%s %.1f ms" % (k.split("/")[0], v) for k, v in sorted(trm.items())
