@@ -7,7 +7,8 @@
 //                  coefficient is folded into the step: 32 B/param, no extra write pass
 //   grad_norm      trainrt::grad_norm(params): the norm's read pass alone (4 B/param)
 //   clip_params_adamw  PyTorch's way for comparison: clip_grad_norm_(params) writes the grads
-//                  (4 + 8 B) before the step: 40 B/param; the grads are restored (untimed) before each
+//                  (4 + 8 B) before the step: 40 B/param; the grads are restored (untimed) before
+//                  each
 //   ceiling_adamw  a loop with the AdamW access pattern (4 arrays read, 3 written, trivial math)
 //   ceiling_sgd    the same for SGD (3 read, 2 written)
 //   ceiling_read   a read-only sum of squares (the norm's pass), rotating among buffers that
@@ -15,6 +16,8 @@
 //   ceiling_clip_adamw  the clip + step sequence: a read pass over g, then the AdamW pattern
 //   ceiling_norm   the same read-only sum of squares over one buffer, again and again (as
 //                  grad_norm reads the same grads at every iteration)
+//   ceiling_*_hw   each ceiling loop without software prefetches (the hardware prefetcher
+//                  alone); compare_optim.py takes the faster form as the ceiling
 // Each result reports bytes/s; compare_optim.py divides them into ratios. Inputs are random;
 // 16M params x 4 arrays are far larger than any cache, so every pass goes to memory.
 // CUDA timings synchronise the device after each step (UseManualTime around the step).
@@ -182,13 +185,18 @@ Arrays& ceiling_arrays() {
 #define TRAINRT_BENCH_CLONES
 #endif
 
-// The loops run in blocks of kPfBlock elements and prefetch kPfBlock elements ahead, as the
-// library's step and norm loops do (kernels/cpu/cpu_optim.cpp, kPrefetch): on this machine the
-// hardware prefetcher alone leaves a multi-stream loop well short of the memory system's
-// bandwidth, and a ceiling must be the best simple loop, not a handicapped one.
+// Each loop comes in two forms: blocks of kPfBlock elements with software prefetches kPfBlock
+// elements ahead (kPf, as the library's loops on Intel CPUs: kernels/cpu/cpu_optim.cpp,
+// kPrefetch), and the same blocks with the hardware prefetcher alone (as on AMD CPUs). Which
+// is faster depends on the machine (on an Intel Sapphire Rapids VM the hardware prefetcher
+// alone left a multi-stream loop well short of the bandwidth; on an AMD Zen 4 VM the software
+// prefetches slow it down), and a ceiling must be the best simple loop, not a handicapped one:
+// compare_optim.py takes the faster of the two (ceiling_X/cpu and ceiling_X_hw/cpu).
 constexpr std::int64_t kPfBlock = 256;
 
+template <bool kPf>
 inline void pf(const float* x, std::int64_t i0, std::int64_t n, int rw) {
+  if (!kPf) return;
   const std::int64_t hi = std::min(i0 + 2 * kPfBlock, n);
   for (std::int64_t k = i0 + kPfBlock; k < hi; k += 16) {
     if (rw)
@@ -198,16 +206,17 @@ inline void pf(const float* x, std::int64_t i0, std::int64_t n, int rw) {
   }
 }
 
+template <bool kPf>
 TRAINRT_BENCH_CLONES void ceiling_adamw_pass(float* __restrict p, const float* __restrict g,
                                              float* __restrict m, float* __restrict v,
                                              std::int64_t n) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t i0 = 0; i0 < n; i0 += kPfBlock) {
     const std::int64_t i1 = std::min(i0 + kPfBlock, n);
-    pf(g, i0, n, 0);
-    pf(p, i0, n, 1);
-    pf(m, i0, n, 1);
-    pf(v, i0, n, 1);
+    pf<kPf>(g, i0, n, 0);
+    pf<kPf>(p, i0, n, 1);
+    pf<kPf>(m, i0, n, 1);
+    pf<kPf>(v, i0, n, 1);
 #pragma omp simd
     for (std::int64_t i = i0; i < i1; ++i) {
       const float gi = g[i], mi = m[i], vi = v[i];
@@ -218,14 +227,15 @@ TRAINRT_BENCH_CLONES void ceiling_adamw_pass(float* __restrict p, const float* _
   }
 }
 
+template <bool kPf>
 TRAINRT_BENCH_CLONES void ceiling_sgd_pass(float* __restrict p, const float* __restrict g,
                                            float* __restrict buf, std::int64_t n) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t i0 = 0; i0 < n; i0 += kPfBlock) {
     const std::int64_t i1 = std::min(i0 + kPfBlock, n);
-    pf(g, i0, n, 0);
-    pf(p, i0, n, 1);
-    pf(buf, i0, n, 1);
+    pf<kPf>(g, i0, n, 0);
+    pf<kPf>(p, i0, n, 1);
+    pf<kPf>(buf, i0, n, 1);
 #pragma omp simd
     for (std::int64_t i = i0; i < i1; ++i) {
       const float bi = buf[i] * 0.5f + g[i];
@@ -235,12 +245,13 @@ TRAINRT_BENCH_CLONES void ceiling_sgd_pass(float* __restrict p, const float* __r
   }
 }
 
+template <bool kPf>
 TRAINRT_BENCH_CLONES double ceiling_read_pass(const float* __restrict g, std::int64_t n) {
   double s = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : s)
   for (std::int64_t i0 = 0; i0 < n; i0 += kPfBlock) {
     const std::int64_t i1 = std::min(i0 + kPfBlock, n);
-    pf(g, i0, n, 0);
+    pf<kPf>(g, i0, n, 0);
     double b = 0.0;
 #pragma omp simd reduction(+ : b)
     for (std::int64_t i = i0; i < i1; ++i) b += static_cast<double>(g[i]) * g[i];
@@ -249,20 +260,23 @@ TRAINRT_BENCH_CLONES double ceiling_read_pass(const float* __restrict g, std::in
   return s;
 }
 
+template <bool kPf>
 void bm_ceiling_adamw(benchmark::State& state) {
   Arrays& x = ceiling_arrays();
   const std::int64_t n = total_params();
   run(state, Device::cpu(), 28.0 * n,
-      [&] { ceiling_adamw_pass(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n); });
+      [&] { ceiling_adamw_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n); });
 }
 
+template <bool kPf>
 void bm_ceiling_sgd(benchmark::State& state) {
   Arrays& x = ceiling_arrays();
   const std::int64_t n = total_params();
   run(state, Device::cpu(), 20.0 * n,
-      [&] { ceiling_sgd_pass(x.a.data(), x.b.data(), x.c.data(), n); });
+      [&] { ceiling_sgd_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), n); });
 }
 
+template <bool kPf>
 void bm_ceiling_clip_adamw(benchmark::State& state) {
   // The clip + step access sequence with trivial arithmetic: a read pass over g, then the
   // AdamW pattern over p, g, m, v (g possibly still in cache from the first pass).
@@ -270,33 +284,42 @@ void bm_ceiling_clip_adamw(benchmark::State& state) {
   const std::int64_t n = total_params();
   double sink = 0.0;
   run(state, Device::cpu(), 32.0 * n, [&] {
-    sink += ceiling_read_pass(x.b.data(), n);
-    ceiling_adamw_pass(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n);
+    sink += ceiling_read_pass<kPf>(x.b.data(), n);
+    ceiling_adamw_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n);
   });
   benchmark::DoNotOptimize(sink);
 }
 
+template <bool kPf>
 void bm_ceiling_norm(benchmark::State& state) {
   Arrays& x = ceiling_arrays();
   const std::int64_t n = total_params();
   double sink = 0.0;
-  run(state, Device::cpu(), 4.0 * n, [&] { sink += ceiling_read_pass(x.b.data(), n); });
+  run(state, Device::cpu(), 4.0 * n, [&] { sink += ceiling_read_pass<kPf>(x.b.data(), n); });
   benchmark::DoNotOptimize(sink);
 }
 
-void bm_ceiling_read(benchmark::State& state) {
-  // Rotates among buffers larger than the last-level cache together (6 x 64 MiB at 16M
-  // params), so the read comes from memory, as the grads' read before a step does.
+/// The buffers bm_ceiling_read rotates among (both forms share them).
+std::vector<std::vector<float>>* read_pool() {
   const std::int64_t n = total_params();
   static std::vector<std::vector<float>>* pool = [n] {
     auto* p = new std::vector<std::vector<float>>();
     for (unsigned i = 0; i < 6; ++i) p->push_back(random_values(n, -1, 1, 200 + i));
     return p;
   }();
+  return pool;
+}
+
+template <bool kPf>
+void bm_ceiling_read(benchmark::State& state) {
+  // Rotates among buffers larger than the last-level cache together (6 x 64 MiB at 16M
+  // params), so the read comes from memory, as the grads' read before a step does.
+  const std::int64_t n = total_params();
+  std::vector<std::vector<float>>* pool = read_pool();
   double sink = 0.0;
   std::size_t next = 0;
   run(state, Device::cpu(), 4.0 * n, [&] {
-    sink += ceiling_read_pass((*pool)[next].data(), n);
+    sink += ceiling_read_pass<kPf>((*pool)[next].data(), n);
     next = (next + 1) % pool->size();
   });
   benchmark::DoNotOptimize(sink);
@@ -322,11 +345,18 @@ void register_all() {
                                                   bm_clip_params_adamw, dev, tensors));
     }
   }
-  regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw));
-  regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd/cpu", bm_ceiling_sgd));
-  regs.push_back(benchmark::RegisterBenchmark("ceiling_read/cpu", bm_ceiling_read));
-  regs.push_back(benchmark::RegisterBenchmark("ceiling_clip_adamw/cpu", bm_ceiling_clip_adamw));
-  regs.push_back(benchmark::RegisterBenchmark("ceiling_norm/cpu", bm_ceiling_norm));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw<true>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd/cpu", bm_ceiling_sgd<true>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_read/cpu", bm_ceiling_read<true>));
+  regs.push_back(
+      benchmark::RegisterBenchmark("ceiling_clip_adamw/cpu", bm_ceiling_clip_adamw<true>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_norm/cpu", bm_ceiling_norm<true>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw_hw/cpu", bm_ceiling_adamw<false>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd_hw/cpu", bm_ceiling_sgd<false>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_read_hw/cpu", bm_ceiling_read<false>));
+  regs.push_back(
+      benchmark::RegisterBenchmark("ceiling_clip_adamw_hw/cpu", bm_ceiling_clip_adamw<false>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_norm_hw/cpu", bm_ceiling_norm<false>));
   for (benchmark::internal::Benchmark* b : regs) {
     b->UseManualTime()->Unit(benchmark::kMillisecond);
   }
@@ -336,6 +366,8 @@ void register_all() {
 
 int main(int argc, char** argv) {
   register_all();
+  // The CPU kernel build and whether its loops prefetch in software (TRAINRT_CPU_PREFETCH).
+  benchmark::AddCustomContext("cpu_backend", trainrt::device_description(Device::cpu()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

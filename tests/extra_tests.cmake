@@ -83,6 +83,20 @@ if(TRAINRT_MULTI_ISA_ACTIVE)
   endforeach()
 endif()
 
+# ---- both prefetch forms of the optimizer-family CPU loops run the op suites --------------
+# The fused steps and the norm pass prefetch in software on Intel CPUs and leave it to the
+# hardware elsewhere (kernels/cpu/cpu_dispatch.h); TRAINRT_CPU_PREFETCH forces each form, so
+# both are tested on any machine (their loops are blocked differently without prefetches).
+foreach(pf on off)
+  foreach(exe test_device test_optim test_clip_amp test_train_golden)
+    if(TARGET ${exe})
+      add_test(NAME ${exe}_prefetch_${pf} COMMAND ${exe} --gtest_filter=*/cpu:*Cpu*)
+      set_tests_properties(${exe}_prefetch_${pf} PROPERTIES
+        ENVIRONMENT "TRAINRT_CPU_PREFETCH=${pf}" TIMEOUT 300)
+    endif()
+  endforeach()
+endforeach()
+
 # ---- test_data writes gzip files of its own ------------------------------------------------
 if(TARGET test_data)
   target_link_libraries(test_data PRIVATE ZLIB::ZLIB)

@@ -252,3 +252,21 @@ TEST(CpuIsa, OverrideIsHonoured) {
   const std::string desc = trainrt::device_description(trainrt::Device::cpu());
   EXPECT_NE(desc.find(std::string(isa) + " kernels"), std::string::npos) << desc;
 }
+
+// TRAINRT_CPU_PREFETCH forces the software-prefetch choice of the CPU loops (the prefetch
+// ctests in extra_tests.cmake run the op suites both ways); the CPU device description names
+// the choice and its reason.
+TEST(CpuPrefetch, OverrideIsHonoured) {
+  const std::string desc = trainrt::device_description(trainrt::Device::cpu());
+  const char* pf = std::getenv("TRAINRT_CPU_PREFETCH");
+  if (pf == nullptr) {
+    EXPECT_TRUE(contains(desc, "optimizer prefetch: software (") ||
+                contains(desc, "optimizer prefetch: hardware only ("))
+        << desc;
+    GTEST_SKIP() << "TRAINRT_CPU_PREFETCH is not set; chosen: " << desc;
+  }
+  const std::string want = std::string(pf) == "on"
+                               ? "optimizer prefetch: software (TRAINRT_CPU_PREFETCH=on)"
+                               : "optimizer prefetch: hardware only (TRAINRT_CPU_PREFETCH=off)";
+  EXPECT_TRUE(contains(desc, want)) << desc << "\nexpected to contain: " << want;
+}

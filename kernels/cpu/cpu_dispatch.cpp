@@ -100,5 +100,38 @@ const CpuKernels& kernels() {
   return k;
 }
 
+namespace {
+
+struct PrefetchChoice {
+  bool on;
+  const char* reason;
+};
+
+PrefetchChoice choose_prefetch() {
+  if (const char* e = std::getenv("TRAINRT_CPU_PREFETCH")) {
+    if (std::strcmp(e, "on") == 0 || std::strcmp(e, "1") == 0)
+      return {true, "software (TRAINRT_CPU_PREFETCH=on)"};
+    if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0)
+      return {false, "hardware only (TRAINRT_CPU_PREFETCH=off)"};
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) return {true, "software (Intel CPU)"};
+  if (__builtin_cpu_is("amd")) return {false, "hardware only (AMD CPU)"};
+#endif
+  return {false, "hardware only (not an Intel CPU)"};
+}
+
+const PrefetchChoice& prefetch_choice() {
+  static const PrefetchChoice c = choose_prefetch();
+  return c;
+}
+
+}  // namespace
+
+bool software_prefetch() { return prefetch_choice().on; }
+
+const char* software_prefetch_reason() { return prefetch_choice().reason; }
+
 }  // namespace cpu
 }  // namespace trainrt

@@ -10,6 +10,7 @@
 
 #include "../../src/backend/backend_api.h"
 #include "../common/data_error.h"
+#include "cpu_dispatch.h"  // software_prefetch()
 
 #define TRAINRT_DECLARE_CPU_KERNELS(ns)                                                      \
   namespace trainrt {                                                                        \

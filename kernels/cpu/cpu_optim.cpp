@@ -87,8 +87,8 @@ constexpr int64_t kPfDist = 256;   // how far ahead, in elements
 constexpr int64_t kNormPfDist =
     1024;  // the norm's single read stream: further ahead (bench/NOTES.md)
 
-__attribute__((always_inline)) inline int64_t pf_block_end(int64_t i0, int64_t n) {
-  return n - i0 < kPfBlock ? n : i0 + kPfBlock;
+__attribute__((always_inline)) inline int64_t block_end(int64_t i0, int64_t block, int64_t n) {
+  return n - i0 < block ? n : i0 + block;
 }
 
 /// Prefetches the lines of [i0 + kPfDist, i1 + kPfDist) (clipped to n) of `in` (read only)
@@ -116,6 +116,7 @@ int for_each_step_chunk(const trainrt_optim_step_args* a, F fn) {
   int64_t n_chunks = 0, total = 0;
   Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
   if (n_chunks > 0 && chunks == nullptr) return 2;
+  const bool pf = cpu::software_prefetch();
 #pragma omp parallel for schedule(static) if (total > kChunk)
   for (int64_t c = 0; c < n_chunks; ++c) {
     const Chunk ch = chunks[c];
@@ -124,9 +125,10 @@ int for_each_step_chunk(const trainrt_optim_step_args* a, F fn) {
     float* s0 = fptr(a->states[0], ch.tensor, ch.begin);
     float* s1 = fptr(a->states[1], ch.tensor, ch.begin);
     float* s2 = fptr(a->states[2], ch.tensor, ch.begin);
-    for (int64_t i0 = 0; i0 < ch.len; i0 += kPfBlock) {
-      const int64_t i1 = pf_block_end(i0, ch.len);
-      prefetch_ahead(i0, i1, ch.len, g, p, s0, s1, s2);
+    const int64_t blk = pf ? kPfBlock : ch.len;  // without prefetch: the chunk in one loop
+    for (int64_t i0 = 0; i0 < ch.len; i0 += blk) {
+      const int64_t i1 = block_end(i0, blk, ch.len);
+      if (pf) prefetch_ahead(i0, i1, ch.len, g, p, s0, s1, s2);
       fn(ch.tensor, ch.begin + i0, i1 - i0);
     }
     if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
@@ -260,6 +262,7 @@ int lamb_step(const trainrt_optim_step_args* a, const OptimScalars s, const Grad
   }
   const float divisor = lamb_grad_divisor(a->global_grad_norm ? *a->global_grad_norm : 0.0f, s);
   const bool nvlamb = (a->flags & TRAINRT_OPTIM_NVLAMB) != 0;
+  const bool pf = cpu::software_prefetch();
 #pragma omp parallel if (total > kChunk)
   {
 #pragma omp for schedule(static)
@@ -270,14 +273,20 @@ int lamb_step(const trainrt_optim_step_args* a, const OptimScalars s, const Grad
       float* m = fptr(a->states[0], ch.tensor, ch.begin);
       float* v = fptr(a->states[1], ch.tensor, ch.begin);
       double pn = 0.0, un = 0.0;
+      const int64_t blk = pf ? kPfBlock : ch.len;  // kPrefetch, as for_each_step_chunk
+      for (int64_t i0 = 0; i0 < ch.len; i0 += blk) {
+        const int64_t i1 = block_end(i0, blk, ch.len);
+        if (pf) prefetch_ahead(i0, i1, ch.len, g, m, v);
+        if (pf) prefetch_ahead(i0, i1, ch.len, p);
 #pragma omp simd reduction(+ : pn, un)
-      for (int64_t i = 0; i < ch.len; ++i) {
-        float mi = m[i], vi = v[i];
-        const float u = lamb_stage1(p[i], effective_grad<false>(g[i], gm), mi, vi, divisor, s);
-        m[i] = mi;
-        v[i] = vi;
-        pn += (double)p[i] * (double)p[i];
-        un += (double)u * (double)u;
+        for (int64_t i = i0; i < i1; ++i) {
+          float mi = m[i], vi = v[i];
+          const float u = lamb_stage1(p[i], effective_grad<false>(g[i], gm), mi, vi, divisor, s);
+          m[i] = mi;
+          v[i] = vi;
+          pn += (double)p[i] * (double)p[i];
+          un += (double)u * (double)u;
+        }
       }
       part[2 * c] = pn;
       part[2 * c + 1] = un;
@@ -302,9 +311,14 @@ int lamb_step(const trainrt_optim_step_args* a, const OptimScalars s, const Grad
       const float* m = fptr(a->states[0], ch.tensor, ch.begin);
       const float* v = fptr(a->states[1], ch.tensor, ch.begin);
       const float ratio = lamb_ratio(norms[2 * ch.tensor], norms[2 * ch.tensor + 1], nvlamb, s);
+      const int64_t blk = pf ? kPfBlock : ch.len;  // kPrefetch
+      for (int64_t i0 = 0; i0 < ch.len; i0 += blk) {
+        const int64_t i1 = block_end(i0, blk, ch.len);
+        if (pf) prefetch_ahead(i0, i1, ch.len, m, p);
+        if (pf) prefetch_ahead(i0, i1, ch.len, v);
 #pragma omp simd
-      for (int64_t i = 0; i < ch.len; ++i)
-        p[i] = p[i] - ratio * lamb_update_of(p[i], m[i], v[i], s);
+        for (int64_t i = i0; i < i1; ++i) p[i] = p[i] - ratio * lamb_update_of(p[i], m[i], v[i], s);
+      }
       if (a->model_copies != nullptr && a->model_copies[ch.tensor] != nullptr) {
         write_model_copy(p, (char*)a->model_copies[ch.tensor] + ch.begin * 2, a->model_dtype,
                          ch.len);
@@ -333,7 +347,8 @@ enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 
 // GCC vectorized only the scaled version of the loop and left grad_norm() and
 // clip_grad_norm_(params) scalar (9.2 ms instead of 1.2 ms over 16M f32, bench/NOTES.md).
 // The prefetch runs on past the chunk's end into the rest of the tensor (`avail` elements from
-// v), which the same thread reads next under the static schedule.
+// v), which the same thread reads next under the static schedule; avail == 0: no software
+// prefetch (cpu::software_prefetch()), and the chunk is one loop.
 template <int kKind, bool kScaled, class T>
 NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float clip, double p) {
   using A = typename acc_type<T>::type;
@@ -342,8 +357,9 @@ NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float cl
   A mx = A(0);
   A nf = A(0);
   const A ai = (A)inv, ac = (A)clip;
-  for (int64_t i0 = 0; i0 < n; i0 += kPfBlock) {  // kPrefetch
-    const int64_t i1 = pf_block_end(i0, n);
+  const int64_t blk = avail > 0 ? kPfBlock : n;
+  for (int64_t i0 = 0; i0 < n; i0 += blk) {  // kPrefetch
+    const int64_t i1 = block_end(i0, blk, n);
     const int64_t hi = i1 + kNormPfDist < avail ? i1 + kNormPfDist : avail;
     for (int64_t k = i0 + kNormPfDist; k < hi; k += 64 / (int64_t)sizeof(T))
       __builtin_prefetch(v + k, 0, 3);
@@ -482,7 +498,7 @@ NormPartial norm_sum_f32(const float* v, int64_t n, int64_t avail, float inv, fl
 template <int kKind, bool kScaled>
 NormPartial norm_chunk_any(const void* base, int32_t dtype, int64_t begin, int64_t n, int64_t numel,
                            float inv, float clip, double p) {
-  const int64_t avail = numel - begin;
+  const int64_t avail = cpu::software_prefetch() ? numel - begin : 0;
   switch (dtype) {
     case TRAINRT_F32:
 #if defined(TRAINRT_NORM_VEC)

@@ -35,7 +35,8 @@ int cpu_device_count(std::int32_t* count) {
 
 int cpu_device_name(std::int32_t, char* buf, size_t len) {
   const std::string s =
-      fmt::format("host, {} OpenMP threads, {} kernels", omp_get_max_threads(), cpu::kernels().isa);
+      fmt::format("host, {} OpenMP threads, {} kernels, optimizer prefetch: {}",
+                  omp_get_max_threads(), cpu::kernels().isa, cpu::software_prefetch_reason());
   std::snprintf(buf, len, "%s", s.c_str());
   return 0;
 }
