@@ -16,6 +16,9 @@
 //   ceiling_clip_adamw  the clip + step sequence: a read pass over g, then the AdamW pattern
 //   ceiling_norm   the same read-only sum of squares over one buffer, again and again (as
 //                  grad_norm reads the same grads at every iteration)
+//   clip_overhead  adamw and clip_adamw timed in alternating pairs: alone_ms, with_ms and the
+//                  median per-pair ratio (clip + step / step), robust against the load drift
+//                  of a shared machine; ceiling_clip_overhead: the same for the ceiling loops
 //   ceiling_*_hw   each ceiling loop without software prefetches (the hardware prefetcher
 //                  alone); compare_optim.py takes the faster form as the ceiling
 // Each result reports bytes/s; compare_optim.py divides them into ratios. Inputs are random;
@@ -155,6 +158,65 @@ void bm_clip_params_adamw(benchmark::State& state, Device dev, int tensors) {
       static_cast<std::int64_t>(bytes * static_cast<double>(state.iterations())));
   state.counters["params"] = static_cast<double>(total_params());
   state.counters["bytes_per_step"] = bytes;
+}
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const std::size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+/// Times `alone` and `with` in pairs, alternating which runs first, and reports the medians and
+/// the median of the per-pair ratios with / alone. The memory bandwidth of this machine is
+/// shared with other tenants and their load drifts between benchmarks (medians of separate
+/// benchmarks moved by 20 % from one round to the next); within a pair it hardly moves, so the
+/// paired ratio is the figure to compare with a target ratio.
+template <class A, class W>
+void run_paired(benchmark::State& state, Device dev, A&& alone, W&& with) {
+  auto timed = [&](auto&& fn) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    sync(dev);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  alone();  // warm-up: state allocated, pages touched
+  with();
+  sync(dev);
+  std::vector<double> ta, tw, ratio;
+  bool with_first = false;
+  for (auto _ : state) {
+    double a = 0.0, w = 0.0;
+    if (with_first) {
+      w = timed(with);
+      a = timed(alone);
+    } else {
+      a = timed(alone);
+      w = timed(with);
+    }
+    with_first = !with_first;
+    ta.push_back(a);
+    tw.push_back(w);
+    ratio.push_back(w / a);
+    state.SetIterationTime(a + w);
+  }
+  state.counters["alone_ms"] = median_of(ta) * 1e3;
+  state.counters["with_ms"] = median_of(tw) * 1e3;
+  state.counters["ratio"] = median_of(ratio);
+  state.counters["params"] = static_cast<double>(total_params());
+}
+
+/// clip_overhead: an AdamW step alone and clip_grad_norm_(optimizer, 1.0) + the step, in pairs
+/// (run_paired); ratio is what clipping costs on top of the step (target <= 1.15).
+void bm_clip_overhead(benchmark::State& state, Device dev, int tensors) {
+  std::vector<Parameter> ps = make_params(tensors, dev);
+  trainrt::optim::AdamW opt(ps, trainrt::optim::AdamWOptions(1e-3));
+  run_paired(
+      state, dev, [&] { opt.step(); },
+      [&] {
+        trainrt::clip_grad_norm_(opt, 1.0);
+        opt.step();
+      });
 }
 
 // ---- CPU ceilings: the access pattern of the step with trivial arithmetic
@@ -299,6 +361,21 @@ void bm_ceiling_norm(benchmark::State& state) {
   benchmark::DoNotOptimize(sink);
 }
 
+template <bool kPf>
+void bm_ceiling_clip_overhead(benchmark::State& state) {
+  // The ceiling loops' clip_overhead: the AdamW pattern alone, and a read pass over g followed
+  // by the AdamW pattern, in pairs: what a separate read pass costs on this machine.
+  Arrays& x = ceiling_arrays();
+  const std::int64_t n = total_params();
+  double sink = 0.0;
+  auto step = [&] { ceiling_adamw_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n); };
+  run_paired(state, Device::cpu(), step, [&] {
+    sink += ceiling_read_pass<kPf>(x.b.data(), n);
+    step();
+  });
+  benchmark::DoNotOptimize(sink);
+}
+
 /// The buffers bm_ceiling_read rotates among (both forms share them).
 std::vector<std::vector<float>>* read_pool() {
   const std::int64_t n = total_params();
@@ -343,6 +420,8 @@ void register_all() {
           benchmark::RegisterBenchmark(("grad_norm" + suffix).c_str(), bm_grad_norm, dev, tensors));
       regs.push_back(benchmark::RegisterBenchmark(("clip_params_adamw" + suffix).c_str(),
                                                   bm_clip_params_adamw, dev, tensors));
+      regs.push_back(benchmark::RegisterBenchmark(("clip_overhead" + suffix).c_str(),
+                                                  bm_clip_overhead, dev, tensors));
     }
   }
   regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw<true>));
@@ -357,6 +436,10 @@ void register_all() {
   regs.push_back(
       benchmark::RegisterBenchmark("ceiling_clip_adamw_hw/cpu", bm_ceiling_clip_adamw<false>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_norm_hw/cpu", bm_ceiling_norm<false>));
+  regs.push_back(
+      benchmark::RegisterBenchmark("ceiling_clip_overhead/cpu", bm_ceiling_clip_overhead<true>));
+  regs.push_back(benchmark::RegisterBenchmark("ceiling_clip_overhead_hw/cpu",
+                                              bm_ceiling_clip_overhead<false>));
   for (benchmark::internal::Benchmark* b : regs) {
     b->UseManualTime()->Unit(benchmark::kMillisecond);
   }

@@ -10,7 +10,9 @@ Times, over 16M f32 parameters held in 1 tensor and in 200 tensors (docs/PERF.md
 against bench_optim's fused steps (one pass; clip_adamw folds the clip coefficient into the step)
 and the one-pass bandwidth ceilings it measures in the same run (ceiling_adamw: the AdamW access
 pattern, 28 B/param; ceiling_sgd: 20 B/param; ceiling_read: the norm's read pass, 4 B/param;
-ceiling_clip_adamw: a read pass over g, then the AdamW pattern, as clip + step). PyTorch runs with
+ceiling_clip_adamw: a read pass over g, then the AdamW pattern, as clip + step; each ceiling in two
+forms, with and without software prefetches, the faster one taken), and the paired clip_overhead
+benchmarks (the step alone and clip + step in alternating pairs). PyTorch runs with
 torch.set_num_threads(2) (this machine's core count), on random data, median of many steps after
 warm-up. Rounds alternate trainrt and PyTorch so both see the same machine load; the table holds
 medians over rounds, the load average and CPU pressure (PSI) of the run.
@@ -85,6 +87,9 @@ def run_bench(bench, reps, min_time):
         name = b["run_name"].split("/min_time")[0].split("/manual_time")[0]
         unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
         res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
+        for counter in ("ratio", "alone_ms", "with_ms"):  # the paired clip_overhead benchmarks
+            if counter in b:
+                res.setdefault(name + "#" + counter, []).append(b[counter])
     return res
 
 
@@ -217,7 +222,20 @@ def main():
                   "ceiling min ms", "trainrt / ceiling"]
     min_lines = ["| " + " | ".join(min_header) + " |", "|" + "---|" * len(min_header)]
     min_lines += ["| " + " | ".join(r) + " |" for r in min_rows]
-    extra = [k for k in sorted(trm) if k.startswith("clip_params")]
+    extra = [k for k in sorted(trm) if k.startswith("clip_params") and "#" not in k]
+
+    def paired(name):
+        return "%.2fx (step %.1f ms, clip + step %.1f ms)" % (
+            trm[name + "#ratio"], trm[name + "#alone_ms"], trm[name + "#with_ms"])
+
+    ceil_pair = min(("ceiling_clip_overhead/cpu", "ceiling_clip_overhead_hw/cpu"),
+                    key=lambda k: trm.get(k + "#alone_ms", float("inf")))
+    paired_line = (
+        "Paired (clip_overhead: the step alone and clip + step timed in alternating pairs, the "
+        "median of the per-pair ratios over all rounds, robust against the load drift between "
+        "benchmarks): " + ", ".join("%d tensors %s" % (n, paired("clip_overhead/cpu/tensors:%d" % n))
+                                    for n in LAYOUTS)
+        + "; the ceiling loops (%s) %s." % (ceil_pair.split("/")[0], paired(ceil_pair)))
     report = [
         "# Optimizer steps on the CPU: trainrt vs PyTorch %s" % torch.__version__,
         "",
@@ -239,6 +257,8 @@ def main():
         "for the ceiling loops (what a separate read pass costs on this machine): " + ceil_clip_ratio
         + ".",
         "",
+        paired_line,
+        "",
         "Best times (the least disturbed run of each; the machine is shared, so medians include "
         "time other processes took from our two threads):",
         "",
@@ -252,7 +272,8 @@ def main():
         "",
         "Ceilings (same run; _hw: the same loop without software prefetches; the table uses the "
         "faster form): " + ", ".join("%s %.1f ms" % (k.split("/")[0], v) for k, v in sorted(trm.items())
-                                               if k.startswith("ceiling")) + ".",
+                                               if k.startswith("ceiling") and "#" not in k
+                                               and "clip_overhead" not in k) + ".",
     ]
     text = "\n".join(report) + "\n"
     print(text)

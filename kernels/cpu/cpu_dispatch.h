@@ -29,9 +29,10 @@ const CpuKernels& kernels();
 /// once per process: TRAINRT_CPU_PREFETCH=on|off (or 1|0), else on for Intel CPUs and off for
 /// the others. On the Intel Sapphire Rapids VMs measured, the hardware prefetcher alone kept
 /// too few lines in flight for 4-7 streams per core (AdamW 1.22x its ceiling without, 1.05x
-/// with); on the AMD Zen 4 VMs the same prefetches slow AdamW down by about a quarter
-/// (bench/NOTES.md). The softmax / cross-entropy row loops prefetch the next row on every
-/// CPU: there the prefetch overlaps a row's arithmetic and helps on both.
+/// with); on the AMD Zen 4 VM the same prefetches made AdamW about a third slower (12-13 ms
+/// against about 9 ms over 16M params; bench/NOTES.md). The softmax / cross-entropy row loops
+/// prefetch the next row on every CPU: there the prefetch overlaps a row's arithmetic and helps on
+/// both.
 bool software_prefetch();
 /// "software" or "hardware only", and why ("TRAINRT_CPU_PREFETCH", "Intel CPU", ...).
 const char* software_prefetch_reason();
