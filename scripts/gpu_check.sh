@@ -202,15 +202,18 @@ for path in sys.argv[1:]:
         r.setdefault("ms", []).append(b["real_time"] * scale)
         if "bytes_per_second" in b:
             r.setdefault("bps", []).append(b["bytes_per_second"])
-print("| benchmark | median ms | GB/s (1e9 B/s) | runs |")
-print("|---|---|---|---|")
+        if "ratio" in b:  # bench_optim's paired clip_overhead: clip + step / step alone
+            r.setdefault("ratio", []).append(b["ratio"])
+print("| benchmark | median ms | GB/s (1e9 B/s) | paired ratio | runs |")
+print("|---|---|---|---|---|")
 for name, r in rows.items():
     if "err" in r:
-        print(f"| {name} | error: {r['err']} | | |")
+        print(f"| {name} | error: {r['err']} | | | |")
         continue
     ms = statistics.median(r["ms"])
     gbps = f"{statistics.median(r['bps']) / 1e9:.1f}" if r.get("bps") else ""
-    print(f"| {name} | {ms:.4f} | {gbps} | {len(r['ms'])} |")
+    ratio = f"{statistics.median(r['ratio']):.3f}x" if r.get("ratio") else ""
+    print(f"| {name} | {ms:.4f} | {gbps} | {ratio} | {len(r['ms'])} |")
 EOF
 }
 
