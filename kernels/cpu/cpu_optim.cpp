@@ -77,11 +77,13 @@ void write_model_copy(const float* p, void* copy, int32_t dtype, int64_t n) {
   }
 }
 
-// kPrefetch: for_each_step_chunk hands each chunk to the algorithm in sub-blocks of kPfBlock
-// elements and, before a sub-block, prefetches the param, grad and state arrays kPfDist
-// elements ahead. The hardware prefetcher alone kept too few lines in flight for 4-7
+// kPrefetch: where cpu::software_prefetch() says so (Intel CPUs, or TRAINRT_CPU_PREFETCH=on),
+// for_each_step_chunk hands each chunk to the algorithm in sub-blocks of kPfBlock elements and,
+// before a sub-block, prefetches the param, grad and state arrays kPfDist elements ahead. On
+// the Intel VM measured the hardware prefetcher alone kept too few lines in flight for 4-7
 // concurrent streams per core: AdamW over 16M params went from 1.22x the plain ceiling loop to
-// about 1.0x (bench/NOTES.md).
+// about 1.0x. On the AMD Zen 4 VM the prefetches made it a third slower, so elsewhere each chunk
+// is one loop and the hardware prefetches alone (bench/NOTES.md).
 constexpr int64_t kPfBlock = 256;  // elements (1 KiB of f32 per array)
 constexpr int64_t kPfDist = 256;   // how far ahead, in elements
 constexpr int64_t kNormPfDist =
@@ -497,8 +499,8 @@ NormPartial norm_sum_f32(const float* v, int64_t n, int64_t avail, float inv, fl
 
 template <int kKind, bool kScaled>
 NormPartial norm_chunk_any(const void* base, int32_t dtype, int64_t begin, int64_t n, int64_t numel,
-                           float inv, float clip, double p) {
-  const int64_t avail = cpu::software_prefetch() ? numel - begin : 0;
+                           bool pf, float inv, float clip, double p) {
+  const int64_t avail = pf ? numel - begin : 0;
   switch (dtype) {
     case TRAINRT_F32:
 #if defined(TRAINRT_NORM_VEC)
@@ -522,16 +524,17 @@ void norm_chunks(const trainrt_multi_tensor_norm_args* a, const Chunk* chunks, i
   const GradMul gm = load_grad_mul(a->grad_scalars);
   const bool scaled = a->grad_scalars != nullptr;
   const double p = a->norm_type;
+  const bool pf = cpu::software_prefetch();
 #pragma omp parallel for schedule(static) if (total > kChunk)
   for (int64_t c = 0; c < n_chunks; ++c) {
     const Chunk ch = chunks[c];
     const void* base = a->tensors[ch.tensor];
     const int32_t dt = a->dtypes[ch.tensor];
     const int64_t numel = a->numels[ch.tensor];
-    part[c] = scaled ? norm_chunk_any<kKind, true>(base, dt, ch.begin, ch.len, numel, gm.inv_scale,
-                                                   gm.clip_coef, p)
-                     : norm_chunk_any<kKind, false>(base, dt, ch.begin, ch.len, numel, gm.inv_scale,
-                                                    gm.clip_coef, p);
+    part[c] = scaled ? norm_chunk_any<kKind, true>(base, dt, ch.begin, ch.len, numel, pf,
+                                                   gm.inv_scale, gm.clip_coef, p)
+                     : norm_chunk_any<kKind, false>(base, dt, ch.begin, ch.len, numel, pf,
+                                                    gm.inv_scale, gm.clip_coef, p);
   }
 }
 
