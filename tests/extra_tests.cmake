@@ -97,6 +97,13 @@ foreach(pf on off)
   endforeach()
 endforeach()
 
+# A value it does not know is named as ignored in the CPU device description.
+if(TARGET test_device)
+  add_test(NAME test_device_prefetch_bad_value COMMAND test_device --gtest_filter=CpuPrefetch.*)
+  set_tests_properties(test_device_prefetch_bad_value PROPERTIES
+    ENVIRONMENT "TRAINRT_CPU_PREFETCH=yes please" TIMEOUT 60)
+endif()
+
 # ---- test_data writes gzip files of its own ------------------------------------------------
 if(TARGET test_data)
   target_link_libraries(test_data PRIVATE ZLIB::ZLIB)

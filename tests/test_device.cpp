@@ -265,8 +265,11 @@ TEST(CpuPrefetch, OverrideIsHonoured) {
         << desc;
     GTEST_SKIP() << "TRAINRT_CPU_PREFETCH is not set; chosen: " << desc;
   }
-  const std::string want = std::string(pf) == "on"
-                               ? "optimizer prefetch: software (TRAINRT_CPU_PREFETCH=on)"
-                               : "optimizer prefetch: hardware only (TRAINRT_CPU_PREFETCH=off)";
+  const std::string v = pf;
+  const std::string want =
+      v == "on" || v == "1" ? "optimizer prefetch: software (TRAINRT_CPU_PREFETCH=on)"
+      : v == "off" || v == "0"
+          ? "optimizer prefetch: hardware only (TRAINRT_CPU_PREFETCH=off)"
+          : "; TRAINRT_CPU_PREFETCH=" + v + " ignored: expected on, off, 1 or 0)";
   EXPECT_TRUE(contains(desc, want)) << desc << "\nexpected to contain: " << want;
 }

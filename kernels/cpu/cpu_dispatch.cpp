@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cpu_kernels.h"
 
@@ -104,22 +105,24 @@ namespace {
 
 struct PrefetchChoice {
   bool on;
-  const char* reason;
+  std::string reason;
 };
 
 PrefetchChoice choose_prefetch() {
+  std::string ignored;
   if (const char* e = std::getenv("TRAINRT_CPU_PREFETCH")) {
     if (std::strcmp(e, "on") == 0 || std::strcmp(e, "1") == 0)
       return {true, "software (TRAINRT_CPU_PREFETCH=on)"};
     if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0)
       return {false, "hardware only (TRAINRT_CPU_PREFETCH=off)"};
+    ignored = std::string("; TRAINRT_CPU_PREFETCH=") + e + " ignored: expected on, off, 1 or 0";
   }
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_is("intel")) return {true, "software (Intel CPU)"};
-  if (__builtin_cpu_is("amd")) return {false, "hardware only (AMD CPU)"};
+  if (__builtin_cpu_is("intel")) return {true, "software (Intel CPU" + ignored + ")"};
+  if (__builtin_cpu_is("amd")) return {false, "hardware only (AMD CPU" + ignored + ")"};
 #endif
-  return {false, "hardware only (not an Intel CPU)"};
+  return {false, "hardware only (not an Intel CPU" + ignored + ")"};
 }
 
 const PrefetchChoice& prefetch_choice() {
@@ -131,7 +134,7 @@ const PrefetchChoice& prefetch_choice() {
 
 bool software_prefetch() { return prefetch_choice().on; }
 
-const char* software_prefetch_reason() { return prefetch_choice().reason; }
+const char* software_prefetch_reason() { return prefetch_choice().reason.c_str(); }
 
 }  // namespace cpu
 }  // namespace trainrt

@@ -34,7 +34,8 @@ const CpuKernels& kernels();
 /// prefetch the next row on every CPU: there the prefetch overlaps a row's arithmetic and helps on
 /// both.
 bool software_prefetch();
-/// "software" or "hardware only", and why ("TRAINRT_CPU_PREFETCH", "Intel CPU", ...).
+/// "software" or "hardware only", and why ("TRAINRT_CPU_PREFETCH", "Intel CPU", ...; a value
+/// of TRAINRT_CPU_PREFETCH other than on, off, 1 or 0 is named as ignored).
 const char* software_prefetch_reason();
 
 }  // namespace cpu
