@@ -7,8 +7,8 @@
 //                  coefficient is folded into the step: 32 B/param, no extra write pass
 //   grad_norm      trainrt::grad_norm(params): the norm's read pass alone (4 B/param)
 //   clip_params_adamw  PyTorch's way for comparison: clip_grad_norm_(params) writes the grads
-//                  (4 + 8 B) before the step: 40 B/param; the grads are restored (untimed) before
-//                  each
+//                  (4 + 8 B) before the step: 40 B/param; the grads are restored (untimed)
+//                  before each clip + step
 //   ceiling_adamw  a loop with the AdamW access pattern (4 arrays read, 3 written, trivial math)
 //   ceiling_sgd    the same for SGD (3 read, 2 written)
 //   ceiling_read   a read-only sum of squares (the norm's pass), rotating among buffers that
