@@ -80,8 +80,8 @@ for h in "$src"/include/trainrt/*.hpp; do
   [ -f "$prefix/$incdir/trainrt/$(basename "$h")" ] || fail "header $(basename "$h") is not installed"
 done
 dyn=$(readelf -d "$prefix/$libdir/libtrainrt.so.$version")
-echo "$dyn" | grep -q "Library soname: \[libtrainrt.so.$major\]" || fail "SONAME is not libtrainrt.so.$major"
-echo "$dyn" | grep -qF 'Library runpath: [$ORIGIN]' || fail "libtrainrt.so RUNPATH is not \$ORIGIN"
+grep -q "Library soname: \[libtrainrt.so.$major\]" <<< "$dyn" || fail "SONAME is not libtrainrt.so.$major"
+grep -qF 'Library runpath: [$ORIGIN]' <<< "$dyn" || fail "libtrainrt.so RUNPATH is not \$ORIGIN"
 if grep -rlF "$build" "$prefix/$libdir/cmake" "$prefix/$libdir/pkgconfig"; then
   fail "installed package files name the build directory"
 fi
