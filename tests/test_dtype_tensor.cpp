@@ -609,6 +609,70 @@ TEST_P(TensorTest, ToDTypeIntegers) {
             (std::vector<std::int64_t>{7, -9}));
 }
 
+// Conversions a plain C++ cast leaves undefined, defined once for both backends
+// (kernels/common/cast.h): float -> int saturates, NaN -> 0; int -> int wraps as PyTorch does;
+// int -> float rounds once.
+TEST_P(TensorTest, ToDTypeOutOfRangeAndWrap) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> v = {nan,   inf,  -inf,  3e9,   -3e9,  1e19,
+                                 -1e19, -1.0, 300.0, -0.99, 254.99};
+  const Tensor t = Tensor::from_vector(v, {static_cast<std::int64_t>(v.size())}, dev);
+  const std::int32_t i32max = std::numeric_limits<std::int32_t>::max();
+  const std::int32_t i32min = std::numeric_limits<std::int32_t>::min();
+  EXPECT_EQ(t.to(DType::i32).to_vector<std::int32_t>(),
+            (std::vector<std::int32_t>{0, i32max, i32min, i32max, i32min, i32max, i32min, -1, 300,
+                                       0, 254}));
+  const std::int64_t i64max = std::numeric_limits<std::int64_t>::max();
+  const std::int64_t i64min = std::numeric_limits<std::int64_t>::min();
+  EXPECT_EQ(t.to(DType::i64).to_vector<std::int64_t>(),
+            (std::vector<std::int64_t>{0, i64max, i64min, 3000000000LL, -3000000000LL, i64max,
+                                       i64min, -1, 300, 0, 254}));
+  EXPECT_EQ(t.to(DType::u8).to_vector<std::uint8_t>(),
+            (std::vector<std::uint8_t>{0, 255, 0, 255, 0, 255, 0, 0, 255, 0, 254}));
+  // The same from f32, f16 and bf16 (NaN and the infinities exist in all of them).
+  for (DType ft : {DType::f32, DType::f16, DType::bf16}) {
+    const Tensor s =
+        Tensor::from_vector(std::vector<double>{nan, inf, -inf, -7.5}, {4}, dev).to(ft);
+    EXPECT_EQ(s.to(DType::i32).to_vector<std::int32_t>(),
+              (std::vector<std::int32_t>{0, i32max, i32min, -7}))
+        << dtype_name(ft);
+    EXPECT_EQ(s.to(DType::u8).to_vector<std::uint8_t>(), (std::vector<std::uint8_t>{0, 255, 0, 0}))
+        << dtype_name(ft);
+  }
+  // Between integers: modular, exact (no detour through double).
+  const std::int64_t big = (std::int64_t{1} << 53) + 1;
+  const Tensor w = Tensor::from_vector(
+      std::vector<std::int64_t>{300, -1, (std::int64_t{1} << 40) + 5, big, i64min}, {5}, dev);
+  EXPECT_EQ(w.to(DType::u8).to_vector<std::uint8_t>(),
+            (std::vector<std::uint8_t>{44, 255, 5, 1, 0}));
+  EXPECT_EQ(w.to(DType::i32).to_vector<std::int32_t>(),
+            (std::vector<std::int32_t>{300, -1, 5, 1, 0}));
+  EXPECT_EQ(Tensor::from_vector(std::vector<std::int32_t>{-1, i32min}, {2}, dev)
+                .to(DType::i64)
+                .to_vector<std::int64_t>(),
+            (std::vector<std::int64_t>{-1, i32min}));
+  EXPECT_EQ(Tensor::from_vector(std::vector<std::int32_t>{-1, 256 + 7}, {2}, dev)
+                .to(DType::u8)
+                .to_vector<std::uint8_t>(),
+            (std::vector<std::uint8_t>{255, 7}));
+  EXPECT_EQ(Tensor::from_vector(std::vector<std::uint8_t>{200, 255}, {2}, dev)
+                .to(DType::i32)
+                .to_vector<std::int32_t>(),
+            (std::vector<std::int32_t>{200, 255}));
+  // int -> f32 rounds once: 2^53 + 2^29 + 1 is just above the midpoint between the floats 2^53
+  // and 2^53 + 2^30; through double it would round to the midpoint and then down to 2^53.
+  const std::int64_t mid = (std::int64_t{1} << 53) + (std::int64_t{1} << 29) + 1;
+  EXPECT_EQ(Tensor::from_vector(std::vector<std::int64_t>{mid}, {1}, dev)
+                .to(DType::f32)
+                .to_vector<float>()[0],
+            9007200328482816.0f);  // 2^53 + 2^30
+  EXPECT_EQ(Tensor::from_vector(std::vector<std::int64_t>{big}, {1}, dev)
+                .to(DType::f64)
+                .to_vector<double>()[0],
+            9007199254740992.0);  // 2^53 + 1 rounds to even
+}
+
 TEST_P(TensorTest, UndefinedTensor) {
   Tensor u;
   EXPECT_FALSE(u.defined());

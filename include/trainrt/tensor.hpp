@@ -75,7 +75,10 @@ class TRAINRT_API Tensor {
 
   /// A copy on another device (same dtype).
   Tensor to(Device device) const;
-  /// A copy converted to another dtype (floats round to nearest even; ints truncate).
+  /// A copy converted to another dtype. Between floating types: round to nearest even. Float
+  /// to integer: truncation toward zero, saturating at the type's range, NaN -> 0 (the same
+  /// on every backend; PyTorch leaves these undefined). Integer to integer: modular, as
+  /// PyTorch (i64 300 -> u8 44). Integer to float: one rounding.
   Tensor to(DType dtype) const;
   Tensor clone() const;
   /// Same storage, new shape with the same numel.

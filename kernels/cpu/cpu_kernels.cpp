@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #endif
 
+#include "../common/cast.h"
 #include "../common/losses.h"
 #include "cpu_kernels.h"
 
@@ -278,31 +279,6 @@ template <class S, class D>
 void cast_loop(const S* s, D* d, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > kChunk)
   for (int64_t i = 0; i < n; ++i) d[i] = (D)s[i];
-}
-
-double load_any(const void* p, int32_t dt, int64_t i) {
-  switch (dt) {
-    case TRAINRT_F32: return ((const float*)p)[i];
-    case TRAINRT_F64: return ((const double*)p)[i];
-    case TRAINRT_F16: return f16_bits_to_float(((const f16_t*)p)[i].bits);
-    case TRAINRT_BF16: return bf16_bits_to_float(((const bf16_t*)p)[i].bits);
-    case TRAINRT_I32: return ((const int32_t*)p)[i];
-    case TRAINRT_I64: return (double)((const int64_t*)p)[i];
-    case TRAINRT_U8: return ((const uint8_t*)p)[i];
-  }
-  return 0;
-}
-
-void store_any(void* p, int32_t dt, int64_t i, double v) {
-  switch (dt) {
-    case TRAINRT_F32: ((float*)p)[i] = (float)v; break;
-    case TRAINRT_F64: ((double*)p)[i] = v; break;
-    case TRAINRT_F16: ((f16_t*)p)[i].bits = float_to_f16_bits((float)v); break;
-    case TRAINRT_BF16: ((bf16_t*)p)[i].bits = float_to_bf16_bits((float)v); break;
-    case TRAINRT_I32: ((int32_t*)p)[i] = (int32_t)v; break;
-    case TRAINRT_I64: ((int64_t*)p)[i] = (int64_t)v; break;
-    case TRAINRT_U8: ((uint8_t*)p)[i] = (uint8_t)v; break;
-  }
 }
 
 bool is_float_dt(int32_t dt) {
@@ -832,8 +808,10 @@ int cpu_cast(const void* src, int32_t sdt, void* dst, int32_t ddt, int64_t n) {
     }
     return 0;
   }
+  // f64 <-> 16-bit, or an integer dtype on either side: kernels/common/cast.h (modular
+  // between integers, saturating float -> int), the same code as the CUDA backend's.
 #pragma omp parallel for schedule(static) if (n > kChunk)
-  for (int64_t i = 0; i < n; ++i) store_any(dst, ddt, i, load_any(src, sdt, i));
+  for (int64_t i = 0; i < n; ++i) cast_element(src, sdt, dst, ddt, i);
   return 0;
 }
 

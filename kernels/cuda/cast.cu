@@ -4,9 +4,11 @@
 // dtype: a device-to-device copy. Between f32, f16 and bf16: through f32 (exact widening,
 // one round-to-nearest-even when narrowing, kernels/common/half.h). With f64 on either side of
 // a floating pair: through f64, narrowing to 16 bits via f32 exactly as the CPU does. Anything
-// with an integer dtype: through f64, like the CPU's load_any / store_any.
+// with an integer dtype: kernels/common/cast.h, the code the CPU backend runs too (modular
+// between integers, saturating float -> int with NaN -> 0).
 #include <type_traits>
 
+#include "../common/cast.h"
 #include "cuda_ops.h"
 #include "device_utils.cuh"
 
@@ -29,42 +31,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__device__ __forceinline__ double load_any(const void* p, int32_t dt, int64_t i) {
-  switch (dt) {
-    case TRAINRT_F32: return static_cast<const float*>(p)[i];
-    case TRAINRT_F64: return static_cast<const double*>(p)[i];
-    case TRAINRT_F16: return f16_bits_to_float(static_cast<const f16_t*>(p)[i].bits);
-    case TRAINRT_BF16: return bf16_bits_to_float(static_cast<const bf16_t*>(p)[i].bits);
-    case TRAINRT_I32: return static_cast<const int32_t*>(p)[i];
-    case TRAINRT_I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case TRAINRT_U8: return static_cast<const uint8_t*>(p)[i];
-    default: return 0.0;
-  }
-}
-
-__device__ __forceinline__ void store_any(void* p, int32_t dt, int64_t i, double v) {
-  switch (dt) {
-    case TRAINRT_F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case TRAINRT_F64: static_cast<double*>(p)[i] = v; break;
-    case TRAINRT_F16:
-      static_cast<f16_t*>(p)[i].bits = float_to_f16_bits(static_cast<float>(v));
-      break;
-    case TRAINRT_BF16:
-      static_cast<bf16_t*>(p)[i].bits = float_to_bf16_bits(static_cast<float>(v));
-      break;
-    case TRAINRT_I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    case TRAINRT_I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
-    case TRAINRT_U8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
-    default: break;
-  }
-}
-
 /// Any pair involving an integer dtype (the dtype switch is uniform across the grid).
 __global__ void __launch_bounds__(kThreads)
     cast_any_kernel(const void* src, int32_t sdt, void* dst, int32_t ddt, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    store_any(dst, ddt, i, load_any(src, sdt, i));
+    cast_element(src, sdt, dst, ddt, i);
   }
 }
 
