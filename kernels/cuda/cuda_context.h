@@ -34,7 +34,7 @@ struct DeviceCtx {
   int sm_count = 1;
   std::mutex error_mu;  // serialises check_data_error on this device
 
-  std::mutex blas_mu;
+  std::mutex blas_mu;  // guards the handles: their creation and every cuBLAS call on them
   cublasHandle_t blas = nullptr;       // created on first use, bound to `stream`
   cublasLtHandle_t blas_lt = nullptr;  // created on first use
 };

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
 #include <string>
 
 #include "../common/nn.h"
@@ -137,6 +138,9 @@ void launch_gemm(DeviceCtx& ctx, const trainrt_gemm_args& a) {
          ", k=" + std::to_string(a.k) + " are negative or exceed cuBLAS's int range");
   }
   cublasHandle_t h = blas_handle(ctx);
+  // A cuBLAS handle must not be used by two host threads at once (cuBLAS docs, "Thread
+  // Safety"); the context's one handle is shared by every thread that runs ops on this device.
+  std::lock_guard<std::mutex> blas_lock(ctx.blas_mu);
   // Row-major C [m, n] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
   const cublasOperation_t ob = a.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t oa = a.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
