@@ -11,6 +11,11 @@
 //                  before each clip + step
 //   ceiling_adamw  a loop with the AdamW access pattern (4 arrays read, 3 written, trivial math)
 //   ceiling_sgd    the same for SGD (3 read, 2 written)
+//   ceiling_adamw_reads  the AdamW pattern's four reads without its three writes (16 B/param),
+//                  paired with the AdamW pattern (run_paired: ratio = reads alone / step): what
+//                  the step would cost if its writes were free. Near 1, the step is read-bound,
+//                  and a separate read pass over g (4 B more reads) costs about a quarter of
+//                  the step, not the 4/28 of the byte count
 //   ceiling_read   a read-only sum of squares (the norm's pass), rotating among buffers that
 //                  together exceed the last-level cache
 //   ceiling_clip_adamw  the clip + step sequence: a read pass over g, then the AdamW pattern
@@ -290,6 +295,27 @@ TRAINRT_BENCH_CLONES void ceiling_adamw_pass(float* __restrict p, const float* _
 }
 
 template <bool kPf>
+TRAINRT_BENCH_CLONES double ceiling_adamw_reads_pass(const float* __restrict p,
+                                                     const float* __restrict g,
+                                                     const float* __restrict m,
+                                                     const float* __restrict v, std::int64_t n) {
+  float s = 0.0f;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+  for (std::int64_t i0 = 0; i0 < n; i0 += kPfBlock) {
+    const std::int64_t i1 = std::min(i0 + kPfBlock, n);
+    pf<kPf>(g, i0, n, 0);
+    pf<kPf>(p, i0, n, 0);
+    pf<kPf>(m, i0, n, 0);
+    pf<kPf>(v, i0, n, 0);
+    float b = 0.0f;
+#pragma omp simd reduction(+ : b)
+    for (std::int64_t i = i0; i < i1; ++i) b += p[i] * 0.5f + g[i] * m[i] + v[i];
+    s += b;
+  }
+  return s;
+}
+
+template <bool kPf>
 TRAINRT_BENCH_CLONES void ceiling_sgd_pass(float* __restrict p, const float* __restrict g,
                                            float* __restrict buf, std::int64_t n) {
 #pragma omp parallel for schedule(static)
@@ -328,6 +354,22 @@ void bm_ceiling_adamw(benchmark::State& state) {
   const std::int64_t n = total_params();
   run(state, Device::cpu(), 28.0 * n,
       [&] { ceiling_adamw_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n); });
+}
+
+template <bool kPf>
+void bm_ceiling_adamw_reads(benchmark::State& state) {
+  // The AdamW pattern (alone) and its four reads without the writes (with), in pairs: ratio is
+  // the share of the step's time that its reads alone take.
+  Arrays& x = ceiling_arrays();
+  const std::int64_t n = total_params();
+  double sink = 0.0;
+  run_paired(
+      state, Device::cpu(),
+      [&] { ceiling_adamw_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n); },
+      [&] {
+        sink += ceiling_adamw_reads_pass<kPf>(x.a.data(), x.b.data(), x.c.data(), x.d.data(), n);
+      });
+  benchmark::DoNotOptimize(sink);
 }
 
 template <bool kPf>
@@ -425,12 +467,16 @@ void register_all() {
     }
   }
   regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw<true>));
+  regs.push_back(
+      benchmark::RegisterBenchmark("ceiling_adamw_reads/cpu", bm_ceiling_adamw_reads<true>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd/cpu", bm_ceiling_sgd<true>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_read/cpu", bm_ceiling_read<true>));
   regs.push_back(
       benchmark::RegisterBenchmark("ceiling_clip_adamw/cpu", bm_ceiling_clip_adamw<true>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_norm/cpu", bm_ceiling_norm<true>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw_hw/cpu", bm_ceiling_adamw<false>));
+  regs.push_back(
+      benchmark::RegisterBenchmark("ceiling_adamw_reads_hw/cpu", bm_ceiling_adamw_reads<false>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_sgd_hw/cpu", bm_ceiling_sgd<false>));
   regs.push_back(benchmark::RegisterBenchmark("ceiling_read_hw/cpu", bm_ceiling_read<false>));
   regs.push_back(

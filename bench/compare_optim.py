@@ -11,8 +11,10 @@ against bench_optim's fused steps (one pass; clip_adamw folds the clip coefficie
 and the one-pass bandwidth ceilings it measures in the same run (ceiling_adamw: the AdamW access
 pattern, 28 B/param; ceiling_sgd: 20 B/param; ceiling_read: the norm's read pass, 4 B/param;
 ceiling_clip_adamw: a read pass over g, then the AdamW pattern, as clip + step; each ceiling in two
-forms, with and without software prefetches, the faster one taken), and the paired clip_overhead
-benchmarks (the step alone and clip + step in alternating pairs). PyTorch runs with
+forms, with and without software prefetches, the faster one taken), the paired clip_overhead
+benchmarks (the step alone and clip + step in alternating pairs) and the paired
+ceiling_adamw_reads (the AdamW pattern's reads without its writes, against the pattern: how
+read-bound the step is, which sets what a separate norm pass costs). PyTorch runs with
 torch.set_num_threads(2) (this machine's core count), on random data, median of many steps after
 warm-up. Rounds alternate trainrt and PyTorch so both see the same machine load; the table holds
 medians over rounds, the load average and CPU pressure (PSI) of the run.
@@ -87,7 +89,7 @@ def run_bench(bench, reps, min_time):
         name = b["run_name"].split("/min_time")[0].split("/manual_time")[0]
         unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
         res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
-        for counter in ("ratio", "alone_ms", "with_ms"):  # the paired clip_overhead benchmarks
+        for counter in ("ratio", "alone_ms", "with_ms"):  # the paired benchmarks (run_paired)
             if counter in b:
                 res.setdefault(name + "#" + counter, []).append(b[counter])
     return res
@@ -236,6 +238,19 @@ def main():
         "benchmarks): " + ", ".join("%d tensors %s" % (n, paired("clip_overhead/cpu/tensors:%d" % n))
                                     for n in LAYOUTS)
         + "; the ceiling loops (%s) %s." % (ceil_pair.split("/")[0], paired(ceil_pair)))
+    reads_pair = min(("ceiling_adamw_reads/cpu", "ceiling_adamw_reads_hw/cpu"),
+                     key=lambda k: trm.get(k + "#alone_ms", float("inf")))
+    reads_line = ""
+    if reads_pair + "#ratio" in trm:
+        share = trm[reads_pair + "#ratio"]
+        reads_line = (
+            "Is the step read-bound? The AdamW pattern's four reads without its three writes "
+            "(%s, paired with the pattern) take %.2fx the step's time (reads %.1f ms, step %.1f ms). "
+            "A separate norm pass adds one read stream to the step's four, so at the same read rate "
+            "it costs about %.2f x 1/4 = %.2f of the step: clip + step >= ~%.2fx here, not the "
+            "32/28 = 1.14x of the byte count, which holds only where writes cost as much as reads."
+            % (reads_pair.split("/")[0], share, trm[reads_pair + "#with_ms"],
+               trm[reads_pair + "#alone_ms"], share, share / 4, 1 + share / 4))
     report = [
         "# Optimizer steps on the CPU: trainrt vs PyTorch %s" % torch.__version__,
         "",
@@ -259,6 +274,8 @@ def main():
         "",
         paired_line,
         "",
+        reads_line,
+        "",
         "Best times (the least disturbed run of each; the machine is shared, so medians include "
         "time other processes took from our two threads):",
         "",
@@ -273,7 +290,8 @@ def main():
         "Ceilings (same run; _hw: the same loop without software prefetches; the table uses the "
         "faster form): " + ", ".join("%s %.1f ms" % (k.split("/")[0], v) for k, v in sorted(trm.items())
                                                if k.startswith("ceiling") and "#" not in k
-                                               and "clip_overhead" not in k) + ".",
+                                               and "clip_overhead" not in k
+                                               and "adamw_reads" not in k) + ".",
     ]
     text = "\n".join(report) + "\n"
     print(text)
