@@ -47,40 +47,30 @@ TRAINRT_HD void store_int(void* p, int32_t dt, int64_t i, int64_t v) {
   }
 }
 
+/// v truncated toward zero, saturating: hi from `top` up, lo from `bottom` down; NaN (which
+/// fails every comparison) -> 0.
+template <class I>
+TRAINRT_HD I saturate_to(double v, double top, I hi, double bottom, I lo) {
+  if (v >= top) return hi;
+  if (v <= bottom) return lo;
+  return v == v ? static_cast<I>(v) : I(0);
+}
+
 /// A floating value to an integer dtype: truncation toward zero, saturating, NaN -> 0.
 TRAINRT_HD void store_float_as_int(void* p, int32_t dt, int64_t i, double v) {
   switch (dt) {
-    case TRAINRT_I32: {
-      int32_t r = 0;
-      if (v >= 2147483647.0)
-        r = 2147483647;
-      else if (v <= -2147483648.0)
-        r = -2147483647 - 1;
-      else if (v == v)
-        r = static_cast<int32_t>(v);
-      static_cast<int32_t*>(p)[i] = r;
+    case TRAINRT_I32:
+      static_cast<int32_t*>(p)[i] =
+          saturate_to<int32_t>(v, 2147483647.0, 2147483647, -2147483648.0, -2147483647 - 1);
       break;
-    }
-    case TRAINRT_I64: {
-      int64_t r = 0;
-      if (v >= 9223372036854775808.0)  // 2^63: the first double above INT64_MAX
-        r = 9223372036854775807LL;
-      else if (v <= -9223372036854775808.0)
-        r = -9223372036854775807LL - 1;
-      else if (v == v)
-        r = static_cast<int64_t>(v);
-      static_cast<int64_t*>(p)[i] = r;
+    case TRAINRT_I64:  // 2^63 is the first double above INT64_MAX
+      static_cast<int64_t*>(p)[i] =
+          saturate_to<int64_t>(v, 9223372036854775808.0, 9223372036854775807LL,
+                               -9223372036854775808.0, -9223372036854775807LL - 1);
       break;
-    }
-    case TRAINRT_U8: {
-      uint8_t r = 0;
-      if (v >= 255.0)
-        r = 255;
-      else if (v > 0.0)  // also false for NaN; (-1, 0] truncates to 0 as well
-        r = static_cast<uint8_t>(v);
-      static_cast<uint8_t*>(p)[i] = r;
+    case TRAINRT_U8:  // (-1, 0] truncates to 0 as well
+      static_cast<uint8_t*>(p)[i] = saturate_to<uint8_t>(v, 255.0, 255, 0.0, 0);
       break;
-    }
     default: break;
   }
 }
@@ -96,27 +86,14 @@ TRAINRT_HD double load_float_any(const void* p, int32_t dt, int64_t i) {
   }
 }
 
-/// An integer to a floating dtype: one rounding to f32 or f64 (as (float) v in C++); f16 and
-/// bf16 through f32, as PyTorch's c10::Half / BFloat16 conversions do.
-TRAINRT_HD void store_int_as_float(void* p, int32_t dt, int64_t i, int64_t v) {
+/// v (int64_t or double) to a floating dtype: one rounding to f32 or f64 (as (float) v in C++);
+/// f16 and bf16 through f32, as PyTorch's c10::Half / BFloat16 conversions do (and as the CPU
+/// always narrowed f64 to 16 bits).
+template <class S>
+TRAINRT_HD void store_as_float(void* p, int32_t dt, int64_t i, S v) {
   switch (dt) {
     case TRAINRT_F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
     case TRAINRT_F64: static_cast<double*>(p)[i] = static_cast<double>(v); break;
-    case TRAINRT_F16:
-      static_cast<f16_t*>(p)[i].bits = float_to_f16_bits(static_cast<float>(v));
-      break;
-    case TRAINRT_BF16:
-      static_cast<bf16_t*>(p)[i].bits = float_to_bf16_bits(static_cast<float>(v));
-      break;
-    default: break;
-  }
-}
-
-/// A double to a floating dtype; f16 / bf16 through f32 (f64 -> 16 bits as the CPU always did).
-TRAINRT_HD void store_float_any(void* p, int32_t dt, int64_t i, double v) {
-  switch (dt) {
-    case TRAINRT_F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case TRAINRT_F64: static_cast<double*>(p)[i] = v; break;
     case TRAINRT_F16:
       static_cast<f16_t*>(p)[i].bits = float_to_f16_bits(static_cast<float>(v));
       break;
@@ -135,11 +112,11 @@ TRAINRT_HD void cast_element(const void* src, int32_t sdt, void* dst, int32_t dd
     if (dt_is_int(ddt))
       store_int(dst, ddt, i, v);
     else
-      store_int_as_float(dst, ddt, i, v);
+      store_as_float(dst, ddt, i, v);
   } else if (dt_is_int(ddt)) {
     store_float_as_int(dst, ddt, i, load_float_any(src, sdt, i));
   } else {
-    store_float_any(dst, ddt, i, load_float_any(src, sdt, i));
+    store_as_float(dst, ddt, i, load_float_any(src, sdt, i));
   }
 }
 
