@@ -24,6 +24,8 @@
 //   clip_overhead  adamw and clip_adamw timed in alternating pairs: alone_ms, with_ms and the
 //                  median per-pair ratio (clip + step / step), robust against the load drift
 //                  of a shared machine; ceiling_clip_overhead: the same for the ceiling loops
+//   ceiling_copy/cuda  the GPU ceiling: a device-to-device copy of 14 B/param (28 B/param read +
+//                  written, the AdamW step's traffic); bytes/s counts both directions
 //   ceiling_*_hw   each ceiling loop without software prefetches (the hardware prefetcher
 //                  alone); compare_optim.py takes the faster form as the ceiling
 // Each result reports bytes/s; compare_optim.py divides them into ratios. Inputs are random;
@@ -163,6 +165,16 @@ void bm_clip_params_adamw(benchmark::State& state, Device dev, int tensors) {
       static_cast<std::int64_t>(bytes * static_cast<double>(state.iterations())));
   state.counters["params"] = static_cast<double>(total_params());
   state.counters["bytes_per_step"] = bytes;
+}
+
+/// The device's copy bandwidth, the GPU ceiling (docs/PERF.md): a device-to-device
+/// Tensor::copy_ of 14 B per param, i.e. 28 B/param read + written, the AdamW step's bytes.
+/// bytes_per_second counts both the read and the written bytes.
+void bm_ceiling_copy(benchmark::State& state, Device dev) {
+  const std::int64_t n = total_params() / 2 * 7;  // f32 elements: 3.5 per param
+  Tensor src = Tensor::zeros({n}, DType::f32, dev);
+  Tensor dst = Tensor::zeros({n}, DType::f32, dev);
+  run(state, dev, 8.0 * static_cast<double>(n), [&] { dst.copy_(src); });
 }
 
 double median_of(std::vector<double> v) {
@@ -465,6 +477,10 @@ void register_all() {
       regs.push_back(benchmark::RegisterBenchmark(("clip_overhead" + suffix).c_str(),
                                                   bm_clip_overhead, dev, tensors));
     }
+  }
+  if (trainrt::cuda_available()) {
+    regs.push_back(
+        benchmark::RegisterBenchmark("ceiling_copy/cuda", bm_ceiling_copy, Device::cuda(0)));
   }
   regs.push_back(benchmark::RegisterBenchmark("ceiling_adamw/cpu", bm_ceiling_adamw<true>));
   regs.push_back(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command to run on a lent GPU machine (see the device tool's README): builds trainrt
 # with the CUDA backend for Hopper, runs the whole ctest suite (CUDA tests included), runs
-# every bench_* executable with JSON output, times PyTorch on the GPU beside bench_losses, and
-# writes $OUT/summary.md. Exits non-zero if configure, build or tests fail (the summary is
+# every bench_* executable with JSON output, times PyTorch on the GPU beside bench_losses and
+# beside bench_optim at 1e9 params (bench/compare_optim_cuda.py: fused AdamW, the copy
+# ceiling, clip + step), and writes $OUT/summary.md. Exits non-zero if configure, build or tests fail (the summary is
 # written all the same); 3 if only the benchmarks or the PyTorch comparison failed.
 #
 # That machine has nvcc, CMake, ninja and PyTorch 2.x (python3) but no package registry and
@@ -10,9 +11,9 @@
 # which this script unpacks with dpkg -x into a private prefix (never into /). Then, with
 # the device tool:
 #   run(command="bash scripts/gpu_check.sh", carry=[".debs"], timeout_s=600)
-# and read $OUT/summary.md (also ctest.log, build.log, bench.log, compare_cuda.md and
-# benchmarks.json, which holds every bench_* executable's JSON output by name: six files
-# whatever the number of benchmarks, as the tool brings back at most eight).
+# and read $OUT/summary.md (also ctest.log, build.log, bench.log, compare_cuda.md,
+# compare_optim_cuda.md and benchmarks.json, which holds every bench_* executable's JSON output
+# by name: seven files whatever the number of benchmarks, as the tool brings back at most eight).
 #
 # Options:
 #   --configure-only   unpack and configure, then stop (to check the prefix logic anywhere)
@@ -21,6 +22,7 @@
 #   OUT=./gpu_out  TRAINRT_DEPS_PREFIX=/tmp/trainrt-deps  TRAINRT_GPU_BUILD_DIR=build-gpu
 #   TRAINRT_WITH_CUDA=ON  TRAINRT_CUDA_ARCH=90  TRAINRT_BENCH_REPS=3  TRAINRT_BENCH_MIN_TIME=0.2
 #   TRAINRT_COMPARE_ROUNDS=2  PYTHON=python3
+#   TRAINRT_GPU_OPTIM_PARAMS=1000000000 (0 skips compare_optim_cuda.py, e.g. short of time)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo=$(pwd)
@@ -31,7 +33,7 @@ for arg in "$@"; do
   case "$arg" in
     --configure-only) configure_only=1 ;;
     --no-bench) run_bench=0 ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +48,7 @@ cuda_arch=${TRAINRT_CUDA_ARCH:-90}
 bench_reps=${TRAINRT_BENCH_REPS:-3}
 bench_min_time=${TRAINRT_BENCH_MIN_TIME:-0.2}
 compare_rounds=${TRAINRT_COMPARE_ROUNDS:-2}
+optim_params=${TRAINRT_GPU_OPTIM_PARAMS:-1000000000}
 python=${PYTHON:-python3}
 json_dir=${TMPDIR:-/tmp}/trainrt-bench-json  # per-executable JSON (outside $OUT: the tool brings back 8 files at most), combined into $OUT/benchmarks.json
 jobs=$(nproc 2>/dev/null || echo 4)
@@ -59,6 +62,7 @@ build_status="not run"
 test_status="not run"
 bench_status="not run"
 compare_status="not run"
+optim_compare_status="not run"
 deps_note="not run"
 declare -A step_seconds=()
 cmake_dep_args=()
@@ -233,7 +237,7 @@ write_summary() {
     echo "- dependencies: $deps_note"
     echo "- configure (TRAINRT_WITH_CUDA=$with_cuda, CMAKE_CUDA_ARCHITECTURES=$cuda_arch): $configure_status; build (-j $jobs): $build_status"
     echo "- ctest: $test_status: $total tests, $failed failed, $passed passed (of which $skipped skipped: GTEST_SKIP, e.g. a CUDA case without a usable GPU)"
-    echo "- benchmarks: $bench_status; PyTorch comparison: $compare_status"
+    echo "- benchmarks: $bench_status; PyTorch comparison: $compare_status; optimizers at $optim_params params vs PyTorch: $optim_compare_status"
     echo "- seconds per step: $(for k in "${!step_seconds[@]}"; do printf '%s %s; ' "$k" "${step_seconds[$k]}"; done)"
     echo "- exit code: $exit_code"
     if [ -f "$OUT/ctest.log" ] && grep -q 'The following tests FAILED' "$OUT/ctest.log"; then
@@ -253,13 +257,19 @@ write_summary() {
       echo '```'
     fi
     if [ "$bench_status" != ok ] && [ "$bench_status" != "not run" ] ||
-      [ "$compare_status" = failed ]; then
+      [ "$compare_status" = failed ] || [ "$optim_compare_status" = failed ]; then
       echo
       echo "## Benchmark / comparison errors (end of bench.log)"
       echo
       echo '```'
       tail -n 15 "$OUT/bench.log" 2>/dev/null
       echo '```'
+    fi
+    if [ -f "$OUT/compare_optim_cuda.md" ]; then
+      echo
+      echo "## Optimizer steps vs PyTorch on the GPU (compare_optim_cuda.py)"
+      echo
+      sed '1,2d' "$OUT/compare_optim_cuda.md"
     fi
     if [ -f "$OUT/compare_cuda.md" ]; then
       echo
@@ -379,6 +389,23 @@ EOF
     compare_status="not run (no bench_losses.json)"
   fi
   step_seconds[compare]=$((SECONDS - t0))
+
+  # The optimizer issue's GPU figures: 1e9 params in 1 and 200 tensors against
+  # torch.optim.AdamW(fused=True) and the device's copy bandwidth.
+  t0=$SECONDS
+  log "compare_optim_cuda --params $optim_params"
+  if [ "$optim_params" = 0 ]; then
+    optim_compare_status="not run (TRAINRT_GPU_OPTIM_PARAMS=0)"
+  elif LD_LIBRARY_PATH=$orig_ld_library_path TRAINRT_BENCH_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} \
+    timeout 300 "$python" bench/compare_optim_cuda.py "$build/bin/bench_optim" \
+    --params "$optim_params" --reps 2 --min-time 0.1 --steps 20 \
+    --out "$OUT/compare_optim_cuda.md" >>"$OUT/bench.log" 2>&1; then
+    optim_compare_status=ok
+  else
+    optim_compare_status=failed
+    [ "$exit_code" = 0 ] && exit_code=3
+  fi
+  step_seconds[compare_optim]=$((SECONDS - t0))
 fi
 
 finish
