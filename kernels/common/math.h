@@ -18,9 +18,10 @@ TRAINRT_HD float exp_nonpos(float x) {
   return expf(x);
 #else
   const float xc = x < -87.0f ? -87.0f : x;
-  // n = round(x / ln2) by the 1.5 * 2^23 trick (vectorises without SSE4.1 round).
-  float n = xc * 1.44269504088896341f + 12582912.0f;
-  n -= 12582912.0f;
+  // n = round(x / ln2) by the 1.5 * 2^23 trick (vectorises without SSE4.1 round): t holds n
+  // in its low mantissa bits (its ulp is 1), so float_bits(t) - 0x4B400000 is n as an integer.
+  const float t = xc * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -30,8 +31,9 @@ TRAINRT_HD float exp_nonpos(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t ni = (int32_t)n;
-  const float scale = bits_float((uint32_t)(ni + 127) << 23);
+  // 2^n from t's bits, in unsigned arithmetic: no float -> int conversion, which would be
+  // undefined behaviour for NaN x (y is NaN then, and so is the result, whatever the scale).
+  const float scale = bits_float((float_bits(t) - 0x4B400000u + 127u) << 23);
   const float res = y * scale;
   return x < -87.0f ? 0.0f : res;
 #endif
