@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU backend and the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
-# (with LeakSanitizer), in a build directory of its own. Any report fails the run:
-# UBSan with -fno-sanitize-recover (and halt_on_error), ASan/LSan with halt_on_error and
-# detect_leaks=1. The flags go into CMAKE_CXX_FLAGS and the linker flags, so they reach every
-# target: libtrainrt, the per-ISA CPU kernel object libraries (x86-64-v3/v4), the fake
-# backend modules and the tests; the script checks compile_commands.json to be sure.
+# (with float-cast-overflow) and LeakSanitizer, in a build directory of its own. Any report
+# fails the run: UBSan with -fno-sanitize-recover (and halt_on_error), ASan/LSan with
+# halt_on_error and detect_leaks=1. The flags go into CMAKE_CXX_FLAGS and the linker flags, so
+# they reach every target: libtrainrt, the per-ISA CPU kernel object libraries (x86-64-v3/v4),
+# the fake backend modules and the tests; the script checks compile_commands.json to be sure.
 # libstdc++ assertions (_GLIBCXX_ASSERTIONS) are on too. No CUDA, benchmarks or examples.
 #
 #   scripts/sanitize.sh                     # build dir ./build-asan
@@ -23,7 +23,10 @@ source scripts/deps.sh
 trainrt_install_missing cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev \
   libspdlog-dev libfmt-dev libopenblas-dev librandom123-dev nlohmann-json3-dev zlib1g-dev
 
-san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+# float-cast-overflow (a float -> int conversion out of range or of NaN) is not part of GCC's
+# "undefined" group, so it is named.
+san="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer"
+san+=" -fno-sanitize-recover=undefined,float-cast-overflow"
 cxx=${CXX:-c++}
 
 # ---- can LeakSanitizer run here? -------------------------------------------------------------
