@@ -77,10 +77,12 @@ def machine():
     return "%s, %d logical CPUs" % (model or platform.processor(), os.cpu_count())
 
 
-def run_bench(bench, reps, min_time):
-    cmd = [bench, "--benchmark_format=json", "--benchmark_filter=/cpu",
+def run_bench(bench, reps, min_time, bench_filter="/cpu", env=None):
+    """bench_optim's JSON as {name: [ms per repetition], name#counter: [...], _context: ...}
+    (also used by compare_optim_cuda.py)."""
+    cmd = [bench, "--benchmark_format=json", "--benchmark_filter=" + bench_filter,
            "--benchmark_repetitions=%d" % reps, "--benchmark_min_time=%g" % min_time]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     doc = json.loads(out)
     res = {"_context": doc.get("context", {}).get("cpu_backend", "?")}
     for b in doc["benchmarks"]:
@@ -89,7 +91,8 @@ def run_bench(bench, reps, min_time):
         name = b["run_name"].split("/min_time")[0].split("/manual_time")[0]
         unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
         res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
-        for counter in ("ratio", "alone_ms", "with_ms"):  # the paired benchmarks (run_paired)
+        # the paired benchmarks' counters (run_paired), and the device's copy ceiling's rate
+        for counter in ("ratio", "alone_ms", "with_ms", "bytes_per_second"):
             if counter in b:
                 res.setdefault(name + "#" + counter, []).append(b[counter])
     return res

@@ -25,18 +25,19 @@ copy ceiling): a check of the script on a machine without a GPU, not a measureme
 import argparse
 import datetime
 import inspect
-import json
 import os
 import statistics
-import subprocess
 import sys
+import time
+
+from compare_optim import run_bench  # bench/ is on sys.path: it is this script's folder
 
 LAYOUTS = [1, 200]
 OPS = ("adamw", "sgd_momentum", "clip_adamw", "grad_norm")
 BYTES_PER_PARAM = {"adamw": 28, "sgd_momentum": 20, "clip_adamw": 32, "grad_norm": 4}
 
 
-def run_bench(bench, n_params, device, reps, min_time):
+def run_bench_median(bench, n_params, device, reps, min_time):
     env = dict(os.environ, TRAINRT_BENCH_OPTIM_PARAMS=str(n_params))
     # scripts/gpu_check.sh runs this script with the system's library path (for PyTorch) and
     # passes the one bench_optim needs (its unpacked dependencies) here.
@@ -44,21 +45,8 @@ def run_bench(bench, n_params, device, reps, min_time):
         env["LD_LIBRARY_PATH"] = os.environ["TRAINRT_BENCH_LD_LIBRARY_PATH"]
     # Only the device's benchmarks (and its ceiling), not the CPU ceilings' 16M-param arrays.
     filt = "/cuda" if device == "cuda" else "^(adamw|sgd_momentum|clip_adamw|grad_norm|clip_overhead)/cpu"
-    cmd = [bench, "--benchmark_format=json", "--benchmark_filter=" + filt,
-           "--benchmark_repetitions=%d" % reps, "--benchmark_min_time=%g" % min_time]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
-    doc = json.loads(out)
-    res = {"_context": doc.get("context", {})}
-    for b in doc["benchmarks"]:
-        if b.get("run_type") != "iteration" or b.get("error_occurred"):
-            continue
-        name = b["run_name"].split("/min_time")[0].split("/manual_time")[0]
-        unit = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b["time_unit"]]
-        res.setdefault(name, []).append(b["real_time"] * unit * 1e3)  # ms
-        for counter in ("ratio", "alone_ms", "with_ms", "bytes_per_second"):
-            if counter in b:
-                res.setdefault(name + "#" + counter, []).append(b[counter])
-    return {k: (statistics.median(v) if k != "_context" else v) for k, v in res.items()}
+    res = run_bench(bench, reps, min_time, bench_filter=filt, env=env)
+    return {k: (v if k == "_context" else statistics.median(v)) for k, v in res.items()}
 
 
 def has_kwarg(cls, name):
@@ -88,7 +76,6 @@ def torch_times(torch, n_params, device, steps):
                 b.synchronize()
                 ts.append(a.elapsed_time(b))
             else:
-                import time
                 t0 = time.perf_counter()
                 fn()
                 ts.append((time.perf_counter() - t0) * 1e3)
@@ -153,7 +140,7 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         print("compare_optim_cuda: torch.cuda is not available", file=sys.stderr)
         return 3
-    tr = run_bench(args.bench, args.params, args.device, args.reps, args.min_time)
+    tr = run_bench_median(args.bench, args.params, args.device, args.reps, args.min_time)
     th = torch_times(torch, args.params, args.device, args.steps)
     d = args.device
     copy_bw = tr.get("ceiling_copy/%s#bytes_per_second" % d)  # B/s, read + written
