@@ -124,6 +124,21 @@ TEST(CudaParity, CastsMatchCpuBitwise) {
       EXPECT_EQ(raw_bytes(gc.to(back)), raw_bytes(cc.to(back)));
     }
   }
+  // Out of range and NaN to the integer types (saturation, NaN -> 0: kernels/common/cast.h),
+  // from f64 and from the random f32 bit patterns; then between the integer types (modular).
+  for (DType to : {DType::i32, DType::i64, DType::u8}) {
+    SCOPED_TRACE(std::string("f64 / f32 bit patterns -> ") + trainrt::dtype_name(to));
+    EXPECT_EQ(raw_bytes(dg.to(to)), raw_bytes(dc.to(to)));
+    EXPECT_EQ(raw_bytes(fg.to(to)), raw_bytes(fc.to(to)));
+  }
+  std::vector<std::int64_t> wide(4096);
+  for (auto& v : wide) v = static_cast<std::int64_t>(static_cast<std::uint64_t>(g()) << 32 | g());
+  const Tensor wc = Tensor::from_vector(wide, {4096});
+  const Tensor wg = wc.to(gpu);
+  for (DType to : {DType::i32, DType::u8, DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    SCOPED_TRACE(std::string("i64 -> ") + trainrt::dtype_name(to));
+    EXPECT_EQ(raw_bytes(wg.to(to)), raw_bytes(wc.to(to)));
+  }
 }
 
 // ---- softmax -------------------------------------------------------------------------------
