@@ -3,8 +3,9 @@
 # with the CUDA backend for Hopper, runs the whole ctest suite (CUDA tests included), runs
 # every bench_* executable with JSON output, times PyTorch on the GPU beside bench_losses and
 # beside bench_optim at 1e9 params (bench/compare_optim_cuda.py: fused AdamW, the copy
-# ceiling, clip + step), and writes $OUT/summary.md. Exits non-zero if configure, build or tests fail (the summary is
-# written all the same); 3 if only the benchmarks or the PyTorch comparison failed.
+# ceiling, clip + step), and writes $OUT/summary.md. Exits non-zero if configure, build or
+# tests fail (the summary is written all the same); 3 if only the benchmarks or the PyTorch
+# comparisons failed.
 #
 # That machine has nvcc, CMake, ninja and PyTorch 2.x (python3) but no package registry and
 # may lack the -dev packages, so run scripts/fetch_gpu_debs.sh HERE first: it fills .debs/,
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --configure-only) configure_only=1 ;;
     --no-bench) run_bench=0 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
