@@ -24,6 +24,14 @@
 #   TRAINRT_WITH_CUDA=ON  TRAINRT_CUDA_ARCH=90  TRAINRT_BENCH_REPS=3  TRAINRT_BENCH_MIN_TIME=0.2
 #   TRAINRT_COMPARE_ROUNDS=2  PYTHON=python3
 #   TRAINRT_GPU_OPTIM_PARAMS=1000000000 (0 skips compare_optim_cuda.py, e.g. short of time)
+#   TRAINRT_GPU_DEADLINE_S=540: the script's own time limit, so that one 600 s device call
+#     returns a summary. Each step after the build gets only the time left (less a reserve for
+#     the summary) and is skipped when too little is left; summary.md is rewritten after every
+#     step, so even a call killed at its limit brings back what had finished. The order is
+#     what matters most first: ctest (CUDA parity), the optimizer figures at 1e9 params, the
+#     CUDA benchmarks, the PyTorch loss comparison.
+#   TRAINRT_GPU_BENCH_FILTER=/cuda: the --benchmark_filter of the bench_* run (the CPU
+#     benchmarks are measured on the CPU machine; '.' runs them all)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo=$(pwd)
@@ -34,7 +42,7 @@ for arg in "$@"; do
   case "$arg" in
     --configure-only) configure_only=1 ;;
     --no-bench) run_bench=0 ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +59,8 @@ bench_min_time=${TRAINRT_BENCH_MIN_TIME:-0.2}
 compare_rounds=${TRAINRT_COMPARE_ROUNDS:-2}
 optim_params=${TRAINRT_GPU_OPTIM_PARAMS:-1000000000}
 python=${PYTHON:-python3}
+deadline=${TRAINRT_GPU_DEADLINE_S:-540}
+bench_filter=${TRAINRT_GPU_BENCH_FILTER:-/cuda}
 json_dir=${TMPDIR:-/tmp}/trainrt-bench-json  # per-executable JSON (outside $OUT: the tool brings back 8 files at most), combined into $OUT/benchmarks.json
 jobs=$(nproc 2>/dev/null || echo 4)
 arch_dir=$(gcc -print-multiarch 2>/dev/null)
@@ -70,6 +80,19 @@ cmake_dep_args=()
 exit_code=0
 
 log() { echo "[gpu_check $(date +%T)] $*" >&2; }
+
+# budget WANT MIN: the seconds a step may take, min(WANT, time left before the deadline less
+# a 20 s reserve for the summary), or 0 when that is under MIN (the step is then skipped).
+budget() {
+  local want=$1 min=$2 left=$((deadline - SECONDS - 20))
+  if [ "$left" -lt "$min" ]; then
+    echo 0
+  elif [ "$left" -lt "$want" ]; then
+    echo "$left"
+  else
+    echo "$want"
+  fi
+}
 
 # ---- 1. the dependencies: .debs/*.deb -> $prefix ---------------------------------------
 unpack_one() {  # dpkg -x, or ar + tar where dpkg is missing
@@ -239,6 +262,7 @@ write_summary() {
     echo "- configure (TRAINRT_WITH_CUDA=$with_cuda, CMAKE_CUDA_ARCHITECTURES=$cuda_arch): $configure_status; build (-j $jobs): $build_status"
     echo "- ctest: $test_status: $total tests, $failed failed, $passed passed (of which $skipped skipped: GTEST_SKIP, e.g. a CUDA case without a usable GPU)"
     echo "- benchmarks: $bench_status; PyTorch comparison: $compare_status; optimizers at $optim_params params vs PyTorch: $optim_compare_status"
+    echo "- deadline: ${deadline} s (TRAINRT_GPU_DEADLINE_S); bench_* filter: $bench_filter"
     echo "- seconds per step: $(for k in "${!step_seconds[@]}"; do printf '%s %s; ' "$k" "${step_seconds[$k]}"; done)"
     echo "- exit code: $exit_code"
     if [ -f "$OUT/ctest.log" ] && grep -q 'The following tests FAILED' "$OUT/ctest.log"; then
@@ -249,7 +273,7 @@ write_summary() {
       sed -n '/The following tests FAILED/,$p' "$OUT/ctest.log" | head -60
       echo '```'
     fi
-    if [ "$build_status" = failed ] && [ -f "$OUT/build.log" ]; then
+    if [ "$build_status" != ok ] && [ "$build_status" != "not run" ] && [ -f "$OUT/build.log" ]; then
       echo
       echo "## Build errors (first lines)"
       echo
@@ -319,48 +343,97 @@ if [ "$configure_only" = 1 ] || [ "$configure_status" != ok ]; then
   finish
 fi
 
+write_summary
+
 t0=$SECONDS
-log "build -j $jobs"
-if cmake --build "$build" -j "$jobs" >>"$OUT/build.log" 2>&1; then
+t=$(budget 600 1)
+log "build -j $jobs (at most $t s)"
+timeout "$t" cmake --build "$build" -j "$jobs" >>"$OUT/build.log" 2>&1
+rc=$?
+step_seconds[build]=$((SECONDS - t0))
+if [ "$rc" = 0 ]; then
   build_status=ok
 else
-  build_status=failed
+  build_status=$([ "$rc" = 124 ] && echo "timed out after $t s (the deadline)" || echo failed)
   exit_code=1
   tail -n 40 "$OUT/build.log" >&2
   finish
 fi
-step_seconds[build]=$((SECONDS - t0))
+write_summary
 
 t0=$SECONDS
-log "ctest"
-if ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 240 >"$OUT/ctest.log" 2>&1; then
-  test_status=passed
+t=$(budget 300 60)
+if [ "$t" = 0 ]; then
+  test_status="not run (no time left before the ${deadline} s deadline)"
 else
-  test_status=failed
-  exit_code=1
+  log "ctest (at most $t s)"
+  timeout "$t" ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 240 \
+    >"$OUT/ctest.log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    test_status=passed
+  elif [ "$rc" = 124 ]; then
+    test_status="timed out after $t s (the deadline)"
+  else
+    test_status=failed
+  fi
+  [ "$rc" = 0 ] || exit_code=1
+  tail -n 5 "$OUT/ctest.log" >&2
 fi
 step_seconds[ctest]=$((SECONDS - t0))
-tail -n 5 "$OUT/ctest.log" >&2
+write_summary
 
 if [ "$run_bench" = 1 ]; then
+  # The optimizer issue's GPU figures: 1e9 params in 1 and 200 tensors against
+  # torch.optim.AdamW(fused=True) and the device's copy bandwidth.
+  t0=$SECONDS
+  t=$(budget 300 90)
+  : >"$OUT/bench.log"
+  if [ "$optim_params" = 0 ]; then
+    optim_compare_status="not run (TRAINRT_GPU_OPTIM_PARAMS=0)"
+  elif [ "$t" = 0 ]; then
+    optim_compare_status="not run (no time left before the ${deadline} s deadline)"
+  else
+    log "compare_optim_cuda --params $optim_params (at most $t s)"
+    # PyTorch gets the system's library path, bench_optim (through the script) ours:
+    # shellcheck disable=SC2097,SC2098
+    LD_LIBRARY_PATH=$orig_ld_library_path TRAINRT_BENCH_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} \
+      PYTHONUNBUFFERED=1 timeout "$t" "$python" bench/compare_optim_cuda.py \
+      "$build/bin/bench_optim" --params "$optim_params" --reps 2 --min-time 0.1 --steps 20 \
+      --out "$OUT/compare_optim_cuda.md" >>"$OUT/bench.log" 2>&1
+    rc=$?
+    if [ "$rc" = 0 ]; then
+      optim_compare_status=ok
+    else
+      optim_compare_status=$([ "$rc" = 124 ] && echo "timed out after $t s" || echo failed)
+      [ "$exit_code" = 0 ] && exit_code=3
+    fi
+  fi
+  step_seconds[compare_optim]=$((SECONDS - t0))
+  write_summary
+
   t0=$SECONDS
   bench_status=ok
-  : >"$OUT/bench.log"
   rm -rf "$json_dir" && mkdir -p "$json_dir"
   for exe in "$build"/bin/bench_*; do
     [ -x "$exe" ] || continue
     name=$(basename "$exe")
-    log "$name"
-    if ! timeout 300 "$exe" --benchmark_out="$json_dir/$name.json" --benchmark_out_format=json \
-      --benchmark_repetitions="$bench_reps" --benchmark_min_time="$bench_min_time" \
-      >>"$OUT/bench.log" 2>&1; then
+    t=$(budget 240 30)
+    if [ "$t" = 0 ]; then
+      bench_status="stopped before $name (no time left before the ${deadline} s deadline)"
+      [ "$exit_code" = 0 ] && exit_code=3
+      break
+    fi
+    log "$name --benchmark_filter=$bench_filter (at most $t s)"
+    if ! timeout "$t" "$exe" --benchmark_out="$json_dir/$name.json" --benchmark_out_format=json \
+      --benchmark_filter="$bench_filter" --benchmark_repetitions="$bench_reps" \
+      --benchmark_min_time="$bench_min_time" >>"$OUT/bench.log" 2>&1; then
       bench_status="failed ($name)"
       [ "$exit_code" = 0 ] && exit_code=3
     fi
   done
   step_seconds[bench]=$((SECONDS - t0))
 
-  t0=$SECONDS
   # One file for all the benchmark JSON: {"bench_losses": {...}, ...}.
   LD_LIBRARY_PATH=$orig_ld_library_path "$python" - "$OUT/benchmarks.json" "$json_dir"/bench_*.json \
     <<'EOF' || log "could not combine the benchmark JSON"
@@ -373,12 +446,19 @@ for path in sys.argv[2:]:
         out[os.path.basename(path)[:-5]] = {"error": str(e)}
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 EOF
+  write_summary
 
-  if [ -f "$json_dir/bench_losses.json" ]; then
-    log "compare_torch --device cuda"
-    if LD_LIBRARY_PATH=$orig_ld_library_path timeout 300 "$python" bench/compare_torch.py \
-      --device cuda --bench-json "$json_dir/bench_losses.json" --rounds "$compare_rounds" \
-      --out "$OUT/compare_cuda.md" \
+  t0=$SECONDS
+  t=$(budget 300 60)
+  if [ ! -f "$json_dir/bench_losses.json" ]; then
+    compare_status="not run (no bench_losses.json)"
+  elif [ "$t" = 0 ]; then
+    compare_status="not run (no time left before the ${deadline} s deadline)"
+  else
+    log "compare_torch --device cuda (at most $t s)"
+    if LD_LIBRARY_PATH=$orig_ld_library_path PYTHONUNBUFFERED=1 timeout "$t" "$python" \
+      bench/compare_torch.py --device cuda --bench-json "$json_dir/bench_losses.json" \
+      --rounds "$compare_rounds" --out "$OUT/compare_cuda.md" \
       --note "trainrt times from bench_losses run once (--benchmark_repetitions=$bench_reps, --benchmark_min_time=$bench_min_time) by scripts/gpu_check.sh" \
       >>"$OUT/bench.log" 2>&1; then
       compare_status=ok
@@ -386,27 +466,8 @@ EOF
       compare_status=failed
       [ "$exit_code" = 0 ] && exit_code=3
     fi
-  else
-    compare_status="not run (no bench_losses.json)"
   fi
   step_seconds[compare]=$((SECONDS - t0))
-
-  # The optimizer issue's GPU figures: 1e9 params in 1 and 200 tensors against
-  # torch.optim.AdamW(fused=True) and the device's copy bandwidth.
-  t0=$SECONDS
-  log "compare_optim_cuda --params $optim_params"
-  if [ "$optim_params" = 0 ]; then
-    optim_compare_status="not run (TRAINRT_GPU_OPTIM_PARAMS=0)"
-  elif LD_LIBRARY_PATH=$orig_ld_library_path TRAINRT_BENCH_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} \
-    timeout 300 "$python" bench/compare_optim_cuda.py "$build/bin/bench_optim" \
-    --params "$optim_params" --reps 2 --min-time 0.1 --steps 20 \
-    --out "$OUT/compare_optim_cuda.md" >>"$OUT/bench.log" 2>&1; then
-    optim_compare_status=ok
-  else
-    optim_compare_status=failed
-    [ "$exit_code" = 0 ] && exit_code=3
-  fi
-  step_seconds[compare_optim]=$((SECONDS - t0))
 fi
 
 finish
