@@ -61,6 +61,20 @@ EOF
 lines() { wc -l <"$1" | tr -d ' '; }
 
 if [ "$mode" = good ]; then
+  # --help, also after a command, prints the usage with the config keys and exits 0.
+  for args in "--help" "train --help" "lr-find -h" "compare --help"; do
+    # shellcheck disable=SC2086
+    run $args
+    [ "$rc" -eq 0 ] || fail "trainrt $args exited $rc"
+    grep -q 'usage: trainrt train' "$dir/out.log" || fail "trainrt $args printed no usage"
+    grep -q 'label_smoothing' "$dir/out.log" || fail "trainrt $args: the usage lacks label_smoothing"
+  done
+
+  run --version
+  [ "$rc" -eq 0 ] || fail "trainrt --version exited $rc"
+  grep -Eq '^trainrt [0-9][0-9.]* \(headers [0-9][0-9.]*\); (cpu|cuda)' "$dir/out.log" ||
+    fail "trainrt --version printed no 'trainrt X.Y.Z (headers X.Y.Z); DEVICE ...'"
+
   config "$dir/train.json" adam
 
   run train --config "$dir/train.json"

@@ -27,15 +27,16 @@ int usage(int rc) {
   if (rc) std::fflush(stdout);
   std::fprintf(rc ? stderr : stdout,
                "usage: trainrt train --config FILE.json\n"
+               "       trainrt --version | --help\n"
                "       trainrt lr-find --config FILE.json [--start 1e-7] [--end 10] [--iters 100]\n"
                "                       [--out lr_find.csv]\n"
                "       trainrt compare --config FILE.json [--optimizers sgd,adam,...]\n"
                "                       [--lrs 1e-3,1e-2] [--out compare.csv]\n"
                "  FILE.json: the Trainer keys (optimizer, lr, weight_decay, momentum, betas,\n"
-               "  loss, huber_delta, smooth_l1_beta, scheduler, grad_clip, epochs, batch_size,\n"
-               "  amp, grad_accumulation, seed, device, output_dir, max_steps) plus data,\n"
-               "  model, checkpoint_dir,\n"
-               "  early_stopping, resume (see the README)\n");
+               "  loss, label_smoothing, huber_delta, smooth_l1_beta, scheduler with\n"
+               "  step_size, milestones, gamma, eta_min, max_lr, patience, grad_clip, epochs,\n"
+               "  batch_size, amp, grad_accumulation, seed, device, output_dir, max_steps)\n"
+               "  plus data, model, checkpoint_dir, early_stopping, resume (see the README)\n");
   return rc;
 }
 
@@ -175,6 +176,15 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage(2);
   const std::string cmd = argv[1];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return usage(0);
+  if (cmd == "--version") {
+    std::printf("trainrt %s (headers %s); %s\n", trainrt::version(), TRAINRT_VERSION_STRING,
+                device_description(Device::best()).c_str());
+    return 0;
+  }
+  for (int i = 2; i < argc; ++i) {  // `trainrt train --help` and the like
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") return usage(0);
+  }
   try {
     if (cmd == "train") {
       std::string config;
