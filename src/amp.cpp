@@ -64,7 +64,13 @@ void GradScaler::lazy_init(Device device, const char* op) {
 }
 
 GradScaler::PerOptimizer& GradScaler::state_of(optim::Optimizer& optimizer) {
-  return per_optimizer_[&optimizer];
+  const std::shared_ptr<char>& alive = detail::OptimizerAccess::impl(optimizer).alive;
+  PerOptimizer& st = per_optimizer_[&optimizer];
+  if (st.alive.lock() != alive) {  // new, or another optimizer at a dead one's address
+    st = PerOptimizer();
+    st.alive = alive;
+  }
+  return st;
 }
 
 Tensor GradScaler::scale(const Tensor& loss) {
@@ -114,7 +120,9 @@ void GradScaler::unscale_(optim::Optimizer& optimizer) {
   a.grad_scalars = gs;
   detail::check_backend(api, api.amp(I.device.index(), &a), "GradScaler.unscale_");
   I.check_pending = true;
-  detail::OptimizerAccess::mark_pending_unscale(I, true);
+  I.inf_recorded = false;
+  I.unscale_pending = true;
+  detail::OptimizerAccess::mark_pending(I, true);
   st.stage = Stage::unscaled;
   st.found_inf_block = I.grad_scalars;
 }
@@ -129,38 +137,47 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
     fail("GradScaler.step: step() has already been called since the last update()");
   }
   detail::OptimizerImpl& I = detail::OptimizerAccess::impl(optimizer);
-  if (st.stage == Stage::ready) unscale_(optimizer);
-  if (I.check_pending) {
-    const detail::TensorList g = detail::OptimizerAccess::grads(I);
-    if (g.size() == 0) {
-      fail(
-          "GradScaler.step: no inf checks were recorded for this optimizer (none of its "
-          "parameters has a grad)");
-    }
-    const trainrt_backend_v1& api = detail::backend_for(I.device);
-    float* gs = static_cast<float*>(I.grad_scalars.data());
-    trainrt_multi_tensor_norm_args a{};
-    a.n_tensors = static_cast<std::int64_t>(g.size());
-    a.tensors = g.ptrs.data();
-    a.dtypes = g.dtypes.data();
-    a.numels = g.numels.data();
-    a.norm_type = 0.0;  // the non-finite check only
-    a.found_inf = gs + TRAINRT_GS_FOUND_INF;
-    detail::check_backend(api, api.multi_tensor_norm(I.device.index(), &a), "GradScaler.step");
-    I.check_pending = false;
+  // Checked before anything changes, so that a failed step leaves nothing recorded.
+  const bool needs_check = st.stage == Stage::ready || (I.check_pending && !I.inf_recorded);
+  if (needs_check && detail::OptimizerAccess::grads(I).size() == 0) {
+    fail(
+        "GradScaler.step: no inf checks were recorded for this optimizer (none of its "
+        "parameters has a grad)");
   }
+  if (st.stage == Stage::ready) unscale_(optimizer);
+  detail::OptimizerAccess::run_pending_check(I, "GradScaler.step");
+  st.recorded = I.inf_recorded;
   optimizer.step();
   st.stage = Stage::stepped;
   return !optimizer.last_step_skipped();
 }
 
+void GradScaler::release_unstepped(const char* op) {
+  for (auto& kv : per_optimizer_) {
+    PerOptimizer& st = kv.second;
+    if (st.stage != Stage::unscaled || st.alive.expired()) continue;
+    detail::OptimizerImpl& I = detail::OptimizerAccess::impl(*kv.first);
+    detail::OptimizerAccess::settle(I, true, op);
+    I.gs_active = false;
+    I.check_pending = false;
+    I.inf_recorded = false;
+  }
+  per_optimizer_.clear();
+}
+
 void GradScaler::update() {
   if (!options_.enabled) return;
   std::vector<const float*> found;
-  for (const auto& kv : per_optimizer_) {
-    if (kv.second.found_inf_block.defined()) {
-      found.push_back(static_cast<const float*>(kv.second.found_inf_block.data()) +
-                      TRAINRT_GS_FOUND_INF);
+  for (auto& kv : per_optimizer_) {
+    PerOptimizer& st = kv.second;
+    if (st.stage == Stage::unscaled && !st.alive.expired()) {
+      // Unscaled, not stepped: its check has to run before its flag is read.
+      detail::OptimizerImpl& I = detail::OptimizerAccess::impl(*kv.first);
+      detail::OptimizerAccess::run_pending_check(I, "GradScaler.update");
+      st.recorded = I.inf_recorded;
+    }
+    if (st.recorded && st.found_inf_block.defined()) {
+      found.push_back(static_cast<const float*>(st.found_inf_block.data()) + TRAINRT_GS_FOUND_INF);
     }
   }
   if (!scale_.defined() || found.empty()) {
@@ -179,7 +196,7 @@ void GradScaler::update() {
   a.backoff_factor = options_.backoff_factor;
   a.growth_interval = options_.growth_interval;
   detail::check_backend(api, api.amp(scale_.device().index(), &a), "GradScaler.update");
-  per_optimizer_.clear();
+  release_unstepped("GradScaler.update");
 }
 
 void GradScaler::update(double new_scale) {
@@ -190,7 +207,7 @@ void GradScaler::update(double new_scale) {
   }
   const float v = static_cast<float>(new_scale);
   detail::write_device_floats(scale_.device(), static_cast<float*>(scale_.data()), &v, 1);
-  per_optimizer_.clear();
+  release_unstepped("GradScaler.update");
 }
 
 double GradScaler::get_scale() const {

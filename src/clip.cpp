@@ -40,7 +40,7 @@ Grads collect(const std::vector<Parameter>& params, const char* op) {
     if (!params[i].defined()) fail("{}: parameter {} is undefined", op, i);
     const detail::ParameterImpl& p = ParameterAccess::impl(params[i]);
     if (!p.grad.defined()) continue;
-    if (p.pending_unscale != nullptr) {
+    if (p.pending != nullptr && p.pending->unscale_pending) {
       fail(
           "{}: the grad of parameter {} is still scaled: GradScaler::unscale_(optimizer) folds "
           "1/scale into that optimizer's step; use clip_grad_norm_(optimizer, ...) instead",
@@ -172,7 +172,12 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
       throw;
     }
   }
-  I.check_pending = false;
+  if (found_inf != nullptr) {
+    I.check_pending = false;
+    I.inf_recorded = true;
+  }
+  I.clip_pending = true;
+  detail::OptimizerAccess::mark_pending(I, true);  // set_grad settles the coefficient first
   return total;
 }
 

@@ -267,15 +267,62 @@ std::vector<Parameter> OptimizerAccess::params(const OptimizerImpl& o) {
   return v;
 }
 
-void OptimizerAccess::mark_pending_unscale(OptimizerImpl& o, bool pending) {
+void OptimizerAccess::mark_pending(OptimizerImpl& o, bool pending) {
   for (ParamSlot& s : o.slots) {
     ParameterImpl& p = ParameterAccess::impl(s.param);
     if (pending) {
-      p.pending_unscale = &o;
-    } else if (!pending && p.pending_unscale == &o) {
-      p.pending_unscale = nullptr;
+      p.pending = &o;
+    } else if (p.pending == &o) {
+      p.pending = nullptr;
     }
   }
+}
+
+void OptimizerAccess::run_pending_check(OptimizerImpl& o, const char* op) {
+  if (!o.gs_active || !o.check_pending) return;
+  const TensorList g = grads(o);
+  if (g.size() == 0) return;
+  const trainrt_backend_v1& api = backend_for(o.device);
+  float* gs = static_cast<float*>(o.grad_scalars.data());
+  trainrt_multi_tensor_norm_args a{};
+  a.n_tensors = static_cast<std::int64_t>(g.size());
+  a.tensors = g.ptrs.data();
+  a.dtypes = g.dtypes.data();
+  a.numels = g.numels.data();
+  a.norm_type = 0.0;  // the non-finite check only
+  a.grad_scalars = gs;
+  a.found_inf = gs + TRAINRT_GS_FOUND_INF;
+  check_backend(api, api.multi_tensor_norm(o.device.index(), &a), op);
+  o.check_pending = false;
+  o.inf_recorded = true;
+}
+
+void OptimizerAccess::settle(OptimizerImpl& o, bool apply, const char* op) {
+  if (!o.gs_active) return;
+  run_pending_check(o, op);
+  if (o.unscale_pending || o.clip_pending) {
+    float* gs = static_cast<float*>(o.grad_scalars.data());
+    const TensorList g = grads(o);
+    if (apply && g.size() > 0) {
+      const trainrt_backend_v1& api = backend_for(o.device);
+      std::vector<void*> ptrs(g.ptrs.begin(), g.ptrs.end());
+      trainrt_multi_tensor_scale_args a{};
+      a.n_tensors = static_cast<std::int64_t>(g.size());
+      a.tensors = ptrs.data();
+      a.dtypes = g.dtypes.data();
+      a.numels = g.numels.data();
+      a.grad_scalars = gs;  // v = (v * 1/scale) * clip coefficient
+      a.clamp_lo = -INFINITY;
+      a.clamp_hi = INFINITY;
+      check_backend(api, api.multi_tensor_scale(o.device.index(), &a), op);
+    }
+    static_assert(TRAINRT_GS_INV_SCALE == 0 && TRAINRT_GS_CLIP_COEF == 1, "block layout");
+    const float ones[2] = {1.0f, 1.0f};
+    write_device_floats(o.device, gs, ones, 2);
+    o.unscale_pending = false;
+    o.clip_pending = false;
+  }
+  mark_pending(o, false);
 }
 
 }  // namespace detail
@@ -306,7 +353,7 @@ Optimizer::Optimizer(int algorithm, std::vector<ParamGroup> groups, HyperParams 
 
 Optimizer::~Optimizer() {
   try {
-    detail::OptimizerAccess::mark_pending_unscale(*impl_, false);
+    detail::OptimizerAccess::mark_pending(*impl_, false);
   } catch (...) {
   }
 }
@@ -403,6 +450,10 @@ void Optimizer::set_lr(double lr) {
 }
 
 void Optimizer::zero_grad(bool set_to_none) {
+  // A pending 1/scale or clip coefficient was for the grads dropped here: PyTorch's unscale_ and
+  // clip_grad_norm_ rewrote those, and the grads of the next backward are not unscaled or
+  // clipped by them. A pending inf/NaN check runs on the old grads, as PyTorch's unscale_ did.
+  detail::OptimizerAccess::settle(*impl_, false, "zero_grad");
   for (ParamSlot& s : impl_->slots) {
     if (set_to_none) {
       s.param.clear_grad();
@@ -461,9 +512,12 @@ void Optimizer::step() {
   }
   const bool gs_on = I.gs_active;
   auto finish = [&]() {
-    detail::OptimizerAccess::mark_pending_unscale(I, false);
+    detail::OptimizerAccess::mark_pending(I, false);
     I.gs_active = false;
     I.check_pending = false;
+    I.inf_recorded = false;
+    I.unscale_pending = false;
+    I.clip_pending = false;
   };
   if (active.empty()) {
     finish();

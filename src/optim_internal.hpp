@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,15 +15,20 @@
 namespace trainrt {
 namespace detail {
 
+struct OptimizerImpl;
+
 struct ParameterImpl {
   Tensor value;
   Tensor grad;
   Tensor model_copy;
   std::string name;
-  /// The optimizer whose pending GradScaler::unscale_ applies to this parameter's grad (its
-  /// next step multiplies the grad by 1/scale, whichever grad is set by then), or null. The
-  /// parameter-list clip functions refuse such grads. Cleared by that optimizer's step.
-  const void* pending_unscale = nullptr;
+  /// The optimizer whose pending 1/scale (GradScaler::unscale_) or clip coefficient
+  /// (clip_grad_norm_(optimizer)) applies to this parameter's grad at its next step, or null.
+  /// set_grad / clear_grad settle it first (OptimizerAccess::settle), so a grad set later is
+  /// used as it is, as in PyTorch where those calls rewrote the old grads. The
+  /// parameter-list clip functions refuse grads with a pending 1/scale. Cleared by that
+  /// optimizer's step, zero_grad and GradScaler::update.
+  OptimizerImpl* pending = nullptr;
 };
 
 struct ParameterAccess {
@@ -56,10 +62,16 @@ struct OptimizerImpl {
   bool has_device = false;
 
   /// The grad scalars block (TRAINRT_GS_COUNT f32 on the device): 1/scale, clip coefficient,
-  /// found_inf. Active between unscale_ / clip_grad_norm_(optimizer) and the next step().
+  /// found_inf. Active between unscale_ / clip_grad_norm_(optimizer) and the next step() (or
+  /// GradScaler::update()).
   Tensor grad_scalars;
   bool gs_active = false;
-  bool check_pending = false;  // GradScaler: the inf/NaN check has not run yet
+  bool check_pending = false;    // GradScaler: the inf/NaN check has not run yet
+  bool inf_recorded = false;     // found_inf holds the check of this iteration's grads
+  bool unscale_pending = false;  // INV_SCALE may differ from 1
+  bool clip_pending = false;     // CLIP_COEF may differ from 1
+  /// Expires with the optimizer: a GradScaler keeps a weak_ptr to it.
+  std::shared_ptr<char> alive = std::make_shared<char>('\0');
   bool last_skipped = false;
   Tensor step_scalars;  // optimizer scalars blocks of the last step, one per call
   Tensor lamb_norm;     // LAMB's global grad norm (f32 scalar)
@@ -87,8 +99,18 @@ struct OptimizerAccess {
   static TensorList grads(const OptimizerImpl& o);
   /// The parameters of the optimizer (in group order).
   static std::vector<Parameter> params(const OptimizerImpl& o);
-  /// Marks / unmarks the grads as having a pending unscale.
-  static void mark_pending_unscale(OptimizerImpl& o, bool pending);
+  /// Marks / unmarks every parameter as having the optimizer's pending multipliers.
+  static void mark_pending(OptimizerImpl& o, bool pending);
+  /// Runs a pending GradScaler inf/NaN check over the current grads, as the step will see
+  /// them (times 1/scale and the clip coefficient), into found_inf. With no grads nothing is
+  /// recorded and the check stays pending.
+  static void run_pending_check(OptimizerImpl& o, const char* op);
+  /// The current grads are about to be replaced or dropped (set_grad, zero_grad) or handed
+  /// back (GradScaler::update): a pending check runs on them first; then, when `apply`, the
+  /// pending 1/scale and clip coefficient are multiplied into them (one pass, PyTorch's two
+  /// roundings), else dropped. Either way the next step uses the grads as they are then;
+  /// found_inf stays for it.
+  static void settle(OptimizerImpl& o, bool apply, const char* op);
 };
 
 /// Reads one f32 from device memory (one small copy; waits for the device).

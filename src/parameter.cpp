@@ -51,11 +51,22 @@ void Parameter::set_grad(const Tensor& grad) const {
     fail("{}: grad is on {} but the parameter is on {}", label(p), grad.device().str(),
          p.value.device().str());
   }
+  // An optimizer's pending 1/scale or clip coefficient (unscale_, clip_grad_norm_(optimizer))
+  // is for the grads of now, which PyTorch's calls would have rewritten: it is multiplied into
+  // them first, and the new grad is used as it is.
+  if (impl_->pending != nullptr) {
+    detail::OptimizerAccess::settle(*impl_->pending, true, "Parameter.set_grad");
+  }
   impl_->grad = grad;
 }
 
 void Parameter::clear_grad() const {
   checked(impl_);
+  // A pending inf/NaN check of the optimizer still covers this grad, as PyTorch's unscale_
+  // checked it before it was dropped; the other grads keep their pending multipliers.
+  if (impl_->pending != nullptr) {
+    detail::OptimizerAccess::run_pending_check(*impl_->pending, "Parameter.clear_grad");
+  }
   impl_->grad = Tensor();
 }
 

@@ -503,6 +503,159 @@ TEST_P(Scaler, ScaledRunEqualsUnscaledControl) {
   }
 }
 
+// A training loop that skips steps itself (a non-finite clipped norm; a choice of its own),
+// with zero_grad() and update() in either order, reaches the params of an unscaled control
+// run that skips the same iterations. Nothing of a skipped iteration (1/scale, the clip
+// coefficient, found_inf) may leak into the next one.
+TEST_P(Scaler, LoopSkippingStepsEqualsUnscaledControl) {
+  const std::vector<Shape> shapes = {{3, 4}, {40000}, {17}};
+  for (const char* name : {"Adam", "SGD"}) {
+    SCOPED_TRACE(name);
+    Model control = make_model(shapes, dev, name);
+    Model scaled = make_model(shapes, dev, name);
+    GradScalerOptions o;
+    o.init_scale = 256.0;
+    o.growth_interval = 2;
+    GradScaler scaler(o);
+    for (int k = 0; k < 9; ++k) {
+      SCOPED_TRACE("iteration " + std::to_string(k));
+      set_scaled_grads(scaled, k, scaler.get_scale());
+      const bool overflow = k == 2 || k == 5;
+      const bool own_skip = k == 3;  // finite grads, skipped by the loop without clipping
+      if (overflow) {
+        Tensor g = scaled.params[1].grad();
+        std::vector<float> v = host_f32(g);
+        v[7] = std::numeric_limits<float>::infinity();
+        g.copy_(f32_tensor(v, g.shape(), dev));
+      }
+      scaler.unscale_(*scaled.opt);
+      bool skip = own_skip;
+      if (!own_skip) skip = !std::isfinite(trainrt::clip_grad_norm_(*scaled.opt, 0.5).item());
+      EXPECT_EQ(skip, overflow || own_skip);
+      if (skip) {
+        if (k == 5) {  // update first: the pending multipliers go into the grads, then dropped
+          scaler.update();
+          scaled.opt->zero_grad();
+        } else {
+          scaled.opt->zero_grad();
+          scaler.update();
+        }
+        continue;
+      }
+      EXPECT_TRUE(scaler.step(*scaled.opt));
+      scaler.update();
+      scaled.opt->zero_grad();
+      set_scaled_grads(control, k, 1.0);
+      trainrt::clip_grad_norm_(control.params, 0.5);
+      control.opt->step();
+      control.opt->zero_grad();
+    }
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_TRUE(
+          same_bits(host_f32(control.params[i].value()), host_f32(scaled.params[i].value())))
+          << "param " << i;
+      EXPECT_EQ(scaled.opt->step_count(scaled.params[i]), 6);
+    }
+  }
+}
+
+// update() after unscale_ without a step: the inf/NaN check runs (the scale backs off), and the
+// grads are handed back unscaled, as PyTorch's unscale_ leaves them; a plain step then uses
+// them as they are, and a grad set afterwards is not unscaled.
+TEST_P(Scaler, UpdateAfterUnscaleWithoutStep) {
+  GradScaler scaler;  // 65536
+  Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 65536.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 32768.0);  // backed off: the check found the inf
+  EXPECT_EQ(host_f32(p.grad())[1], 1.0f);  // unscaled in place
+  p.set_grad(f32_tensor({3.0f, 4.0f}, {2}, dev));
+  opt.step();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-3.0f, -4.0f}));
+
+  // Finite grads: no back-off, the tracker counts; the same hand-back.
+  p.set_grad(f32_tensor({32768.0f, 65536.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 32768.0);
+  EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  opt.step();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-4.0f, -6.0f}));
+}
+
+// zero_grad drops a pending clip coefficient and 1/scale with the grads they were for.
+TEST_P(Scaler, ZeroGradDropsPendingMultipliers) {
+  Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  p.set_grad(f32_tensor({300.0f, 400.0f}, {2}, dev));
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1.0).item(), 500.0);
+  opt.zero_grad();
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+  opt.step();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-1.0f, -1.0f}));
+
+  // The same with a GradScaler: after zero_grad the new grads are used unscaled (PyTorch's
+  // stage stays "unscaled"), and an inf found in the dropped grads still skips that step.
+  GradScaler scaler;
+  p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 1.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  opt.zero_grad(false);  // zeroed in place
+  EXPECT_EQ(host_f32(p.grad()), (std::vector<float>{0.0f, 0.0f}));
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+  EXPECT_FALSE(scaler.step(opt));  // found_inf from the dropped grads
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 32768.0);
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-1.0f, -1.0f}));
+  p.set_grad(f32_tensor({65536.0f, 32768.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  opt.zero_grad();
+  p.set_grad(f32_tensor({2.0f, 2.0f}, {2}, dev));
+  EXPECT_TRUE(scaler.step(opt));  // 2, not 2 / 32768
+  scaler.update();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-3.0f, -3.0f}));
+}
+
+// Replacing one grad after unscale_ / the fused clip: the others keep them, the new one is used
+// as it is (PyTorch's calls rewrote the old grads); clearing one still counts it in the check.
+TEST_P(Scaler, SetGradAndClearGradAfterUnscale) {
+  GradScaler scaler;  // 65536
+  Parameter a(f32_tensor({0.0f}, {1}, dev)), b(f32_tensor({0.0f}, {1}, dev));
+  trainrt::optim::SGD opt({a, b}, trainrt::optim::SGDOptions(1.0));
+  a.set_grad(f32_tensor({3.0f * 65536.0f}, {1}, dev));
+  b.set_grad(f32_tensor({4.0f * 65536.0f}, {1}, dev));
+  scaler.unscale_(opt);
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 2.5).item(), 5.0);  // coefficient 1/2
+  b.set_grad(f32_tensor({7.0f}, {1}, dev));
+  EXPECT_TRUE(scaler.step(opt));
+  scaler.update();
+  EXPECT_NEAR(host_f32(a.value())[0], -1.5f, 1e-6f);  // 3 unscaled and clipped
+  EXPECT_EQ(host_f32(b.value())[0], -7.0f);           // the new grad as it is
+
+  a.set_grad(f32_tensor({std::numeric_limits<float>::infinity()}, {1}, dev));
+  b.set_grad(f32_tensor({65536.0f}, {1}, dev));
+  scaler.unscale_(opt);
+  a.clear_grad();                  // its inf was there at unscale_
+  EXPECT_FALSE(scaler.step(opt));  // so the step is skipped, as in PyTorch
+  scaler.update();
+  EXPECT_EQ(host_f32(b.value())[0], -7.0f);
+}
+
+// A step that fails for want of grads records nothing: update() then fails too (PyTorch:
+// "No inf checks were recorded prior to update"), as after unscale_ of an optimizer without
+// grads.
+TEST_P(Scaler, FailedStepRecordsNothing) {
+  GradScaler scaler;
+  Model empty = make_model({{3}}, dev);
+  EXPECT_ERROR(scaler.step(*empty.opt), "no inf checks were recorded for this optimizer");
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded prior to update");
+  scaler.unscale_(*empty.opt);
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded prior to update");
+  EXPECT_EQ(scaler.get_scale(), 65536.0);
+  EXPECT_EQ(scaler.get_growth_tracker(), 0);
+}
+
 TEST_P(Scaler, ScaleAndScaleTensor) {
   GradScaler scaler;
   const Tensor loss = make_tensor({1.5}, {}, DType::f32, dev);

@@ -18,11 +18,16 @@
 // multiplies every grad by 1/scale and the clip coefficient as it reads it, and skips itself
 // on the device when an inf/NaN was found. The host learns that a step was skipped from one
 // 4-byte copy per step. The grad tensors themselves keep their scaled values: use the
-// optimizer form of clip_grad_norm_ after unscale_ (the parameter-list form refuses).
+// optimizer form of clip_grad_norm_ after unscale_ (the parameter-list form refuses), and
+// write into them in place only before unscale_. Replacing or dropping grads in between
+// behaves as in PyTorch: zero_grad() drops the pending 1/scale and clip coefficient with the
+// grads (after their inf/NaN check), and Parameter::set_grad multiplies them into the old
+// grads first, so a grad set afterwards is used as it is.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 
 #include "trainrt/device.hpp"
 #include "trainrt/export.hpp"
@@ -63,9 +68,13 @@ class TRAINRT_API GradScaler {
   /// twice for the optimizer before update().
   bool step(optim::Optimizer& optimizer);
   /// Backs off (any inf/NaN recorded since the last update) or counts towards growth, on the
-  /// device. Throws when no optimizer was stepped or unscaled since the last update.
+  /// device. Throws when no inf/NaN check was recorded since the last update (no optimizer
+  /// stepped, or unscaled while it had grads). An optimizer unscaled but not stepped (a step
+  /// skipped by the training loop) has its check run now, and its pending 1/scale and clip
+  /// coefficient are multiplied into its grads, which then hold what PyTorch's unscale_ and
+  /// clip_grad_norm_ would have left in them; its next step starts afresh.
   void update();
-  /// Sets the scale to new_scale (> 0) instead.
+  /// Sets the scale to new_scale (> 0) instead (ends the iteration in the same way).
   void update(double new_scale);
 
   /// The current scale (reads the device; init_scale before first use).
@@ -89,16 +98,20 @@ class TRAINRT_API GradScaler {
   enum class Stage : std::uint8_t { ready, unscaled, stepped };
   struct PerOptimizer {
     Stage stage = Stage::ready;
-    Tensor found_inf_block;  // the optimizer's grad scalars block (shared storage)
+    Tensor found_inf_block;     // the optimizer's grad scalars block (shared storage)
+    bool recorded = false;      // found_inf_block holds this iteration's inf/NaN check
+    std::weak_ptr<char> alive;  // expires with the optimizer
   };
   void lazy_init(Device device, const char* op);
   PerOptimizer& state_of(optim::Optimizer& optimizer);
+  /// Ends the iteration for every optimizer unscaled but not stepped (see update()).
+  void release_unstepped(const char* op);
 
   GradScalerOptions options_;
   Tensor scale_;           // f32 [1] on the device
   Tensor growth_tracker_;  // i32 [1] on the device
   std::int64_t init_growth_tracker_ = 0;
-  std::map<const optim::Optimizer*, PerOptimizer> per_optimizer_;
+  std::map<optim::Optimizer*, PerOptimizer> per_optimizer_;
 };
 
 }  // namespace trainrt
