@@ -71,6 +71,7 @@ started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 configure_status="not run"
 build_status="not run"
 test_status="not run"
+huge_status="not run"
 bench_status="not run"
 compare_status="not run"
 optim_compare_status="not run"
@@ -261,6 +262,7 @@ write_summary() {
     echo "- dependencies: $deps_note"
     echo "- configure (TRAINRT_WITH_CUDA=$with_cuda, CMAKE_CUDA_ARCHITECTURES=$cuda_arch): $configure_status; build (-j $jobs): $build_status"
     echo "- ctest: $test_status: $total tests, $failed failed, $passed passed (of which $skipped skipped: GTEST_SKIP, e.g. a CUDA case without a usable GPU)"
+    echo "- tensors past 2^31 elements (test_huge, TRAINRT_TEST_HUGE=1, output appended to ctest.log): $huge_status"
     echo "- benchmarks: $bench_status; PyTorch comparison: $compare_status; optimizers at $optim_params params vs PyTorch: $optim_compare_status"
     echo "- deadline: ${deadline} s (TRAINRT_GPU_DEADLINE_S); bench_* filter: $bench_filter"
     echo "- seconds per step: $(for k in "${!step_seconds[@]}"; do printf '%s %s; ' "$k" "${step_seconds[$k]}"; done)"
@@ -381,6 +383,30 @@ else
   tail -n 5 "$OUT/ctest.log" >&2
 fi
 step_seconds[ctest]=$((SECONDS - t0))
+write_summary
+
+# Tensors past 2^31 elements (tests/test_huge.cpp, skipped in the ctest run above): the CUDA
+# cases first, then the CPU ones (35 GB of host memory) if there is time.
+t0=$SECONDS
+huge_status=""
+for dev_filter in cuda cpu; do
+  t=$(budget 150 40)
+  if [ "$t" = 0 ]; then
+    huge_status+="$dev_filter: not run (no time left); "
+    continue
+  fi
+  log "test_huge */$dev_filter (at most $t s)"
+  TRAINRT_TEST_HUGE=1 timeout "$t" "$build/bin/test_huge" --gtest_filter="*/$dev_filter" \
+    >>"$OUT/ctest.log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    huge_status+="$dev_filter: passed; "
+  else
+    huge_status+="$dev_filter: $([ "$rc" = 124 ] && echo "timed out after $t s" || echo failed); "
+    exit_code=1
+  fi
+done
+step_seconds[huge]=$((SECONDS - t0))
 write_summary
 
 if [ "$run_bench" = 1 ]; then
