@@ -851,10 +851,32 @@ TEST_P(OptimBadInput, LoadStateDictMismatchChangesNothing) {
        "has no step count"},
       {"extra string", [](StateDict& s) { s.strings["x"] = "y"; }, "unexpected entry 'x'"},
   };
+  // Each bad dict is otherwise a valid dict of another state (more steps, other lrs), so an
+  // entry applied before the failing check would show in check_unchanged.
+  std::vector<Parameter> rs = make_params({{3}, {2}, {4}}, dev);
+  Adam ahead({ParamGroup({rs[0], rs[1]}), ParamGroup({rs[2]}, {{"lr", 0.25}})},
+             AdamOptions().lr(0.003));
+  for (int k = 0; k < 4; ++k) {  // (k = 3 leaves param 2 without a grad: 3 steps for it)
+    set_grads_k(rs, k + 1);
+    ahead.step();
+  }
+  const StateDict other_state = ahead.state_dict();
+  for (const auto& kv : good.scalars) {
+    if (kv.first.find(".step") != std::string::npos || kv.first.find(".lr") != std::string::npos)
+      ASSERT_NE(other_state.scalars.at(kv.first), kv.second) << kv.first;
+  }
+  for (const auto& kv : good.tensors) {
+    ASSERT_FALSE(same_bits(host_f32(kv.second), host_f32(other_state.tensors.at(kv.first))))
+        << kv.first;
+  }
+  {
+    // The dict itself loads (so only the edit makes it bad); then back to the good state.
+    Adam probe({ParamGroup({rs[0], rs[1]}), ParamGroup({rs[2]})}, AdamOptions());
+    probe.load_state_dict(other_state);
+  }
   for (const Bad& b : bad) {
     SCOPED_TRACE(b.what);
-    StateDict s = good;
-    // perturb the good state first so a partial load would show
+    StateDict s = other_state;
     b.edit(s);
     EXPECT_ERROR(opt.load_state_dict(s), b.needle);
     check_unchanged();
