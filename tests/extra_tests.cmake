@@ -10,7 +10,8 @@ set(TRAINRT_FAKE_BACKENDS
   null_entry:FAKE_NULL_ENTRY
   no_entry:FAKE_NO_ENTRY
   zero_devices:FAKE_ZERO_DEVICES
-  no_driver:FAKE_NO_DRIVER)
+  no_driver:FAKE_NO_DRIVER
+  host_memory:FAKE_HOST_MEMORY)
 
 if(TARGET test_device)
   foreach(spec IN LISTS TRAINRT_FAKE_BACKENDS)
@@ -47,6 +48,27 @@ if(TARGET test_device)
     ENVIRONMENT "TRAINRT_BACKEND_PATH=${CMAKE_BINARY_DIR}/no_such_dir:${TRAINRT_FAKE_BACKEND_DIR}/no_driver/libtrainrt_cuda.so;TRAINRT_TEST_EXPECT_REASON=no CUDA driver (fake)"
     FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
     TIMEOUT 60)
+endif()
+
+# ---- tensors on two devices, without a GPU ------------------------------------------------
+# The fake host-memory "cuda" device of fake_backend_module.cpp stands in for a second device:
+# the checks that refuse params, grads or a GradScaler spanning two devices run before any
+# kernel. The tests skip without a CUDA device, so a skip fails here.
+# (The ops' device checks run on the CPU instance only: on the fake device itself an op
+# stops earlier, at "not supported".)
+if(TARGET test_optim AND TARGET test_clip_amp AND TARGET test_bad_input AND TARGET test_device)
+  add_test(NAME multi_device_errors_optim
+           COMMAND test_optim --gtest_filter=OptimDevices.*)
+  add_test(NAME multi_device_errors_clip_amp
+           COMMAND test_clip_amp --gtest_filter=ClipDevices.*:ScalerDevices.*)
+  add_test(NAME multi_device_errors_ops
+           COMMAND test_bad_input --gtest_filter=*TensorsOnDifferentDevices/cpu)
+  foreach(t multi_device_errors_optim multi_device_errors_clip_amp multi_device_errors_ops)
+    set_tests_properties(${t} PROPERTIES
+      ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/host_memory"
+      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+      TIMEOUT 60)
+  endforeach()
 endif()
 
 # ---- the core never links CUDA ----------------------------------------------------------

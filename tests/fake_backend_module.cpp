@@ -5,9 +5,16 @@
 //   FAKE_NO_ENTRY        no trainrt_backend_entry symbol at all
 //   FAKE_ZERO_DEVICES    a correct table whose device_count reports 0 devices
 //   FAKE_NO_DRIVER       device_count fails with "no CUDA driver (fake)"
-// Every other slot fails cleanly: the core must never call them for an unusable module.
+//   FAKE_HOST_MEMORY     one usable "cuda" device whose memory is host memory (alloc, free,
+//                        copy, memset and synchronize work) and that computes nothing: for the
+//                        checks that tensors on two devices are refused before any kernel
+//                        runs (ctest multi_device_errors)
+// Every other slot fails cleanly: the core must never call them for an unusable module, and
+// for FAKE_HOST_MEMORY an op that reaches one fails with "fake backend: not implemented".
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "backend_api.h"
 
@@ -30,17 +37,46 @@ int fake_device_count(int32_t* count) {
   g_error = "no CUDA driver (fake)";
   *count = 0;
   return 1;
+#elif defined(FAKE_HOST_MEMORY)
+  *count = 1;
+  return 0;
 #else
   *count = 0;
   return 0;
 #endif
 }
 
+#if defined(FAKE_HOST_MEMORY)
+int fake_device_name(int32_t, char* buf, size_t len) {
+  const char name[] = "fake device (host memory)";
+  if (len > 0) {
+    strncpy(buf, name, len - 1);
+    buf[len - 1] = '\0';
+  }
+  return 0;
+}
+int fake_alloc(int32_t, size_t bytes, void** out) {
+  *out = bytes == 0 ? nullptr : malloc(bytes);
+  return bytes != 0 && *out == nullptr ? 1 : 0;
+}
+int fake_free(int32_t, void* p) {
+  free(p);
+  return 0;
+}
+int fake_copy(int32_t, void* dst, const void* src, size_t bytes, int32_t) {
+  if (bytes > 0) memmove(dst, src, bytes);
+  return 0;
+}
+int fake_memset_zero(int32_t, void* dst, size_t bytes) {
+  if (bytes > 0) memset(dst, 0, bytes);
+  return 0;
+}
+int fake_synchronize(int32_t) { return 0; }
+#else
 int fake_device_name(int32_t, char* buf, size_t len) {
   if (len > 0) buf[0] = '\0';
   return 1;
 }
-int fake_supports(int32_t, int32_t) { return 0; }
 int fake_alloc(int32_t, size_t, void** out) {
   *out = nullptr;
   return 1;
@@ -49,10 +85,19 @@ int fake_free(int32_t, void*) { return 0; }
 int fake_copy(int32_t, void*, const void*, size_t, int32_t) { return 1; }
 int fake_memset_zero(int32_t, void*, size_t) { return 1; }
 int fake_synchronize(int32_t) { return 1; }
+#endif
+int fake_supports(int32_t, int32_t) { return 0; }
 int fake_cast(int32_t, const void*, int32_t, void*, int32_t, int64_t) { return 1; }
 int fake_softmax(int32_t, const trainrt_softmax_args*) { return 1; }
 int fake_cross_entropy(int32_t, const trainrt_cross_entropy_args*) { return 1; }
 int fake_pointwise_loss(int32_t, const trainrt_pointwise_loss_args*) { return 1; }
+int fake_optimizer_step(int32_t, const trainrt_optim_step_args*) { return 1; }
+int fake_multi_tensor_norm(int32_t, const trainrt_multi_tensor_norm_args*) { return 1; }
+int fake_multi_tensor_scale(int32_t, const trainrt_multi_tensor_scale_args*) { return 1; }
+int fake_amp(int32_t, const trainrt_amp_args*) { return 1; }
+int fake_gemm(int32_t, const trainrt_gemm_args*) { return 1; }
+int fake_nn_pointwise(int32_t, const trainrt_nn_pointwise_args*) { return 1; }
+int fake_bias(int32_t, const trainrt_bias_args*) { return 1; }
 
 trainrt_backend_v1 make_table() {
   trainrt_backend_v1 t{};
@@ -77,6 +122,13 @@ trainrt_backend_v1 make_table() {
   t.softmax_backward = &fake_softmax;
   t.cross_entropy = &fake_cross_entropy;
   t.pointwise_loss = &fake_pointwise_loss;
+  t.optimizer_step = &fake_optimizer_step;
+  t.multi_tensor_norm = &fake_multi_tensor_norm;
+  t.multi_tensor_scale = &fake_multi_tensor_scale;
+  t.amp = &fake_amp;
+  t.gemm = &fake_gemm;
+  t.nn_pointwise = &fake_nn_pointwise;
+  t.bias = &fake_bias;
   return t;
 }
 

@@ -302,6 +302,20 @@ TEST(ClipDevices, GradsOnDifferentDevices) {
   EXPECT_ERROR(trainrt::clip_grad_norm_(params, 1.0), "one device");
 }
 
+TEST(ScalerDevices, OneScalerServesOneDevice) {
+  std::string why;
+  if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
+  GradScaler scaler;
+  (void)scaler.scale_tensor(Device::cpu());
+  Parameter p(Tensor::zeros({3}, DType::f32, Device::cuda(0)));
+  p.set_grad(Tensor::zeros({3}, DType::f32, Device::cuda(0)));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.1));
+  EXPECT_ERROR(scaler.unscale_(opt), "one GradScaler serves one device");
+  EXPECT_ERROR(scaler.step(opt), "one GradScaler serves one device");
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded");  // nothing was recorded
+  EXPECT_EQ(scaler.get_scale(), 65536.0);
+}
+
 // ---- GradScaler --------------------------------------------------------------------------------
 
 class Scaler : public BackendTest {};
