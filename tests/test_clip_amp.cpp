@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "optim_util.hpp"
 #include "test_util.hpp"
 
@@ -124,6 +126,32 @@ TEST_P(ClipNorm, GradNormAndNoGrads) {
   const Tensor t = trainrt::clip_grad_norm_(none, 1.0);
   EXPECT_EQ(t.item(), 0.0);
   EXPECT_EQ(trainrt::clip_grad_norm_(std::vector<Parameter>{}, 1.0).item(), 0.0);
+}
+
+// The CPU norm is one deterministic reduction: per-chunk partials folded in a fixed order, so
+// the bits do not depend on the number of OpenMP threads (set here for the calls this thread
+// makes into the library: one libgomp for both).
+TEST(ClipNormCpu, NormBitsDoNotDependOnTheThreadCount) {
+  std::vector<Parameter> params;
+  for (std::int64_t n : {100003, 7, 65536 * 3 + 5, 1, 250000}) {
+    params.push_back(param_with_grad(uniform(static_cast<std::size_t>(n), -3, 3, 40 + n), {n},
+                                     DType::f32, Device::cpu()));
+  }
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> at;  // per thread count: the norms of each type
+  for (int threads : {1, 2, 3, 7}) {
+    omp_set_num_threads(threads);
+    std::vector<float> v;
+    for (double p : {1.0, 2.0, kInf, 0.5, 3.0})
+      v.push_back(static_cast<float>(trainrt::grad_norm(params, p).item()));
+    at.push_back(v);
+  }
+  omp_set_num_threads(saved);
+  for (std::size_t i = 1; i < at.size(); ++i) EXPECT_TRUE(same_bits(at[0], at[i])) << i;
+  std::vector<std::vector<double>> grads;  // and they are the norms
+  for (const Parameter& p : params) grads.push_back(p.grad().to_double_vector());
+  const double ref = ref_norm(grads, 2.0);
+  EXPECT_NEAR(at[0][1], ref, 1e-6 * ref);
 }
 
 // PyTorch's test_clip_grad_norm_error_if_nonfinite, for f32 grads.

@@ -680,6 +680,27 @@ TEST_P(OptimApi, StepReadsTheGradAssignedThroughAnyHandle) {
   for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(after[i], before[i] - float(i + 1));
 }
 
+// LAMB's defaults are Apex FusedLAMB's (lr 1e-3, betas (0.9, 0.999), eps 1e-6, weight_decay
+// 0.01, max_grad_norm 1.0, use_nvlamb False); the other optimizers' defaults are checked
+// against PyTorch by the fixture's *_default cases.
+TEST(OptimDefaults, LambDefaultsAreApexFusedLamb) {
+  const std::map<std::string, double> apex = {
+      {"lr", 1e-3},           {"beta1", 0.9},         {"beta2", 0.999},   {"eps", 1e-6},
+      {"weight_decay", 0.01}, {"max_grad_norm", 1.0}, {"use_nvlamb", 0.0}};
+  std::vector<Parameter> ps = make_params({{3}}, Device::cpu());
+  trainrt::optim::LAMB typed(ps, trainrt::optim::LAMBOptions());
+  auto by_name = trainrt::optim::make_optimizer("LAMB", {ParamGroup(ps)}, {});
+  const std::vector<const Optimizer*> both = {&typed, by_name.get()};
+  for (const Optimizer* o : both) {
+    const StateDict sd = o->state_dict();
+    for (const auto& kv : apex) {
+      const std::string key = "param_groups.0." + kv.first;
+      ASSERT_EQ(sd.scalars.count(key), 1u) << key;
+      EXPECT_EQ(sd.scalars.at(key), kv.second) << key;
+    }
+  }
+}
+
 // ---- CUDA parity (skips without a GPU) ------------------------------------------------------
 
 TEST(OptimCudaParity, EveryAlgorithmMatchesTheCpu) {
