@@ -410,7 +410,9 @@ void Optimizer::add_param_group(const ParamGroup& group) {
           name(), i, where, pi.value.device().str(), dev.str());
     }
   }
-  // Commit.
+  // Commit. A pending 1/scale or clip coefficient is for the grads of the parameters there
+  // were (PyTorch's calls rewrote those), not for the new group's: it goes into them first.
+  detail::OptimizerAccess::settle(I, true, "add_param_group");
   I.device = dev;
   I.has_device = has_dev;
   I.groups.push_back(ParamGroup(group.params, h));

@@ -684,6 +684,23 @@ TEST_P(Scaler, SetGradAndClearGradAfterUnscale) {
   EXPECT_EQ(host_f32(b.value())[0], -7.0f);
 }
 
+// A group added after unscale_ / the fused clip: its grads are used as they are (PyTorch's
+// calls rewrote only the grads of the parameters there were).
+TEST_P(Scaler, ParamGroupAddedAfterUnscale) {
+  GradScaler scaler;  // 65536
+  Parameter a(f32_tensor({0.0f}, {1}, dev)), b(f32_tensor({0.0f}, {1}, dev));
+  trainrt::optim::SGD opt({a}, trainrt::optim::SGDOptions(1.0));
+  a.set_grad(f32_tensor({4.0f * 65536.0f}, {1}, dev));
+  scaler.unscale_(opt);
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 2.0).item(), 4.0);  // coefficient ~1/2
+  b.set_grad(f32_tensor({3.0f}, {1}, dev));
+  opt.add_param_group(ParamGroup({b}));
+  EXPECT_TRUE(scaler.step(opt));
+  scaler.update();
+  EXPECT_NEAR(host_f32(a.value())[0], -2.0f, 1e-6f);
+  EXPECT_EQ(host_f32(b.value())[0], -3.0f);
+}
+
 // A step that fails for want of grads records nothing: update() then fails too (PyTorch:
 // "No inf checks were recorded prior to update"), as after unscale_ of an optimizer without
 // grads.
