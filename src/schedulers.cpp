@@ -47,14 +47,17 @@ struct InitialLr {
   std::vector<double> lrs;
 };
 
+// Both are made on first use and never destroyed: a scheduler held in a global or static
+// object is destroyed after function-local statics made later, and its destructor still
+// releases its entry.
 std::mutex& registry_mutex() {
-  static std::mutex m;
-  return m;
+  static std::mutex* m = new std::mutex;
+  return *m;
 }
 
 std::map<const Optimizer*, InitialLr>& registry() {
-  static std::map<const Optimizer*, InitialLr> r;
-  return r;
+  static auto* r = new std::map<const Optimizer*, InitialLr>;
+  return *r;
 }
 
 /// group.setdefault('initial_lr', group['lr']) for every group; returns the initial lrs.
@@ -106,12 +109,28 @@ struct SchedulerImpl {
   std::int64_t step_count = 0;
   std::vector<double> base_lrs, last_lr;
 
-  SchedulerImpl(std::string n, Optimizer& o) : name(std::move(n)), opt(&o) { acquire(o); }
+  std::size_t made_for = 0;  // the optimizer's param groups when the scheduler was made
+
+  SchedulerImpl(std::string n, Optimizer& o)
+      : name(std::move(n)), opt(&o), made_for(o.param_groups().size()) {
+    acquire(o);
+  }
   virtual ~SchedulerImpl() { release(*opt); }
   SchedulerImpl(const SchedulerImpl&) = delete;
   SchedulerImpl& operator=(const SchedulerImpl&) = delete;
 
   std::size_t groups() const { return opt->param_groups().size(); }
+  /// The per-group state (base_lrs, bounds, lambdas) covers the groups there were when the
+  /// scheduler was made; a group added since has none (PyTorch would schedule some groups and
+  /// not others, or raise KeyError), so stepping then is refused.
+  void check_groups() const {
+    if (groups() != made_for) {
+      fail(
+          "{}: the optimizer has {} param groups but had {} when this scheduler was made; make "
+          "the scheduler after add_param_group",
+          name, groups(), made_for);
+    }
+  }
   std::vector<double> group_lrs() const {
     std::vector<double> v;
     for (std::size_t g = 0; g < groups(); ++g) v.push_back(opt->lr(g));
@@ -893,8 +912,14 @@ LRScheduler::LRScheduler(std::unique_ptr<detail::SchedulerImpl> impl) : impl_(st
 LRScheduler::~LRScheduler() = default;
 
 const std::string& LRScheduler::name() const { return impl_->name; }
-void LRScheduler::step() { impl_->step(); }
-void LRScheduler::step(double metric) { impl_->step_metric(metric); }
+void LRScheduler::step() {
+  impl_->check_groups();
+  impl_->step();
+}
+void LRScheduler::step(double metric) {
+  impl_->check_groups();
+  impl_->step_metric(metric);
+}
 bool LRScheduler::needs_metric() const { return impl_->needs_metric(); }
 std::vector<double> LRScheduler::get_last_lr() const { return impl_->last_lr; }
 std::int64_t LRScheduler::last_epoch() const { return impl_->last_epoch; }

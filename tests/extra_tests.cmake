@@ -71,6 +71,13 @@ if(TARGET test_optim AND TARGET test_clip_amp AND TARGET test_bad_input AND TARG
   endforeach()
 endif()
 
+# ---- a scheduler held in a global, destroyed at exit ----------------------------------------
+add_executable(scheduler_at_exit ${CMAKE_CURRENT_SOURCE_DIR}/scheduler_at_exit.cpp)
+target_link_libraries(scheduler_at_exit PRIVATE trainrt::trainrt)
+add_test(NAME scheduler_destroyed_at_exit COMMAND scheduler_at_exit)
+# The exit status decides (0 only with the right lr and a clean exit).
+set_tests_properties(scheduler_destroyed_at_exit PROPERTIES TIMEOUT 60)
+
 # ---- the core never links CUDA ----------------------------------------------------------
 # libtrainrt.so must load on machines without CUDA libraries: ldd must not list any.
 add_test(NAME trainrt_core_links_no_cuda

@@ -565,6 +565,52 @@ TEST(Schedulers, BadInputs) {
 
 // initial_lr is shared between the schedulers of one optimizer, as PyTorch's param_groups
 // entry: a second scheduler's base_lrs are the original lrs, not the first one's output.
+// A group added after the scheduler was made has no per-group schedule state: every kind
+// refuses to step then (PyTorch schedules some groups and not others, or raises KeyError),
+// and changes nothing.
+TEST(Schedulers, StepAfterAddParamGroupIsRefused) {
+  using Make = std::function<std::unique_ptr<LRScheduler>(Optimizer&)>;
+  const std::vector<std::pair<const char*, Make>> kinds = {
+      {"StepLR", [](Optimizer& o) { return std::make_unique<StepLR>(o, 2); }},
+      {"MultiStepLR",
+       [](Optimizer& o) {
+         return std::make_unique<MultiStepLR>(o, std::vector<std::int64_t>{2, 4});
+       }},
+      {"ExponentialLR", [](Optimizer& o) { return std::make_unique<ExponentialLR>(o, 0.9); }},
+      {"CosineAnnealingLR",
+       [](Optimizer& o) { return std::make_unique<CosineAnnealingLR>(o, 5, 0.001); }},
+      {"LinearLR", [](Optimizer& o) { return std::make_unique<LinearLR>(o, 0.5); }},
+      {"LambdaLR",
+       [](Optimizer& o) {
+         return std::make_unique<LambdaLR>(o, [](std::int64_t e) { return 1.0 / (1.0 + e); });
+       }},
+      {"OneCycleLR",
+       [](Optimizer& o) {
+         return std::make_unique<OneCycleLR>(o, OneCycleLROptions(1.0).total_steps(20));
+       }},
+      {"CyclicLR",
+       [](Optimizer& o) { return std::make_unique<CyclicLR>(o, CyclicLROptions(0.01, 0.1)); }},
+      {"ReduceLROnPlateau", [](Optimizer& o) { return std::make_unique<ReduceLROnPlateau>(o); }},
+  };
+  for (const auto& k : kinds) {
+    SCOPED_TRACE(k.first);
+    std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
+    SGD sgd(p, SGDOptions(0.1).momentum(0.9));
+    std::unique_ptr<LRScheduler> s = k.second(sgd);
+    const std::int64_t epoch = s->last_epoch();
+    const double lr0 = sgd.lr(0);
+    sgd.add_param_group(ParamGroup({formula_param({2}, 1, Device::cpu())}, {{"lr", 0.2}}));
+    if (s->needs_metric()) {
+      expect_error([&] { s->step(1.0); }, "make the scheduler after add_param_group");
+    } else {
+      expect_error([&] { s->step(); }, "has 2 param groups but had 1");
+    }
+    EXPECT_EQ(s->last_epoch(), epoch);
+    EXPECT_EQ(sgd.lr(0), lr0);
+    EXPECT_EQ(sgd.lr(1), 0.2);
+  }
+}
+
 TEST(Schedulers, InitialLrSharedAcrossSchedulers) {
   std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
   SGD opt(p, SGDOptions(0.1));

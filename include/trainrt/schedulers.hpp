@@ -26,7 +26,10 @@
 //
 // Errors (trainrt::Error): invalid configuration (T_max <= 0, gamma <= 0, milestones not
 // increasing, factor >= 1, ...), OneCycleLR stepped past total_steps, a state dict of another
-// scheduler or another number of groups.
+// scheduler or another number of groups, a step after the optimizer gained a param group
+// (make the scheduler after add_param_group), and a step whose schedule gives a negative or
+// non-finite lr (PyTorch writes it; e.g. the chainable cosine after the lr was set below
+// eta_min by hand). A step that throws changes nothing.
 #pragma once
 
 #include <cstdint>
