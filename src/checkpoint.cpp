@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "internal.hpp"
+#include "json_checks.hpp"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; trainrt's checkpoint code assumes a little-endian host"
@@ -180,7 +181,8 @@ class AtomicFile {
 };
 
 std::vector<unsigned char> read_whole_file(const std::string& path, const char* op) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO must not block the open before fstat can refuse it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("{}: cannot open '{}': {}", op, path, errno_str(errno));
   struct Closer {
     int fd;
@@ -325,29 +327,20 @@ SafetensorsFile parse_safetensors(const std::vector<unsigned char>& bytes, const
          static_cast<const char*>(nul) - hbegin);
   }
 
-  // Parse, noting the first duplicate key of any object (nlohmann keeps the last silently).
-  std::vector<std::set<std::string>> keys;
-  std::string duplicate;
+  // The nesting depth and the first duplicate key of any object (nlohmann keeps the last
+  // silently), in one linear pass before the parse (json_checks.hpp).
+  const detail::JsonShape shape =
+      detail::check_json_shape(hbegin, hend, detail::kMaxJsonDepth, true);
+  if (!shape.error.empty()) fail("{}: '{}': the header is not valid: {}", op, path, shape.error);
   json header;
   try {
-    header = json::parse(
-        hbegin, hend,
-        [&](int, json::parse_event_t ev, json& parsed) {
-          if (ev == json::parse_event_t::object_start) {
-            keys.emplace_back();
-          } else if (ev == json::parse_event_t::object_end) {
-            if (!keys.empty()) keys.pop_back();
-          } else if (ev == json::parse_event_t::key && !keys.empty()) {
-            const std::string& k = parsed.get_ref<const std::string&>();
-            if (!keys.back().insert(k).second && duplicate.empty()) duplicate = k;
-          }
-          return true;
-        },
-        /*allow_exceptions=*/true);
+    header = json::parse(hbegin, hend);
   } catch (const json::exception& ex) {
     fail("{}: '{}': the header is not valid JSON: {}", op, path, ex.what());
   }
-  if (!duplicate.empty()) fail("{}: '{}': the header names '{}' twice", op, path, duplicate);
+  if (!shape.duplicate.empty()) {
+    fail("{}: '{}': the header names '{}' twice", op, path, shape.duplicate);
+  }
   if (!header.is_object()) fail("{}: '{}': the header is not a JSON object", op, path);
 
   struct Entry {
@@ -710,6 +703,10 @@ CheckpointContents load_checkpoint(const std::string& path_in, Device device) {
   }
   const std::vector<unsigned char> mbytes = read_whole_file(mpath, op);
   json manifest;
+  const char* mb = reinterpret_cast<const char*>(mbytes.data());
+  const detail::JsonShape mshape =
+      detail::check_json_shape(mb, mb + mbytes.size(), detail::kMaxJsonDepth, false);
+  if (!mshape.error.empty()) fail("{}: '{}' is not a valid manifest: {}", op, mpath, mshape.error);
   try {
     manifest = json::parse(mbytes.begin(), mbytes.end());
   } catch (const json::exception& ex) {

@@ -154,6 +154,13 @@ if [ "$mode" = bad ]; then
   expect_error "invalid JSON" train --config "$dir/broken.json"
   expect_error "invalid JSON" lr-find --config "$dir/broken.json"
 
+  # Option values that are not numbers are named, not reported as std::stod.
+  config "$dir/opts.json" adam
+  expect_error '--start needs a finite number' lr-find --config "$dir/opts.json" --start abc
+  expect_error '--end needs a finite number' lr-find --config "$dir/opts.json" --end 1e400
+  expect_error '--iters needs a positive integer' lr-find --config "$dir/opts.json" --iters 99999999999999999999
+  expect_error '--lrs needs a finite number' compare --config "$dir/opts.json" --lrs 0.1,abc
+
   config "$dir/unknown_opt.json" adamx
   expect_error 'unknown optimizer "adamx"' train --config "$dir/unknown_opt.json"
   expect_error 'unknown optimizer "adamx"' lr-find --config "$dir/unknown_opt.json"

@@ -309,6 +309,12 @@ TEST(SafetensorsCorrupt, EveryProblemNamedWithTheFile) {
        "__metadata__ entry 'k' is not a string"},
       {"empty name", crafted(R"({"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", 0),
        "empty name"},
+      // 100 000 levels: a later dump() or copy of the value would overflow the stack.
+      {"deep shape",
+       crafted(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') +
+                   std::string(100000, ']') + R"(,"data_offsets":[0,8]}})",
+               8),
+       "nests deeper than 64 levels"},
   };
   TempDir dir;
   int i = 0;
@@ -328,6 +334,11 @@ TEST(SafetensorsCorrupt, EveryProblemNamedWithTheFile) {
       crafted(R"({"z":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]},)" + ok_a + "}", 8));
   EXPECT_EQ(trainrt::load_safetensors(dir / "zero.safetensors").tensors.size(), 2u);
   EXPECT_NE(load_error(dir / "missing.safetensors").find("cannot open"), std::string::npos);
+  // A FIFO is refused at once (its open must not block) and so is a directory.
+  const std::string fifo = dir / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(load_error(fifo).find("is not a regular file"), std::string::npos);
+  EXPECT_NE(load_error(dir.path()).find("is not a regular file"), std::string::npos);
 }
 
 TEST(SafetensorsCorrupt, TruncatedAtEveryCutPoint) {

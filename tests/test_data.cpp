@@ -4,6 +4,7 @@
 // deterministic order, drop_last, partial last batch, resume mid-epoch, prefetch thread
 // errors and shutdown, batches on every backend).
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -486,6 +487,13 @@ TEST(Csv, BadRowsNameTheLine) {
   dt.feature_dtype = DType::i64;
   EXPECT_HAS(err("1,2\n", dt), "feature_dtype must be f32 or f64");
   EXPECT_HAS(error_of([&] { trainrt::read_csv(dir + "/missing.csv"); }), "cannot open");
+  // Only regular files: a FIFO must not block, a device must not be read forever.
+  const std::string fifo = dir + "/fifo.csv";
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_HAS(error_of([&] { trainrt::read_csv(fifo); }), "is not a regular file");
+  EXPECT_HAS(error_of([&] { trainrt::read_idx("/dev/zero"); }), "is not a regular file");
+  ::unlink(fifo.c_str());
 }
 
 TEST(Csv, GzipCsv) {

@@ -369,6 +369,57 @@ TEST(Trainer, LoadRejectsACheckpointWithoutTheModelsDropoutState) {
   EXPECT_EQ(t.global_step(), 0);
 }
 
+// A checkpoint edited into nonsense (its CRCs recomputed by save_checkpoint) is refused with
+// an Error before anything changes: a NaN or huge epoch used to make training endless, a
+// missing optimizer state crashed, a bad history leaked nlohmann's exceptions.
+TEST(Trainer, LoadRejectsEditedTrainerState) {
+  const std::string dir = tmp_dir("edited_state");
+  auto cfg = base_config();
+  cfg.max_steps = 2;
+  Trainer a(mlp(3), cfg);
+  auto l = loader(blobs(64, 4), 32, true);
+  a.fit(l);
+  a.save(dir + "/ck");
+  const trainrt::CheckpointContents good = trainrt::load_checkpoint(dir + "/ck");
+  struct Edit {
+    const char* what;
+    std::function<void(trainrt::CheckpointContents&)> edit;
+    const char* needle;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<Edit> edits = {
+      {"nan epoch", [&](auto& c) { c.states["trainer"].scalars["epoch"] = nan; },
+       "epoch must be a whole number >= 0"},
+      {"huge epoch", [](auto& c) { c.states["trainer"].scalars["epoch"] = 1e300; },
+       "epoch must be a whole number"},
+      {"negative step", [](auto& c) { c.states["trainer"].scalars["global_step"] = -1; },
+       "global_step must be a whole number"},
+      {"no optimizer", [](auto& c) { c.states.erase("optimizer"); }, "no optimizer state"},
+      {"history not json", [](auto& c) { c.states["trainer"].strings["history"] = "xx"; },
+       "the saved history is not valid"},
+      {"history entries", [](auto& c) { c.states["trainer"].strings["history"] = "[{}]"; },
+       "the saved history is not valid"},
+      {"history not array", [](auto& c) { c.states["trainer"].strings["history"] = "{\"a\":1}"; },
+       "the saved history is not valid"},
+  };
+  for (const Edit& e : edits) {
+    SCOPED_TRACE(e.what);
+    trainrt::CheckpointContents c = good;
+    e.edit(c);
+    trainrt::save_checkpoint(dir + "/bad", c);
+    Trainer t(mlp(3), cfg);
+    const auto before = weights(t.model());
+    try {
+      t.load(dir + "/bad");
+      ADD_FAILURE() << "load accepted it";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find(e.needle), std::string::npos) << err.what();
+    }
+    EXPECT_TRUE(bitwise_equal(before, weights(t.model())));
+    EXPECT_EQ(t.global_step(), 0);
+  }
+}
+
 TEST(TrainerConfig, JsonParsing) {
   const auto c = TrainerConfig::from_json(R"({
     "optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
@@ -413,6 +464,9 @@ TEST(TrainerConfig, JsonParsing) {
   expect_error(R"({"scheduler": "warp"})", "unknown scheduler");
   expect_error(R"({"device": "tpu"})", "bad device");
   expect_error(R"({"grad_accumulation": 0})", "grad_accumulation");
+  // 100 000 levels deep: refused before anything dumps or copies the value (stack overflow).
+  expect_error(R"({"lr": )" + std::string(100000, '[') + std::string(100000, ']') + "}",
+               "nests deeper than 64 levels");
   EXPECT_THROW(TrainerConfig::from_json_file("/nonexistent/cfg.json"), Error);
 }
 

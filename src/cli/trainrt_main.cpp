@@ -16,6 +16,7 @@
 #include <sstream>
 #include <string>
 
+#include "../json_checks.hpp"
 #include "trainrt/trainrt.hpp"
 
 using json = nlohmann::json;
@@ -40,6 +41,37 @@ int usage(int rc) {
   return rc;
 }
 
+/// The whole of `text` as a finite number, or an Error naming the option.
+double number_arg(const char* option, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0.0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !std::isfinite(v)) {
+    throw Error(std::string("trainrt: ") + option + " needs a finite number, got '" + text + "'");
+  }
+  return v;
+}
+
+/// The whole of `text` as a positive integer below 2^31, or an Error naming the option.
+long long integer_arg(const char* option, const std::string& text) {
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || v <= 0 || v > 2147483647LL) {
+    throw Error(std::string("trainrt: ") + option + " needs a positive integer, got '" + text +
+                "'");
+  }
+  return v;
+}
+
 std::shared_ptr<nn::Module> activation(const std::string& name) {
   if (name == "relu") return std::make_shared<nn::ReLU>();
   if (name == "gelu") return std::make_shared<nn::GELU>();
@@ -62,9 +94,12 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
           double* base_lr = nullptr) {
   std::ifstream in(path);
   if (!in) throw Error("trainrt: cannot open " + path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
+  if (!shape.error.empty()) throw Error("trainrt: " + path + ": invalid JSON: " + shape.error);
   json j;
   try {
-    j = json::parse(in);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw Error("trainrt: " + path + ": invalid JSON: " + e.what());
   }
@@ -209,11 +244,11 @@ int main(int argc, char** argv) {
         if (a == "--config")
           config = v;
         else if (a == "--start")
-          lf.start = std::stod(v);
+          lf.start = number_arg("--start", v);
         else if (a == "--end")
-          lf.end = std::stod(v);
+          lf.end = number_arg("--end", v);
         else if (a == "--iters")
-          lf.iters = std::stoll(v);
+          lf.iters = static_cast<std::int64_t>(integer_arg("--iters", v));
         else if (a == "--out")
           lf.out = v;
         else
@@ -243,7 +278,7 @@ int main(int argc, char** argv) {
         else if (a == "--optimizers")
           optimizers = split(v);
         else if (a == "--lrs")
-          for (const auto& p : split(v)) lrs.push_back(std::stod(p));
+          for (const auto& p : split(v)) lrs.push_back(number_arg("--lrs", p));
         else if (a == "--out")
           out = v;
         else
@@ -289,6 +324,11 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::fprintf(stderr, "trainrt: unknown command \"%s\"\n", cmd.c_str());
     return usage(2);
+  } catch (const json::exception& e) {  // a config value of the wrong type
+    std::fflush(stdout);
+    std::fprintf(stderr, "trainrt: a value in the config has the wrong type or is missing: %s\n",
+                 e.what());
+    return 1;
   } catch (const std::exception& e) {
     std::fflush(stdout);  // what was printed before the error comes first
     std::fprintf(stderr, "%s\n", e.what());

@@ -1,5 +1,6 @@
 #include "file_io.hpp"
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <cerrno>
@@ -7,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 
 #include "../internal.hpp"
 
@@ -14,6 +16,11 @@ namespace trainrt {
 namespace data_detail {
 
 std::vector<unsigned char> read_file(const std::string& path) {
+  // Only regular files: a FIFO would block the open, a device such as /dev/zero never ends.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    detail::fail("cannot open '{}': {}", path, std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) detail::fail("'{}' is not a regular file", path);
   struct Closer {
     void operator()(std::FILE* f) const { std::fclose(f); }
   };
@@ -66,7 +73,12 @@ std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const st
     zs.next_out = buf;
     zs.avail_out = sizeof buf;
     const int rc = inflate(&zs, Z_NO_FLUSH);
-    out.insert(out.end(), buf, buf + (sizeof buf - zs.avail_out));
+    try {
+      out.insert(out.end(), buf, buf + (sizeof buf - zs.avail_out));
+    } catch (const std::bad_alloc&) {  // e.g. a small file that inflates to more than memory
+      detail::fail("'{}': out of memory inflating the gzip data ({} bytes decompressed so far)",
+                   path, out.size());
+    }
     const std::size_t consumed = in.size() - zs.avail_in;
     if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR || rc == Z_MEM_ERROR || rc == Z_STREAM_ERROR) {
       detail::fail("'{}': corrupt gzip data at compressed byte {} of {} ({})", path, consumed,

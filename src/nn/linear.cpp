@@ -3,6 +3,7 @@
 #include <Random123/philox.h>
 
 #include <cmath>
+#include <new>
 #include <vector>
 
 #include "../checks.hpp"
@@ -35,9 +36,15 @@ std::vector<double> philox_uniform(std::uint64_t seed, std::uint32_t stream, std
 
 Tensor init_tensor(std::uint64_t seed, std::uint32_t stream, const Shape& shape, double bound,
                    DType dtype) {
-  const std::vector<double> v = philox_uniform(seed, stream, shape_numel(shape), bound);
-  if (dtype == DType::f64) return Tensor::from_vector(v, shape);
-  return Tensor::from_vector(std::vector<float>(v.begin(), v.end()), shape);
+  const std::int64_t n = shape_numel(shape);  // throws on overflow
+  try {
+    const std::vector<double> v = philox_uniform(seed, stream, n, bound);
+    if (dtype == DType::f64) return Tensor::from_vector(v, shape);
+    return Tensor::from_vector(std::vector<float>(v.begin(), v.end()), shape);
+  } catch (const std::bad_alloc&) {
+    detail::fail("Linear: out of memory for a parameter of shape {} ({} elements)",
+                 shape_str(shape), n);
+  }
 }
 
 }  // namespace

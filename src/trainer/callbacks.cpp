@@ -98,7 +98,10 @@ std::string ModelCheckpoint::last_path() const {
 }
 
 void ModelCheckpoint::on_epoch_end(Trainer& t, const EpochMetrics& m) {
-  std::filesystem::create_directories(dir_);
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec)
+    throw Error("ModelCheckpoint: cannot create the directory '" + dir_ + "': " + ec.message());
   t.save(last_path());
   detail::log().debug("ModelCheckpoint: epoch {} saved to {}", m.epoch, last_path());
   const double v = monitored(m, monitor_);

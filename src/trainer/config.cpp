@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "../json_checks.hpp"
 #include "trainrt/error.hpp"
 #include "trainrt/trainer.hpp"
 
@@ -42,6 +43,8 @@ bool one_of(const std::string& v, std::initializer_list<const char*> options) {
 
 TrainerConfig TrainerConfig::from_json(const std::string& text) {
   json j;
+  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
+  if (!shape.error.empty()) bad("invalid JSON: " + shape.error);
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {

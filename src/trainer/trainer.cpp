@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../internal.hpp"
+#include "../json_checks.hpp"
 #include "trainrt/checkpoint.hpp"
 #include "trainrt/clip.hpp"
 #include "trainrt/error.hpp"
@@ -584,7 +585,12 @@ std::string Trainer::metrics_jsonl_path() const {
 
 void Trainer::write_metrics() const {
   if (config_.output_dir.empty()) return;
-  std::filesystem::create_directories(config_.output_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(config_.output_dir, ec);
+  if (ec) {
+    throw Error("Trainer: cannot create the output_dir '" + config_.output_dir +
+                "': " + ec.message());
+  }
   std::string csv =
       "epoch,global_step,train_loss,train_acc,val_loss,val_acc,lr,grad_norm,grad_norm_clipped,"
       "samples_per_sec,seconds,skipped_steps\n";
@@ -649,9 +655,33 @@ void Trainer::load(const std::string& path) {
   auto scalar = [&](const char* k) {
     auto it = t->scalars.find(k);
     if (it == t->scalars.end()) throw Error(fmt::format("Trainer::load: {}: no {}", path, k));
-    return static_cast<std::int64_t>(it->second);
+    const double v = it->second;
+    if (!(v >= 0.0 && v <= 9007199254740992.0) || v != std::floor(v)) {  // [0, 2^53], whole
+      throw Error(
+          fmt::format("Trainer::load: {}: {} must be a whole number >= 0, got {}", path, k, v));
+    }
+    return static_cast<std::int64_t>(v);
   };
   const std::int64_t spe = scalar("steps_per_epoch");
+  const std::int64_t epoch = scalar("epoch"), global_step = scalar("global_step"),
+                     skipped = scalar("skipped_steps");
+  if (!st("optimizer")) throw Error("Trainer::load: " + path + ": no optimizer state");
+  // The history, parsed and checked before anything changes.
+  std::vector<EpochMetrics> history;
+  auto hs = t->strings.find("history");
+  if (hs != t->strings.end()) {
+    const detail::JsonShape shape =
+        detail::check_json_shape(hs->second, detail::kMaxJsonDepth, false);
+    try {
+      if (!shape.error.empty()) throw Error(shape.error);
+      const json h = json::parse(hs->second);
+      if (!h.is_array()) throw Error("not a JSON array");
+      for (const auto& j : h) history.push_back(metrics_from_json(j));
+    } catch (const std::exception& e) {  // json::exception or Error
+      throw Error(
+          fmt::format("Trainer::load: {}: the saved history is not valid: {}", path, e.what()));
+    }
+  }
   if ((st("scheduler") != nullptr) != (config_.scheduler != "none"))
     throw Error("Trainer::load: " + path + ": the scheduler in the file does not match the config");
   if ((st("scaler") != nullptr) != (scaler_ != nullptr))
@@ -674,14 +704,10 @@ void Trainer::load(const std::string& path) {
   if (scaler_) scaler_->load_state_dict(*st("scaler"));
   pending_loader_ = st("loader") ? *st("loader") : StateDict();
   epoch_accum_ = st("epoch_accum") ? *st("epoch_accum") : StateDict();
-  epoch_ = scalar("epoch");
-  global_step_ = scalar("global_step");
-  skipped_ = scalar("skipped_steps");
-  history_.clear();
-  auto hs = t->strings.find("history");
-  if (hs != t->strings.end()) {
-    for (const auto& j : json::parse(hs->second)) history_.push_back(metrics_from_json(j));
-  }
+  epoch_ = epoch;
+  global_step_ = global_step;
+  skipped_ = skipped;
+  history_ = std::move(history);
 }
 
 }  // namespace trainrt
