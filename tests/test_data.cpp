@@ -277,6 +277,11 @@ TEST(Idx, CorruptAndTruncatedFilesGiveClearErrors) {
   trainrt::ImageNormalization bad;
   bad.stddev = 0.0f;
   EXPECT_HAS(error_of([&] { trainrt::read_idx_images(path("labels"), bad); }), "stddev");
+
+  // No images of 2^32-1 x 2^32-1 pixels: rows * cols would overflow when flattened.
+  write_bytes(path("huge_dims"), idx_file(0x08, {0, 0xffffffffu, 0xffffffffu}, {}));
+  EXPECT_HAS(error_of([&] { trainrt::read_idx_images(path("huge_dims"), {}, true); }),
+             "too large to flatten");
 }
 
 TEST(Idx, CorruptAndTruncatedGzipGiveClearErrors) {
@@ -487,6 +492,23 @@ TEST(Csv, BadRowsNameTheLine) {
   dt.feature_dtype = DType::i64;
   EXPECT_HAS(err("1,2\n", dt), "feature_dtype must be f32 or f64");
   EXPECT_HAS(error_of([&] { trainrt::read_csv(dir + "/missing.csv"); }), "cannot open");
+  // Finite as a double but not as the f32 it is stored in; f64 features keep it.
+  EXPECT_HAS(err("a,b,y\n1,1e300,0\n"), "'1e300' is out of the range of f32 (use f64)");
+  CsvOptions f64;
+  f64.feature_dtype = DType::f64;
+  write_text(dir + "/big.csv", "a,b,y\n1,1e300,0\n");
+  EXPECT_EQ(trainrt::read_csv(dir + "/big.csv", f64).features.to_double_vector()[1], 1e300);
+  // A long bad cell is shortened in the message.
+  m = err("a,b,y\n1," + std::string(5000, '7') + "x,0\n");
+  EXPECT_HAS(m, "(5001 characters)");
+  EXPECT_LT(m.size(), 400u);
+  // A UTF-8 byte order mark is not part of the first column's name.
+  write_text(dir + "/bom.csv",
+             "\xEF\xBB\xBF"
+             "a,b,label\n1,2,0\n3,4,1\n");
+  const trainrt::CsvTable bom = trainrt::read_csv(dir + "/bom.csv");
+  EXPECT_EQ(bom.feature_names, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(bom.features.size(0), 2);
   // Only regular files: a FIFO must not block, a device must not be read forever.
   const std::string fifo = dir + "/fifo.csv";
   ::unlink(fifo.c_str());

@@ -41,6 +41,12 @@ bool parse_number(std::string_view s, double* v) {
   return r.ec == std::errc() && r.ptr == s.data() + s.size();
 }
 
+/// A cell for an error message: at most 40 characters of it.
+std::string shorten(std::string_view s) {
+  if (s.size() <= 40) return std::string(s);
+  return std::string(s.substr(0, 40)) + "... (" + std::to_string(s.size()) + " characters)";
+}
+
 bool is_blank(std::string_view s) {
   for (char c : s) {
     if (c != ' ' && c != '\t' && c != '\r') return false;
@@ -59,7 +65,8 @@ CsvTable read_csv(const std::string& path, const CsvOptions& opt) {
     detail::fail("read_csv: label_dtype must be i64, i32, f32 or f64, got {}", dtype_name(ld));
   }
   const std::vector<unsigned char> bytes = data_detail::read_maybe_gzip(path);
-  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);  // a UTF-8 byte order mark
 
   std::vector<std::string> names;
   std::vector<double> features, labels;
@@ -130,11 +137,19 @@ CsvTable read_csv(const std::string& path, const CsvOptions& opt) {
       }
       if (!parse_number(f, &v)) {
         detail::fail("CSV file '{}', line {}: column {} ('{}'): '{}' is not a number", path,
-                     line_no, c + 1, names[static_cast<std::size_t>(c)], f);
+                     line_no, c + 1, names[static_cast<std::size_t>(c)], shorten(f));
       }
       if (!std::isfinite(v)) {
         detail::fail("CSV file '{}', line {}: column {} ('{}'): '{}' is not a finite number", path,
-                     line_no, c + 1, names[static_cast<std::size_t>(c)], f);
+                     line_no, c + 1, names[static_cast<std::size_t>(c)], shorten(f));
+      }
+      // Stored as f32 (features, or regression labels): it must stay finite there too.
+      const bool to_f32 = c == label_col ? ld == DType::f32 : fd == DType::f32;
+      if (to_f32 && !std::isfinite(static_cast<float>(v))) {
+        detail::fail(
+            "CSV file '{}', line {}: column {} ('{}'): '{}' is out of the range of f32 (use "
+            "f64)",
+            path, line_no, c + 1, names[static_cast<std::size_t>(c)], shorten(f));
       }
       if (c == label_col) {
         if ((ld == DType::i64 || ld == DType::i32) &&

@@ -154,6 +154,10 @@ Tensor read_idx_images(const std::string& path, const ImageNormalization& norm, 
   }
   const Tensor raw = parse_idx(bytes, path);
   const std::int64_t n = raw.size(0), rows = raw.size(1), cols = raw.size(2);
+  if (flatten && rows > 0 && cols > std::numeric_limits<std::int64_t>::max() / rows) {
+    detail::fail("IDX image file '{}': images of {} x {} pixels are too large to flatten", path,
+                 rows, cols);
+  }
   const Shape shape = flatten ? Shape{n, rows * cols} : Shape{n, rows, cols};
   Tensor out = Tensor::empty(shape, DType::f32);
   const auto* src = static_cast<const std::uint8_t*>(raw.data());
