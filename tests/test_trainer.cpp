@@ -464,6 +464,18 @@ TEST(TrainerConfig, JsonParsing) {
   expect_error(R"({"scheduler": "warp"})", "unknown scheduler");
   expect_error(R"({"device": "tpu"})", "bad device");
   expect_error(R"({"grad_accumulation": 0})", "grad_accumulation");
+  // Integers: whole, at most 2^53 (no float-to-int cast out of range), counts at most 2^31-1
+  // (products of two stay inside 64 bits); any 64-bit seed round-trips.
+  expect_error(R"({"epochs": 1e300})", "\"epochs\" must be an integer of at most 2^53");
+  expect_error(R"({"batch_size": 18446744073709551615})", "must be an integer of at most 2^53");
+  expect_error(R"({"batch_size": 4294967296})", "batch_size must be at most 2147483647");
+  expect_error(R"({"scheduler": "step", "step_size": 4294967296})", "step_size must be at most");
+  expect_error(R"({"scheduler": "multistep", "milestones": [-5, 3]})",
+               "milestones must be increasing epochs in [0, 2147483647], got -5");
+  expect_error(R"({"scheduler": "multistep", "milestones": [3, 3]})",
+               "milestones must be increasing");
+  EXPECT_EQ(TrainerConfig::from_json(R"({"seed": 18446744073709551615})").seed,
+            18446744073709551615ull);
   // 100 000 levels deep: refused before anything dumps or copies the value (stack overflow).
   expect_error(R"({"lr": )" + std::string(100000, '[') + std::string(100000, ']') + "}",
                "nests deeper than 64 levels");

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -24,11 +26,19 @@ double get_number(const json& j, const char* key) {
   return j.get<double>();
 }
 std::int64_t get_int(const json& j, const char* key) {
-  if (!j.is_number_integer() &&
-      !(j.is_number_float() &&
-        j.get<double>() == static_cast<double>(static_cast<std::int64_t>(j.get<double>()))))
-    bad(fmt::format("\"{}\" must be an integer, got {}", key, j.dump()));
-  return j.get<std::int64_t>();
+  // Whole numbers up to 2^53 in magnitude (exact as doubles; no cast out of range).
+  constexpr double kMax = 9007199254740992.0;
+  const bool whole_float = j.is_number_float() && std::fabs(j.get<double>()) <= kMax &&
+                           j.get<double>() == std::floor(j.get<double>());
+  const bool small_int =
+      (j.is_number_unsigned() && j.get<std::uint64_t>() <= 9007199254740992ull) ||
+      (j.is_number_integer() && !j.is_number_unsigned() &&
+       std::llabs(j.get<std::int64_t>()) <= 9007199254740992ll);
+  if (!whole_float && !small_int) {
+    bad(fmt::format("\"{}\" must be an integer of at most 2^53 in magnitude, got {}", key,
+                    j.dump()));
+  }
+  return whole_float ? static_cast<std::int64_t>(j.get<double>()) : j.get<std::int64_t>();
 }
 std::string get_string(const json& j, const char* key) {
   if (!j.is_string()) bad(fmt::format("\"{}\" must be a string, got {}", key, j.dump()));
@@ -106,9 +116,13 @@ TrainerConfig TrainerConfig::from_json(const std::string& text) {
     else if (k == "grad_accumulation")
       c.grad_accumulation = get_int(v, "grad_accumulation");
     else if (k == "seed") {
-      const std::int64_t s = get_int(v, "seed");
-      if (s < 0) bad("\"seed\" must be >= 0");
-      c.seed = static_cast<std::uint64_t>(s);
+      if (v.is_number_unsigned()) {  // any 64-bit seed (to_json writes it so)
+        c.seed = v.get<std::uint64_t>();
+      } else {
+        const std::int64_t s = get_int(v, "seed");
+        if (s < 0) bad("\"seed\" must be >= 0");
+        c.seed = static_cast<std::uint64_t>(s);
+      }
     } else if (k == "device")
       c.device = get_string(v, "device");
     else if (k == "output_dir")
@@ -187,6 +201,24 @@ void TrainerConfig::validate() const {
         fmt::format("unknown scheduler \"{}\" (none, step, multistep, exponential, cosine, "
                     "linear, onecycle, plateau)",
                     scheduler));
+  // Counts of epochs, steps and examples: at most 2^31 - 1, so that products of two of them
+  // (step_size * steps per epoch, epochs * steps per epoch) stay far inside 64 bits.
+  constexpr std::int64_t kMaxCount = 2147483647;
+  auto at_most = [&](std::int64_t v, const char* what) {
+    if (v > kMaxCount) bad(fmt::format("{} must be at most {}, got {}", what, kMaxCount, v));
+  };
+  at_most(step_size, "step_size");
+  at_most(epochs, "epochs");
+  at_most(batch_size, "batch_size");
+  at_most(grad_accumulation, "grad_accumulation");
+  at_most(patience, "patience");
+  for (std::size_t i = 0; i < milestones.size(); ++i) {
+    if (milestones[i] < 0 || milestones[i] > kMaxCount ||
+        (i > 0 && milestones[i] <= milestones[i - 1])) {
+      bad(fmt::format("milestones must be increasing epochs in [0, {}], got {}", kMaxCount,
+                      milestones[i]));
+    }
+  }
   if (step_size < 1) bad("step_size must be >= 1");
   if (!(gamma > 0.0)) bad("gamma must be > 0");
   if (max_lr < 0.0) bad("max_lr must be >= 0");
