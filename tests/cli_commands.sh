@@ -161,6 +161,12 @@ if [ "$mode" = bad ]; then
   expect_error '--iters needs a positive integer' lr-find --config "$dir/opts.json" --iters 99999999999999999999
   expect_error '--lrs needs a finite number' compare --config "$dir/opts.json" --lrs 0.1,abc
 
+  # Layer widths must be whole numbers in range (1.5 was truncated, a huge one ran out of memory).
+  sed 's/"hidden": \[8\]/"hidden": [1.5]/' "$dir/opts.json" >"$dir/frac.json"
+  expect_error 'model.hidden must hold whole numbers' train --config "$dir/frac.json"
+  sed 's/"hidden": \[8\]/"hidden": [8], "classes": 1000000000000/' "$dir/opts.json" >"$dir/wide.json"
+  expect_error 'model.classes must hold whole numbers' train --config "$dir/wide.json"
+
   config "$dir/unknown_opt.json" adamx
   expect_error 'unknown optimizer "adamx"' train --config "$dir/unknown_opt.json"
   expect_error 'unknown optimizer "adamx"' lr-find --config "$dir/unknown_opt.json"

@@ -72,6 +72,15 @@ long long integer_arg(const char* option, const std::string& text) {
   return v;
 }
 
+/// A layer width from the config: a whole number in [1, 2^24] (wider layers are surely a typo).
+std::int64_t width(const json& j, const char* key) {
+  if (!j.is_number_integer() || j.get<std::int64_t>() < 1 || j.get<std::int64_t>() > (1 << 24)) {
+    throw Error(std::string("trainrt: ") + key + " must hold whole numbers in [1, 16777216], got " +
+                j.dump());
+  }
+  return j.get<std::int64_t>();
+}
+
 std::shared_ptr<nn::Module> activation(const std::string& name) {
   if (name == "relu") return std::make_shared<nn::ReLU>();
   if (name == "gelu") return std::make_shared<nn::GELU>();
@@ -140,7 +149,8 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   if (cfg.loss == "cross_entropy") {
     std::int64_t max_label = 0;
     for (auto v : train_ds->labels().to_vector<std::int64_t>()) max_label = std::max(max_label, v);
-    out_features = model_cfg.value("classes", max_label + 1);
+    out_features = model_cfg.contains("classes") ? width(model_cfg["classes"], "model.classes")
+                                                 : max_label + 1;
   } else {
     out_features = std::max<std::int64_t>(1, shape_numel(train_ds->label_shape()));
   }
@@ -149,7 +159,14 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   auto model = std::make_shared<nn::Sequential>();
   std::int64_t prev = in_features;
   const std::string act = model_cfg.value("activation", std::string("relu"));
-  for (std::int64_t h : model_cfg.value("hidden", std::vector<std::int64_t>{256, 128})) {
+  std::vector<std::int64_t> hidden = {256, 128};
+  if (model_cfg.contains("hidden")) {
+    const json& hj = model_cfg["hidden"];
+    if (!hj.is_array()) throw Error("trainrt: model.hidden must be an array of layer widths");
+    hidden.clear();
+    for (const json& w : hj) hidden.push_back(width(w, "model.hidden"));
+  }
+  for (std::int64_t h : hidden) {
     model->add(std::make_shared<nn::Linear>(prev, h));
     model->add(activation(act));
     prev = h;
