@@ -585,6 +585,10 @@ TEST(Checkpoint, DetectsDamagedOrMixedFiles) {
   EXPECT_NE(checkpoint_error(path).find("not valid JSON"), std::string::npos);
   write_file(path + "/manifest.json", std::string("{\"format\":\"other\"}").c_str(), 18);
   EXPECT_NE(checkpoint_error(path).find("not a trainrt checkpoint manifest"), std::string::npos);
+  const std::string deep =
+      "{\"version\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  write_file(path + "/manifest.json", deep.c_str(), deep.size());
+  EXPECT_NE(checkpoint_error(path).find("nests deeper than 64 levels"), std::string::npos);
   EXPECT_NE(checkpoint_error(dir / "nothing").find("cannot open"), std::string::npos);
   write_file(path + "/manifest.json", manifest);
   EXPECT_EQ(checkpoint_error(path), "(no error)");

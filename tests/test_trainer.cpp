@@ -420,6 +420,36 @@ TEST(Trainer, LoadRejectsEditedTrainerState) {
   }
 }
 
+// An output_dir or checkpoint dir that cannot be made (a file is in the way) is an Error.
+TEST(Trainer, DirectoriesThatCannotBeMadeAreErrors) {
+  const std::string dir = tmp_dir("blocked_dirs");
+  const std::string file = dir + "/a_file";
+  std::ofstream(file) << "x";
+  auto l = loader(blobs(64, 4), 32, true);
+  auto cfg = base_config();
+  cfg.epochs = 1;  // one whole epoch: metrics and checkpoints are written at its end
+  cfg.output_dir = file + "/run";
+  Trainer a(mlp(3), cfg);
+  try {
+    a.fit(l);
+    ADD_FAILURE() << "fit wrote into a file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot create the output_dir"), std::string::npos)
+        << e.what();
+  }
+  cfg.output_dir.clear();
+  Trainer b(mlp(3), cfg);
+  b.add_callback(std::make_shared<ModelCheckpoint>(file + "/ck", "val_acc"));
+  try {
+    b.fit(l);
+    ADD_FAILURE() << "ModelCheckpoint wrote into a file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ModelCheckpoint: cannot create the directory"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(TrainerConfig, JsonParsing) {
   const auto c = TrainerConfig::from_json(R"({
     "optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
