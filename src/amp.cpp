@@ -2,7 +2,8 @@
 // device; unscale_ only writes 1/scale into the optimizer's grad scalars block (the amp slot),
 // the inf/NaN check is a read pass (shared with clip_grad_norm_(optimizer) when that runs), the
 // optimizer's fused step skips itself on the device, and update() runs on the device. The only
-// device-to-host traffic per iteration is the optimizer's 4-byte found_inf read in its step.
+// device-to-host traffic per iteration is the optimizer's 4-byte found_inf read in its step
+// (none for a capturable optimizer, whose whole iteration can be captured in a CUDA graph).
 #include "trainrt/amp.hpp"
 
 #include <cmath>
@@ -149,6 +150,9 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
   st.recorded = I.inf_recorded;
   optimizer.step();
   st.stage = Stage::stepped;
+  // During a CUDA graph capture nothing may be read back: whether a replay skipped its step
+  // is last_step_skipped() after the replay.
+  if (I.capturable && detail::device_capturing(I.device)) return true;
   return !optimizer.last_step_skipped();
 }
 

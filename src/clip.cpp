@@ -159,7 +159,23 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
     Tensor host = I.grad_scalars.to(Device::cpu());
     for (int i = 0; i < TRAINRT_GS_COUNT; ++i) saved[i] = static_cast<const float*>(host.data())[i];
   }
-  Tensor total = Tensor::empty({}, DType::f32, g.device);
+  // A capturable optimizer keeps one norm tensor: nothing is allocated in a captured step,
+  // and the tensor a graph's replays write is the one returned when it was captured.
+  Tensor total;
+  if (I.capturable) {
+    if (!I.clip_total.defined()) {
+      if (detail::device_capturing(I.device)) {
+        fail(
+            "{}: the first clip of a capturable optimizer runs during a CUDA graph capture; run "
+            "one iteration before capturing",
+            op);
+      }
+      I.clip_total = Tensor::empty({}, DType::f32, g.device);
+    }
+    total = I.clip_total;
+  } else {
+    total = Tensor::empty({}, DType::f32, g.device);
+  }
   // A pending GradScaler check runs in this same read pass.
   float* found_inf = I.check_pending ? gs + TRAINRT_GS_FOUND_INF : nullptr;
   norm_pass(g, norm_type, gs, max_norm, static_cast<float*>(total.data()), found_inf, op);

@@ -8,6 +8,12 @@
 // it is active the step's kernel reads it (and skips itself on found_inf); the host then reads
 // found_inf (one 4-byte copy) to know whether the step counts advance and whether the state
 // created for this step must be dropped, so a skipped step leaves no trace.
+//
+// A capturable optimizer (set_capturable) keeps the step counts on the device instead: the
+// buckets are (group, model-copy dtype), the kernels derive each tensor's t-dependent scalars
+// from its device count and advance it (not on a skipped step), the blocks are uploaded only
+// when they change, and the host reads nothing in step(), so the step can be captured in a
+// CUDA graph (docs/DESIGN-NOTES.md, "Capturable steps and CUDA graphs").
 #include "trainrt/optim.hpp"
 
 #include <cmath>
@@ -15,6 +21,7 @@
 #include <set>
 #include <tuple>
 
+#include "../kernels/common/optim.h"
 #include "checks.hpp"
 #include "optim_internal.hpp"
 
@@ -169,11 +176,26 @@ std::uint32_t kernel_flags(int algo, const HyperParams& h) {
   return f;
 }
 
+/// The hyperparameters a step's t-dependent scalars are computed from (TRAINRT_OH_*).
+void fill_hyper(int algo, const HyperParams& h, double* o) {
+  for (int i = 0; i < TRAINRT_OH_COUNT; ++i) o[i] = 0.0;
+  auto get = [&](const char* k) { return h.count(k) ? h.at(k) : 0.0; };
+  o[TRAINRT_OH_LR] = h.at("lr");
+  o[TRAINRT_OH_BETA1] = get("beta1");
+  o[TRAINRT_OH_BETA2] = get("beta2");
+  o[TRAINRT_OH_LR_DECAY] = get("lr_decay");
+  if (algo == kSGD) {
+    o[TRAINRT_OH_MOMENTUM] = h.at("momentum");
+    o[TRAINRT_OH_DAMPENING] = h.at("dampening");
+  }
+}
+
 /// The optimizer scalars block for step count t (after this step), each value computed in
-/// double and rounded once to f32, as PyTorch passes Python floats to its tensor ops.
+/// double and rounded once to f32, as PyTorch passes Python floats to its tensor ops. The
+/// t-dependent entries come from derive_step_scalars (kernels/common/optim.h), which a
+/// capturable step's kernels evaluate on the device instead.
 void fill_scalars(int algo, const HyperParams& h, std::int64_t t, bool fresh, float* s) {
   for (int i = 0; i < TRAINRT_OS_COUNT; ++i) s[i] = 0.0f;
-  const double td = static_cast<double>(t);
   const double lr = h.at("lr");
   const double wd = h.count("weight_decay") ? h.at("weight_decay") : 0.0;
   s[TRAINRT_OS_LR] = static_cast<float>(lr);
@@ -182,33 +204,13 @@ void fill_scalars(int algo, const HyperParams& h, std::int64_t t, bool fresh, fl
   if (h.count("eps")) s[TRAINRT_OS_EPS] = static_cast<float>(h.at("eps"));
   if (h.count("beta1")) {
     const double b1 = h.at("beta1"), b2 = h.at("beta2");
-    const double bc1 = 1.0 - std::pow(b1, td), bc2 = 1.0 - std::pow(b2, td);
     s[TRAINRT_OS_BETA1] = static_cast<float>(b1);
     s[TRAINRT_OS_OMB1] = static_cast<float>(1.0 - b1);
     s[TRAINRT_OS_BETA2] = static_cast<float>(b2);
     s[TRAINRT_OS_OMB2] = static_cast<float>(1.0 - b2);
-    s[TRAINRT_OS_BC1] = static_cast<float>(bc1);
-    s[TRAINRT_OS_BC2] = static_cast<float>(bc2);
-    s[TRAINRT_OS_BC2_SQRT] = static_cast<float>(std::sqrt(bc2));
-    s[TRAINRT_OS_INV_BC2_SQRT] = static_cast<float>(1.0 / std::sqrt(bc2));
-    s[TRAINRT_OS_STEP_SIZE] = static_cast<float>(lr / bc1);
-    if (algo == kRAdam) {
-      const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
-      const double rho_t = rho_inf - 2.0 * td * std::pow(b2, td) / bc2;
-      s[TRAINRT_OS_RECT] =
-          rho_t > 5.0 ? static_cast<float>(std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
-                                                     ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)))
-                      : 0.0f;
-    }
   }
   switch (algo) {
-    case kSGD: {
-      const double mom = h.at("momentum");
-      s[TRAINRT_OS_MOMENTUM] = static_cast<float>(mom);
-      s[TRAINRT_OS_BUF_SCALE] = fresh ? 0.0f : static_cast<float>(mom);
-      s[TRAINRT_OS_BUF_GAIN] = fresh ? 1.0f : static_cast<float>(1.0 - h.at("dampening"));
-      break;
-    }
+    case kSGD: s[TRAINRT_OS_MOMENTUM] = static_cast<float>(h.at("momentum")); break;
     case kRMSprop: {
       const double a = h.at("alpha");
       s[TRAINRT_OS_MOMENTUM] = static_cast<float>(h.at("momentum"));
@@ -216,12 +218,12 @@ void fill_scalars(int algo, const HyperParams& h, std::int64_t t, bool fresh, fl
       s[TRAINRT_OS_OMB2] = static_cast<float>(1.0 - a);
       break;
     }
-    case kAdagrad:
-      s[TRAINRT_OS_LR] = static_cast<float>(lr / (1.0 + (td - 1.0) * h.at("lr_decay")));
-      break;
     case kLAMB: s[TRAINRT_OS_MAX_GRAD_NORM] = static_cast<float>(h.at("max_grad_norm")); break;
     default: break;
   }
+  double hyper[TRAINRT_OH_COUNT];
+  fill_hyper(algo, h, hyper);
+  kern::derive_step_scalars(spec_of(algo).kernel_algo, hyper, t, fresh, s);
 }
 
 // ---- device helpers --------------------------------------------------------------------------
@@ -240,13 +242,52 @@ void write_device_floats(Device device, float* dst, const float* src, std::size_
                 "writing device scalars");
 }
 
+void device_copy(Device device, void* dst, const void* src, std::size_t bytes, int kind,
+                 const char* what) {
+  const trainrt_backend_v1& api = backend_for(device);
+  check_backend(api, api.copy(device.index(), dst, src, bytes, kind), what);
+}
+
+bool device_capturing(Device device) {
+  const trainrt_backend_v1& api = backend_for(device);
+  if (api.graph_capturing == nullptr) return false;
+  std::int32_t c = 0;
+  check_backend(api, api.graph_capturing(device.index(), &c), "querying graph capture");
+  return c != 0;
+}
+
+/// A parameter's step count: on the device while it has one (capturable steps).
+std::int64_t slot_step(const OptimizerImpl& o, const ParamSlot& s) {
+  if (!s.device_step.defined()) return s.step;
+  std::int64_t v = 0;
+  device_copy(o.device, &v, s.device_step.data(), sizeof v, TRAINRT_COPY_D2H,
+              "reading a step count");
+  return v;
+}
+
 float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
   if (!o.grad_scalars.defined())
     o.grad_scalars = Tensor::empty({TRAINRT_GS_COUNT}, DType::f32, o.device);
   float* gs = static_cast<float*>(o.grad_scalars.data());
   if (!o.gs_active) {
     const float init[TRAINRT_GS_COUNT] = {1.0f, 1.0f, 0.0f, 0.0f};
-    write_device_floats(o.device, gs, init, TRAINRT_GS_COUNT);
+    if (o.capturable) {
+      // A device-to-device copy from a block written once: capturable in a CUDA graph.
+      if (!o.gs_init.defined()) {
+        if (device_capturing(o.device)) {
+          fail(
+              "{}: the first GradScaler unscale_ or fused clip of a capturable optimizer runs "
+              "during a CUDA graph capture; run one iteration before capturing",
+              o.spec->name);
+        }
+        o.gs_init = Tensor::from_vector(std::vector<float>(init, init + TRAINRT_GS_COUNT),
+                                        {TRAINRT_GS_COUNT}, o.device);
+      }
+      device_copy(o.device, gs, o.gs_init.data(), sizeof init, TRAINRT_COPY_D2D,
+                  "resetting the grad scalars block");
+    } else {
+      write_device_floats(o.device, gs, init, TRAINRT_GS_COUNT);
+    }
     o.gs_active = true;
   }
   return gs;
@@ -337,6 +378,44 @@ using detail::ParamSlot;
 
 namespace {
 
+/// Capturable steps: writes the scalars blocks and hyperparameters of the buckets of
+/// I.bucket_groups into the device buffers, unless they hold them already (a captured step
+/// must not copy from the host).
+void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name,
+                        const std::vector<float>& scalars, bool capturing) {
+  const std::size_t n_buckets = I.bucket_groups.size();
+  std::vector<double> hyper(n_buckets * TRAINRT_OH_COUNT);
+  for (std::size_t b = 0; b < n_buckets; ++b) {
+    detail::fill_hyper(algo, I.groups[I.bucket_groups[b]].options,
+                       hyper.data() + b * TRAINRT_OH_COUNT);
+  }
+  const bool fits = I.step_scalars.defined() &&
+                    I.step_scalars.numel() >= static_cast<std::int64_t>(scalars.size()) &&
+                    I.step_hyper.defined() &&
+                    I.step_hyper.numel() >= static_cast<std::int64_t>(hyper.size());
+  if (fits && scalars == I.uploaded_scalars && hyper == I.uploaded_hyper) return;
+  if (capturing) {
+    fail(
+        "{}.step: the hyperparameters (or the parameters with a grad) changed during a CUDA "
+        "graph capture; a captured step must not make host transfers: change them outside the "
+        "capture, then call upload_hyperparameters()",
+        name);
+  }
+  if (!fits) {
+    if (I.step_scalars.defined()) I.retired.push_back(I.step_scalars);
+    if (I.step_hyper.defined()) I.retired.push_back(I.step_hyper);
+    I.step_scalars =
+        Tensor::empty({static_cast<std::int64_t>(scalars.size())}, DType::f32, I.device);
+    I.step_hyper = Tensor::empty({static_cast<std::int64_t>(hyper.size())}, DType::f64, I.device);
+  }
+  detail::device_copy(I.device, I.step_scalars.data(), scalars.data(),
+                      scalars.size() * sizeof(float), TRAINRT_COPY_H2D, "uploading step scalars");
+  detail::device_copy(I.device, I.step_hyper.data(), hyper.data(), hyper.size() * sizeof(double),
+                      TRAINRT_COPY_H2D, "uploading step hyperparameters");
+  I.uploaded_scalars = scalars;
+  I.uploaded_hyper = std::move(hyper);
+}
+
 int algo_of(const OptimizerImpl& I) { return detail::algo_index(I.spec); }
 
 std::string group_where(std::size_t g) { return fmt::format("param group {}", g); }
@@ -366,7 +445,31 @@ const std::string& Optimizer::name() const {
 
 const HyperParams& Optimizer::defaults() const { return impl_->defaults; }
 const std::vector<ParamGroup>& Optimizer::param_groups() const { return impl_->groups; }
-bool Optimizer::last_step_skipped() const { return impl_->last_skipped; }
+bool Optimizer::last_step_skipped() const {
+  const OptimizerImpl& I = *impl_;
+  if (!I.skip_on_device) return I.last_skipped;
+  return detail::read_device_float(I.device, static_cast<const float*>(I.skip_flag.data())) != 0.0f;
+}
+
+bool Optimizer::capturable() const { return impl_->capturable; }
+
+void Optimizer::set_capturable(bool on) {
+  OptimizerImpl& I = *impl_;
+  if (on == I.capturable) return;
+  if (!on) {
+    // The counts come back to the host; the device ones are kept for graphs captured before.
+    for (ParamSlot& s : I.slots) {
+      if (!s.device_step.defined()) continue;
+      s.step = detail::slot_step(I, s);
+      I.retired.push_back(s.device_step);
+      s.device_step = Tensor();
+    }
+    if (I.skip_on_device) I.last_skipped = last_step_skipped();
+    I.skip_on_device = false;
+  }
+  I.capturable = on;
+}
+
 Device Optimizer::device() const { return impl_->has_device ? impl_->device : Device::cpu(); }
 
 void Optimizer::add_param_group(const ParamGroup& group) {
@@ -478,7 +581,7 @@ const ParamSlot& find_slot(const OptimizerImpl& I, const Parameter& p, const std
 }  // namespace
 
 std::int64_t Optimizer::step_count(const Parameter& p) const {
-  return find_slot(*impl_, p, name()).step;
+  return detail::slot_step(*impl_, find_slot(*impl_, p, name()));
 }
 
 Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const {
@@ -529,6 +632,37 @@ void Optimizer::step() {
   detail::require_supported(api, TRAINRT_OP_OPTIMIZER_STEP, DType::f32, op.c_str());
   const float* gs = gs_on ? static_cast<const float*>(I.grad_scalars.data()) : nullptr;
 
+  const bool cap = I.capturable;
+  const bool capturing = detail::device_capturing(I.device);
+  if (capturing && !cap) {
+    fail(
+        "{}: an ordinary step copies its scalars from the host and cannot be captured in a CUDA "
+        "graph; call set_capturable(true) and run one step before capturing",
+        op);
+  }
+  auto refuse_in_capture = [&](const char* what) {
+    if (capturing) {
+      fail(
+          "{}: {} during a CUDA graph capture; a captured step must not make host transfers: run "
+          "one step of every parameter before capturing, and change hyperparameters outside the "
+          "capture (then upload_hyperparameters())",
+          op, what);
+    }
+  };
+  if (capturing) {
+    // Nothing may be made or uploaded in a captured step: check before anything changes.
+    bool missing =
+        (algo == detail::kLAMB && !I.lamb_norm.defined()) || (gs_on && !I.skip_flag.defined());
+    for (std::size_t k : active) {
+      const ParamSlot& s = I.slots[k];
+      const std::vector<bool> nd = detail::needed_states(algo, I.groups[s.group].options);
+      missing = missing || !s.device_step.defined();
+      for (std::size_t j = 0; j < nd.size(); ++j)
+        missing = missing || (nd[j] && !s.state[j].defined());
+    }
+    if (missing) refuse_in_capture("the first capturable step of a parameter (or of a scaler)");
+  }
+
   // LAMB: the global norm of every grad as the step sees it.
   if (algo == detail::kLAMB) {
     if (!I.lamb_norm.defined()) I.lamb_norm = Tensor::empty({}, DType::f32, I.device);
@@ -553,7 +687,9 @@ void Optimizer::step() {
     init[g] = detail::state_initial_value(algo, I.groups[g].options);
   }
 
-  // Buckets: (group, step after this one, fresh momentum buffer, model copy dtype).
+  // Buckets: (group, step after this one, fresh momentum buffer, model copy dtype). A
+  // capturable step buckets by (group, model copy dtype) alone: its kernels read each
+  // tensor's count on the device and derive the t-dependent scalars there.
   using Key = std::tuple<std::size_t, std::int64_t, bool, int>;
   std::map<Key, std::vector<std::size_t>> buckets;
   std::vector<std::pair<std::size_t, std::size_t>> created;  // (slot, state index)
@@ -578,7 +714,14 @@ void Optimizer::step() {
     }
     const Tensor& mc = ParameterAccess::impl(s.param).model_copy;
     const int mdt = mc.defined() ? static_cast<int>(mc.dtype()) : -1;
-    buckets[Key(s.group, s.step + 1, fresh, mdt)].push_back(k);
+    if (cap) {
+      if (!s.device_step.defined()) {
+        s.device_step = Tensor::from_vector(std::vector<std::int64_t>{s.step}, {}, I.device);
+      }
+      buckets[Key(s.group, 0, false, mdt)].push_back(k);
+    } else {
+      buckets[Key(s.group, s.step + 1, fresh, mdt)].push_back(k);
+    }
   }
 
   // The scalars of every bucket, one upload.
@@ -587,20 +730,37 @@ void Optimizer::step() {
     std::size_t b = 0;
     for (const auto& kv : buckets) {
       const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
-      detail::fill_scalars(algo, h, std::get<1>(kv.first), std::get<2>(kv.first),
+      // (A capturable step's t-dependent entries are derived on the device; t = 1 here.)
+      detail::fill_scalars(algo, h, cap ? 1 : std::get<1>(kv.first), std::get<2>(kv.first),
                            host.data() + b * TRAINRT_OS_COUNT);
       ++b;
     }
   }
-  if (!I.step_scalars.defined() ||
-      I.step_scalars.numel() < static_cast<std::int64_t>(host.size())) {
-    I.step_scalars = Tensor::empty({static_cast<std::int64_t>(host.size())}, DType::f32, I.device);
+  std::size_t n_tensors_total = 0;
+  for (const auto& kv : buckets) n_tensors_total += kv.second.size();
+  if (cap) {
+    I.bucket_groups.clear();
+    for (const auto& kv : buckets) I.bucket_groups.push_back(std::get<0>(kv.first));
+    upload_step_blocks(I, algo, name(), host, capturing);
+    const auto need_ts = static_cast<std::int64_t>(n_tensors_total * TRAINRT_OS_COUNT);
+    if (!I.tensor_scalars.defined() || I.tensor_scalars.numel() < need_ts) {
+      refuse_in_capture("a larger step workspace");
+      if (I.tensor_scalars.defined()) I.retired.push_back(I.tensor_scalars);
+      I.tensor_scalars = Tensor::empty({need_ts}, DType::f32, I.device);
+    }
+  } else {
+    if (!I.step_scalars.defined() ||
+        I.step_scalars.numel() < static_cast<std::int64_t>(host.size())) {
+      I.step_scalars =
+          Tensor::empty({static_cast<std::int64_t>(host.size())}, DType::f32, I.device);
+    }
+    detail::write_device_floats(I.device, static_cast<float*>(I.step_scalars.data()), host.data(),
+                                host.size());
   }
   float* dev_scalars = static_cast<float*>(I.step_scalars.data());
-  detail::write_device_floats(I.device, dev_scalars, host.data(), host.size());
 
   // One fused call per bucket.
-  std::size_t b = 0;
+  std::size_t b = 0, tensors_before = 0;
   for (const auto& kv : buckets) {
     const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
     const std::vector<std::size_t>& ks = kv.second;
@@ -608,10 +768,12 @@ void Optimizer::step() {
     std::vector<const void*> grads;
     std::vector<void*> states[3];
     std::vector<std::int64_t> numels;
+    std::vector<std::int64_t*> counts;
     const std::vector<bool>& nd = need[std::get<0>(kv.first)];
     for (std::size_t k : ks) {
       ParamSlot& s = I.slots[k];
       ParameterImpl& p = ParameterAccess::impl(s.param);
+      if (cap) counts.push_back(static_cast<std::int64_t*>(s.device_step.data()));
       params.push_back(p.value.data());
       grads.push_back(p.grad.data());
       numels.push_back(p.value.numel());
@@ -636,8 +798,31 @@ void Optimizer::step() {
     a.grad_scalars = gs;
     a.global_grad_norm =
         algo == detail::kLAMB ? static_cast<const float*>(I.lamb_norm.data()) : nullptr;
+    if (cap) {
+      a.step_counts = counts.data();
+      a.step_hyper = static_cast<const double*>(I.step_hyper.data()) + b * TRAINRT_OH_COUNT;
+      a.tensor_scalars =
+          static_cast<float*>(I.tensor_scalars.data()) + tensors_before * TRAINRT_OS_COUNT;
+    }
     detail::check_backend(api, api.optimizer_step(I.device.index(), &a), op.c_str());
     ++b;
+    tensors_before += ks.size();
+  }
+
+  if (cap) {
+    // The counts advanced on the device (not on a skipped step); the host reads nothing. The
+    // state made for a skipped first step stays: its values are unchanged, the count is still
+    // 0, so the next step starts it afresh.
+    I.skip_on_device = gs_on;
+    if (gs_on) {
+      if (!I.skip_flag.defined()) {
+        I.skip_flag = Tensor::zeros({}, DType::f32, I.device);
+      }
+      detail::device_copy(I.device, I.skip_flag.data(), gs + TRAINRT_GS_FOUND_INF, sizeof(float),
+                          TRAINRT_COPY_D2D, op.c_str());
+    }
+    finish();
+    return;
   }
 
   // Did the kernels skip themselves? One 4-byte copy, only when a grad scalars block is active.
@@ -649,7 +834,20 @@ void Optimizer::step() {
     for (std::size_t k : active) ++I.slots[k].step;
   }
   I.last_skipped = skipped;
+  I.skip_on_device = false;
   finish();
+}
+
+void Optimizer::upload_hyperparameters() {
+  OptimizerImpl& I = *impl_;
+  if (!I.capturable || I.uploaded_hyper.empty()) return;
+  // The blocks hold one entry per bucket of the last step; rebuild them for the same buckets.
+  std::vector<float> host(I.bucket_groups.size() * TRAINRT_OS_COUNT);
+  for (std::size_t b = 0; b < I.bucket_groups.size(); ++b) {
+    const HyperParams& h = I.groups[I.bucket_groups[b]].options;
+    detail::fill_scalars(algo_of(I), h, 1, false, host.data() + b * TRAINRT_OS_COUNT);
+  }
+  upload_step_blocks(I, algo_of(I), name(), host, detail::device_capturing(I.device));
 }
 
 // ---- state_dict --------------------------------------------------------------------------------
@@ -668,9 +866,10 @@ StateDict Optimizer::state_dict() const {
   }
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     const ParamSlot& s = I.slots[k];
-    if (s.step == 0 && !s.has_state()) continue;
+    const std::int64_t step = detail::slot_step(I, s);
+    if (step == 0 && !s.has_state()) continue;
     const std::string pre = fmt::format("state.{}.", k);
-    sd.scalars[pre + "step"] = static_cast<double>(s.step);
+    sd.scalars[pre + "step"] = static_cast<double>(step);
     for (std::size_t j = 0; j < I.spec->states.size(); ++j) {
       if (s.state[j].defined()) sd.tensors[pre + I.spec->states[j]] = s.state[j].clone();
     }
@@ -783,8 +982,21 @@ void Optimizer::load_state_dict(const StateDict& sd) {
   // Commit (nothing above changed the optimizer).
   for (std::size_t g = 0; g < I.groups.size(); ++g) I.groups[g].options = std::move(new_hyper[g]);
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
-    I.slots[k].step = new_steps[k];
-    for (int j = 0; j < detail::kMaxStates; ++j) I.slots[k].state[j] = new_state[k][j];
+    ParamSlot& s = I.slots[k];
+    s.step = new_steps[k];
+    if (s.device_step.defined()) {
+      detail::device_copy(I.device, s.device_step.data(), &new_steps[k], sizeof new_steps[k],
+                          TRAINRT_COPY_H2D, op.c_str());
+    }
+    for (int j = 0; j < detail::kMaxStates; ++j) {
+      Tensor& old = s.state[j];
+      if (I.capturable && old.defined() && new_state[k][j].defined()) {
+        old.copy_(new_state[k][j]);  // in place: a captured graph keeps its pointers
+        continue;
+      }
+      if (I.capturable && old.defined()) I.retired.push_back(old);
+      old = new_state[k][j];
+    }
   }
 }
 

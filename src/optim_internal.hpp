@@ -45,6 +45,9 @@ struct ParamSlot {
   Parameter param;
   std::size_t group = 0;
   std::int64_t step = 0;
+  /// Capturable steps: the step count on the device (i64 scalar), authoritative over `step`
+  /// while defined; made at the parameter's first capturable step.
+  Tensor device_step;
   Tensor state[kMaxStates];
   bool has_state() const {
     for (const Tensor& t : state)
@@ -75,6 +78,21 @@ struct OptimizerImpl {
   bool last_skipped = false;
   Tensor step_scalars;  // optimizer scalars blocks of the last step, one per call
   Tensor lamb_norm;     // LAMB's global grad norm (f32 scalar)
+
+  /// Capturable steps (Optimizer::set_capturable).
+  bool capturable = false;
+  Tensor step_hyper;                       // f64, TRAINRT_OH_COUNT per call
+  Tensor tensor_scalars;                   // f32 workspace, TRAINRT_OS_COUNT per tensor of the step
+  std::vector<float> uploaded_scalars;     // what step_scalars holds (capturable)
+  std::vector<double> uploaded_hyper;      // what step_hyper holds
+  std::vector<std::size_t> bucket_groups;  // the group of each bucket of the last step
+  Tensor clip_total;            // clip_grad_norm_(optimizer)'s result tensor (capturable)
+  Tensor gs_init;               // f32 {1, 1, 0, 0}: the grad scalars block's start (capturable)
+  Tensor skip_flag;             // f32: found_inf of the last capturable step with a scaler or clip
+  bool skip_on_device = false;  // last_skipped is skip_flag's value
+  /// Device buffers a captured graph may still point at: replaced buffers are kept here, never
+  /// freed before the optimizer, so a stale graph never reads freed memory.
+  std::vector<Tensor> retired;
 };
 
 /// A host-side list of tensors in the form the multi-tensor slots take.
@@ -115,6 +133,11 @@ struct OptimizerAccess {
 
 /// Reads one f32 from device memory (one small copy; waits for the device).
 float read_device_float(Device device, const float* p);
+/// Copies bytes between host and device memory (kind TRAINRT_COPY_*).
+void device_copy(Device device, void* dst, const void* src, std::size_t bytes, int kind,
+                 const char* what);
+/// True while the device's stream is being captured into a CUDA graph.
+bool device_capturing(Device device);
 /// Writes n f32 from host memory into device memory.
 void write_device_floats(Device device, float* dst, const float* src, std::size_t n);
 

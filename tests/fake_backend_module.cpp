@@ -98,6 +98,14 @@ int fake_amp(int32_t, const trainrt_amp_args*) { return 1; }
 int fake_gemm(int32_t, const trainrt_gemm_args*) { return 1; }
 int fake_nn_pointwise(int32_t, const trainrt_nn_pointwise_args*) { return 1; }
 int fake_bias(int32_t, const trainrt_bias_args*) { return 1; }
+int fake_graph_begin(int32_t) { return 1; }
+int fake_graph_end(int32_t, void**) { return 1; }
+int fake_graph_launch(int32_t, void*) { return 1; }
+int fake_graph_destroy(int32_t, void*) { return 0; }
+int fake_graph_capturing(int32_t, int32_t* capturing) {
+  *capturing = 0;
+  return 0;
+}
 
 trainrt_backend_v1 make_table() {
   trainrt_backend_v1 t{};
@@ -129,6 +137,11 @@ trainrt_backend_v1 make_table() {
   t.gemm = &fake_gemm;
   t.nn_pointwise = &fake_nn_pointwise;
   t.bias = &fake_bias;
+  t.graph_begin = &fake_graph_begin;
+  t.graph_end = &fake_graph_end;
+  t.graph_launch = &fake_graph_launch;
+  t.graph_destroy = &fake_graph_destroy;
+  t.graph_capturing = &fake_graph_capturing;
   return t;
 }
 

@@ -601,6 +601,50 @@ TEST_P(Scaler, LoopSkippingStepsEqualsUnscaledControl) {
   }
 }
 
+// A capturable optimizer in a GradScaler + fused clip loop: the same params, step counts,
+// skips and scales as an ordinary one, bitwise, including steps skipped on an inf grad (the
+// counts stay on the device, the host reads nothing in step()).
+TEST_P(Scaler, CapturableLoopEqualsOrdinaryLoop) {
+  const std::vector<Shape> shapes = {{3, 4}, {40000}, {17}};
+  for (const char* name : {"Adam", "SGD"}) {
+    SCOPED_TRACE(name);
+    Model ordinary = make_model(shapes, dev, name);
+    Model capt = make_model(shapes, dev, name);
+    capt.opt->set_capturable(true);
+    GradScalerOptions o;
+    o.init_scale = 256.0;
+    o.growth_interval = 2;
+    GradScaler s_ord(o), s_cap(o);
+    for (int k = 0; k < 9; ++k) {
+      SCOPED_TRACE("iteration " + std::to_string(k));
+      const bool overflow = k == 0 || k == 2 || k == 5;
+      for (Model* m : {&ordinary, &capt}) {
+        GradScaler& sc = m == &ordinary ? s_ord : s_cap;
+        set_scaled_grads(*m, k, sc.get_scale());
+        if (overflow) {
+          Tensor g = m->params[1].grad();
+          std::vector<float> v = host_f32(g);
+          v[7] = std::numeric_limits<float>::infinity();
+          g.copy_(f32_tensor(v, g.shape(), dev));
+        }
+        sc.unscale_(*m->opt);
+        trainrt::clip_grad_norm_(*m->opt, 0.5);
+        EXPECT_EQ(sc.step(*m->opt), !overflow);
+        EXPECT_EQ(m->opt->last_step_skipped(), overflow);
+        sc.update();
+        m->opt->zero_grad();
+      }
+      EXPECT_EQ(s_ord.get_scale(), s_cap.get_scale());
+    }
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(ordinary.params[i].value()), host_f32(capt.params[i].value())))
+          << "param " << i;
+      EXPECT_EQ(capt.opt->step_count(capt.params[i]), 6);
+      EXPECT_EQ(ordinary.opt->step_count(ordinary.params[i]), 6);
+    }
+  }
+}
+
 // update() after unscale_ without a step: the inf/NaN check runs (the scale backs off), and the
 // grads are handed back unscaled, as PyTorch's unscale_ leaves them; a plain step then uses
 // them as they are, and a grad set afterwards is not unscaled.

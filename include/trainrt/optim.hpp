@@ -88,7 +88,24 @@ class TRAINRT_API Optimizer {
   /// and their step counts do not advance.
   void step();
   /// True when the last step() changed nothing because a GradScaler found inf/NaN grads.
+  /// (Capturable: one small read from the device.)
   bool last_step_skipped() const;
+
+  /// Capturable steps (off by default), as PyTorch's `capturable=True`: the step counts live
+  /// on the device and advance there (not on a skipped step), the t-dependent scalars (bias
+  /// corrections, ...) are computed by the kernels, and step() makes no host transfer once
+  /// every parameter has taken one step and the hyperparameters are unchanged since the last
+  /// step; so on CUDA the step can be captured in a CUDA graph (trainrt::CudaGraph) and
+  /// replayed. A hyperparameter changed later (set_lr, a scheduler) reaches a replayed graph
+  /// through upload_hyperparameters(), outside the capture. Gives the same result as an
+  /// ordinary step. step_count(), state_dict() and last_step_skipped() read from the device.
+  /// Turning it off brings the counts back to the host.
+  void set_capturable(bool capturable);
+  bool capturable() const;
+  /// Capturable: writes the current hyperparameters of every group into the device blocks
+  /// that the steps (and a graph captured from one) read. step() does this itself when they
+  /// changed; call it before replaying a graph after changing an lr. A no-op otherwise.
+  void upload_hyperparameters();
 
   /// Device of the parameters (the CPU when there are none).
   Device device() const;

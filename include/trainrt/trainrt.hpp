@@ -8,6 +8,7 @@
 #include "trainrt/device.hpp"
 #include "trainrt/dtype.hpp"
 #include "trainrt/error.hpp"
+#include "trainrt/graph.hpp"
 #include "trainrt/log.hpp"
 #include "trainrt/losses.hpp"
 #include "trainrt/nn.hpp"

@@ -48,6 +48,48 @@ TRAINRT_HD OptimScalars load_optim_scalars(const float* s) {
   return o;
 }
 
+/// The entries of an optimizer scalars block that depend on the step count t (after this
+/// step, 1 at the first), from the hyperparameters `h` (TRAINRT_OH_*, double) of a kernel
+/// algorithm (TRAINRT_OPTIM_*): each value is computed in double and rounded once to f32, as
+/// PyTorch passes Python floats to its tensor ops. The host computes them this way for an
+/// ordinary step, and a capturable step's kernels do on the device, from a device step count.
+/// `fresh`: SGD's momentum buffer starts at this step (buf = g).
+TRAINRT_HD void derive_step_scalars(int32_t algo, const double* h, int64_t t, bool fresh,
+                                    float* s) {
+  const double td = (double)t;
+  switch (algo) {
+    case TRAINRT_OPTIM_SGD: {
+      const double mom = h[TRAINRT_OH_MOMENTUM];
+      s[TRAINRT_OS_BUF_SCALE] = fresh ? 0.0f : (float)mom;
+      s[TRAINRT_OS_BUF_GAIN] = fresh ? 1.0f : (float)(1.0 - h[TRAINRT_OH_DAMPENING]);
+      break;
+    }
+    case TRAINRT_OPTIM_ADAGRAD:
+      s[TRAINRT_OS_LR] = (float)(h[TRAINRT_OH_LR] / (1.0 + (td - 1.0) * h[TRAINRT_OH_LR_DECAY]));
+      break;
+    case TRAINRT_OPTIM_ADAM:
+    case TRAINRT_OPTIM_RADAM:
+    case TRAINRT_OPTIM_LAMB: {
+      const double b1 = h[TRAINRT_OH_BETA1], b2 = h[TRAINRT_OH_BETA2];
+      const double bc1 = 1.0 - pow(b1, td), bc2 = 1.0 - pow(b2, td);
+      s[TRAINRT_OS_BC1] = (float)bc1;
+      s[TRAINRT_OS_BC2] = (float)bc2;
+      s[TRAINRT_OS_BC2_SQRT] = (float)sqrt(bc2);
+      s[TRAINRT_OS_INV_BC2_SQRT] = (float)(1.0 / sqrt(bc2));
+      s[TRAINRT_OS_STEP_SIZE] = (float)(h[TRAINRT_OH_LR] / bc1);
+      if (algo == TRAINRT_OPTIM_RADAM) {
+        const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        const double rho_t = rho_inf - 2.0 * td * pow(b2, td) / bc2;
+        s[TRAINRT_OS_RECT] = rho_t > 5.0 ? (float)sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                                       ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                                         : 0.0f;
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
 /// The grad multipliers of a grad scalars block (1, 1 without one).
 struct GradMul {
   float inv_scale, clip_coef;

@@ -236,6 +236,59 @@ int cuda_bias(int32_t device, const trainrt_bias_args* a) {
   });
 }
 
+// CUDA graphs: the device's stream is captured in thread-local mode (other threads' work is
+// not disturbed; this thread may not make unsafe calls such as a synchronous copy).
+int cuda_graph_begin(int32_t device) {
+  return guarded([&] {
+    DeviceCtx& ctx = activate(device);
+    TRAINRT_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeThreadLocal));
+  });
+}
+
+int cuda_graph_end(int32_t device, void** graph) {
+  return guarded([&] {
+    require(graph != nullptr, "graph_end: graph is null");
+    *graph = nullptr;
+    DeviceCtx& ctx = activate(device);
+    cudaGraph_t g = nullptr;
+    TRAINRT_CUDA_CHECK(cudaStreamEndCapture(ctx.stream, &g));
+    cudaGraphExec_t exec = nullptr;
+    // Memory a replay allocates and does not free (none in the optimizer step) is freed
+    // before the next replay.
+    const cudaError_t e =
+        cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch);
+    cudaGraphDestroy(g);
+    TRAINRT_CUDA_CHECK(e);
+    *graph = exec;
+  });
+}
+
+int cuda_graph_launch(int32_t device, void* graph) {
+  return guarded([&] {
+    require(graph != nullptr, "graph_launch: graph is null");
+    DeviceCtx& ctx = activate(device);
+    TRAINRT_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), ctx.stream));
+  });
+}
+
+int cuda_graph_destroy(int32_t device, void* graph) {
+  return guarded([&] {
+    if (graph == nullptr) return;
+    activate(device);
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph));
+  });
+}
+
+int cuda_graph_capturing(int32_t device, int32_t* capturing) {
+  return guarded([&] {
+    require(capturing != nullptr, "graph_capturing: capturing is null");
+    DeviceCtx& ctx = activate(device);
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    TRAINRT_CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &st));
+    *capturing = st == cudaStreamCaptureStatusNone ? 0 : 1;
+  });
+}
+
 const trainrt_backend_v1& backend_table() {
   static const trainrt_backend_v1 table = [] {
     trainrt_backend_v1 t{};
@@ -263,6 +316,11 @@ const trainrt_backend_v1& backend_table() {
     t.gemm = &cuda_gemm;
     t.nn_pointwise = &cuda_nn_pointwise;
     t.bias = &cuda_bias;
+    t.graph_begin = &cuda_graph_begin;
+    t.graph_end = &cuda_graph_end;
+    t.graph_launch = &cuda_graph_launch;
+    t.graph_destroy = &cuda_graph_destroy;
+    t.graph_capturing = &cuda_graph_capturing;
     return t;
   }();
   return table;

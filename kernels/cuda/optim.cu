@@ -51,9 +51,9 @@ __device__ __forceinline__ Sum2 shfl_xor(Sum2 v, int m) {
   return Sum2{__shfl_xor_sync(kFullMask, v.a, m), __shfl_xor_sync(kFullMask, v.b, m)};
 }
 
-/// The header of every optimizer kernel's parameters.
+/// The header of every optimizer kernel's parameters. (The optimizer scalars block of each
+/// tensor is in its table entry: the call's block, or the tensor's own in a capturable step.)
 struct OptimExtra {
-  const float* scalars;           // optimizer scalars block
   const float* grad_scalars;      // grad scalars block, or nullptr (g_eff = g)
   const float* global_grad_norm;  // LAMB: norm of all g_eff, or nullptr (no division)
   Sum2* lamb_partial;             // LAMB: one pair per chunk of this launch
@@ -63,9 +63,16 @@ struct OptimExtra {
 };
 
 /// Lists of a table with NS state lists: 0 param, 1 grad, 2 .. 1 + NS the states in slot
-/// order, 2 + NS the model copy (nullptr where a tensor has none).
+/// order, 2 + NS the model copy (nullptr where a tensor has none), 3 + NS the tensor's
+/// optimizer scalars block.
 template <int NS>
-using OptimArgs = MtArgs<3 + NS, OptimExtra>;
+using OptimArgs = MtArgs<4 + NS, OptimExtra>;
+
+/// The optimizer scalars of tensor t of a table.
+template <int NS, class List>
+__device__ __forceinline__ OptimScalars tensor_scalars(const List& l, int t) {
+  return load_optim_scalars(static_cast<const float*>(l.ptr[3 + NS][t]));
+}
 
 /// A chunk's pointers (offset to the chunk's first element).
 template <int NS, class C>
@@ -298,12 +305,12 @@ __global__ void __launch_bounds__(kMtThreads)
     optim_kernel(const __grid_constant__ OptimArgs<Family::kStates> a) {
   constexpr int NS = Family::kStates;
   if (step_skipped(a.x.grad_scalars)) return;
-  const OptimScalars s = load_optim_scalars(a.x.scalars);
   const GradMul gm = step_grad_mul(a.x);
-  Family::dispatch(a.x.flags, s, [&](auto variant) {
-    using Algo = decltype(variant);
-    mt_for_each_chunk(a.list, [&](int t, int32_t, int64_t start, int n) {
-      const OptimPtrs<NS, C> q = chunk_ptrs<NS, C>(a.list, t, start);
+  mt_for_each_chunk(a.list, [&](int t, int32_t, int64_t start, int n) {
+    const OptimScalars s = tensor_scalars<NS>(a.list, t);
+    const OptimPtrs<NS, C> q = chunk_ptrs<NS, C>(a.list, t, start);
+    Family::dispatch(a.x.flags, s, [&](auto variant) {
+      using Algo = decltype(variant);
       optim_chunk<true, true, true>(q, n, a.list.vec[t] != 0, [&](float& p, float g, float* st) {
         Algo::update(p, effective_grad<false>(g, gm), st, s);
       });
@@ -315,11 +322,11 @@ __global__ void __launch_bounds__(kMtThreads)
 __global__ void __launch_bounds__(kMtThreads)
     lamb_stage1_kernel(const __grid_constant__ OptimArgs<2> a) {
   if (step_skipped(a.x.grad_scalars)) return;
-  const OptimScalars s = load_optim_scalars(a.x.scalars);
   const GradMul gm = step_grad_mul(a.x);
-  const float divisor =
-      lamb_grad_divisor(a.x.global_grad_norm != nullptr ? *a.x.global_grad_norm : 0.0f, s);
+  const float norm = a.x.global_grad_norm != nullptr ? *a.x.global_grad_norm : 0.0f;
   mt_for_each_chunk(a.list, [&](int t, int32_t c, int64_t start, int n) {
+    const OptimScalars s = tensor_scalars<2>(a.list, t);
+    const float divisor = lamb_grad_divisor(norm, s);
     const OptimPtrs<2, NoCopy> q = chunk_ptrs<2, NoCopy>(a.list, t, start);
     Sum2 acc{0.0, 0.0};
     optim_chunk<true, false, true>(q, n, a.list.vec[t] != 0, [&](float& p, float g, float* st) {
@@ -337,10 +344,10 @@ __global__ void __launch_bounds__(kMtThreads)
 __global__ void __launch_bounds__(kMtThreads)
     lamb_ratio_kernel(const __grid_constant__ OptimArgs<2> a) {
   if (step_skipped(a.x.grad_scalars)) return;
-  const OptimScalars s = load_optim_scalars(a.x.scalars);
   const bool nvlamb = (a.x.flags & TRAINRT_OPTIM_NVLAMB) != 0;
   for (int t = static_cast<int>(blockIdx.x); t < a.list.n_tensors;
        t += static_cast<int>(gridDim.x)) {
+    const OptimScalars s = tensor_scalars<2>(a.list, t);
     const int32_t first = t == 0 ? 0 : a.list.chunk_end[t - 1];
     const int32_t end = a.list.chunk_end[t];
     Sum2 acc{0.0, 0.0};
@@ -360,14 +367,71 @@ template <class C>
 __global__ void __launch_bounds__(kMtThreads)
     lamb_stage2_kernel(const __grid_constant__ OptimArgs<2> a) {
   if (step_skipped(a.x.grad_scalars)) return;
-  const OptimScalars s = load_optim_scalars(a.x.scalars);
   mt_for_each_chunk(a.list, [&](int t, int32_t, int64_t start, int n) {
+    const OptimScalars s = tensor_scalars<2>(a.list, t);
     const OptimPtrs<2, C> q = chunk_ptrs<2, C>(a.list, t, start);
     const float ratio = a.x.lamb_ratio[t];
     optim_chunk<false, true, false>(q, n, a.list.vec[t] != 0, [&](float& p, float, float* st) {
       p = p - ratio * lamb_update_of(p, st[0], st[1], s);
     });
   });
+}
+
+// ---- capturable steps: per-tensor scalars from device step counts ------------------------
+
+/// Step count pointers of up to kCountsPerLaunch tensors of a capturable call (by value in the
+/// kernel parameters, within the launch's parameter budget).
+constexpr int kCountsPerLaunch = static_cast<int>((kMtParamBytes - 64) / sizeof(int64_t*));
+struct CountsArgs {
+  const float* scalars;       // the call's optimizer scalars block
+  const double* hyper;        // TRAINRT_OH_COUNT doubles
+  float* tensor_scalars;      // the blocks of this launch's tensors
+  const float* grad_scalars;  // advance: nothing when found_inf
+  int32_t n;
+  int32_t algo;
+  int64_t* counts[kCountsPerLaunch];
+};
+
+/// One thread per tensor: its block = the call's block with the t-dependent entries derived
+/// for t = count + 1 (in double, as the host does for an ordinary step).
+__global__ void optim_prepare_kernel(const __grid_constant__ CountsArgs a) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= a.n) return;
+  const int64_t t = *a.counts[i] + 1;
+  float* const b = a.tensor_scalars + static_cast<int64_t>(i) * TRAINRT_OS_COUNT;
+  for (int k = 0; k < TRAINRT_OS_COUNT; ++k) b[k] = a.scalars[k];
+  derive_step_scalars(a.algo, a.hyper, t, t == 1, b);
+}
+
+/// After the step's kernels: every count advances, unless the step was skipped.
+__global__ void optim_advance_kernel(const __grid_constant__ CountsArgs a) {
+  if (step_skipped(a.grad_scalars)) return;
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < a.n) ++*a.counts[i];
+}
+
+/// Launches `kernel` over the step counts of a capturable call, kCountsPerLaunch at a time.
+void counts_launches(DeviceCtx& ctx, const trainrt_optim_step_args& a, bool advance) {
+  static_assert(sizeof(CountsArgs) <= kMtParamBytes, "counts table too large");
+  auto c = std::make_unique<CountsArgs>();
+  c->scalars = a.scalars;
+  c->hyper = a.step_hyper;
+  c->grad_scalars = a.grad_scalars;
+  c->algo = a.algo;
+  for (int64_t base = 0; base < a.n_tensors; base += kCountsPerLaunch) {
+    const int n = static_cast<int>(min64(kCountsPerLaunch, a.n_tensors - base));
+    c->n = n;
+    c->tensor_scalars = a.tensor_scalars + base * TRAINRT_OS_COUNT;
+    for (int i = 0; i < n; ++i) c->counts[i] = a.step_counts[base + i];
+    const int64_t grid = ceil_div(n, 128);
+    if (advance) {
+      TRAINRT_LAUNCH("optimizer_step (advance step counts)", optim_advance_kernel, grid, 128,
+                     ctx.stream, *c);
+    } else {
+      TRAINRT_LAUNCH("optimizer_step (per-tensor scalars)", optim_prepare_kernel, grid, 128,
+                     ctx.stream, *c);
+    }
+  }
 }
 
 // ---- host --------------------------------------------------------------------------------
@@ -419,11 +483,13 @@ struct StepFill {
   const trainrt_optim_step_args& a;
   int slots[3];
 
-  bool operator()(int64_t i, void* (&ptrs)[3 + NS], bool& vec) const {
+  bool operator()(int64_t i, void* (&ptrs)[4 + NS], bool& vec) const {
     ptrs[0] = a.params[i];
     ptrs[1] = const_cast<void*>(a.grads[i]);
     for (int k = 0; k < NS; ++k) ptrs[2 + k] = a.states[slots[k]][i];
     ptrs[2 + NS] = a.model_copies != nullptr ? a.model_copies[i] : nullptr;
+    ptrs[3 + NS] = a.tensor_scalars != nullptr ? a.tensor_scalars + i * TRAINRT_OS_COUNT
+                                               : const_cast<float*>(a.scalars);
     vec = aligned_to(ptrs[2 + NS], 4 * 2);  // 4 f16 / bf16 per 16-byte f32 pack
     for (int d = 0; d < 2 + NS; ++d) vec = vec && aligned_to(ptrs[d], 16);
     return true;
@@ -435,7 +501,6 @@ struct StepFill {
 template <int NS>
 std::unique_ptr<OptimArgs<NS>> step_args(const trainrt_optim_step_args& a) {
   auto args = std::make_unique<OptimArgs<NS>>();
-  args->x.scalars = a.scalars;
   args->x.grad_scalars = a.grad_scalars;
   args->x.global_grad_norm = a.global_grad_norm;
   args->x.flags = a.flags;
@@ -540,9 +605,26 @@ void launch_optimizer_step(DeviceCtx& ctx, const trainrt_optim_step_args& a) {
            "pointer for tensor " + std::to_string(i));
     }
   }
-  if (a.model_copies == nullptr) return step_typed<NoCopy>(ctx, a, slots);
-  if (a.model_dtype == TRAINRT_F16) return step_typed<f16_t>(ctx, a, slots);
-  return step_typed<bf16_t>(ctx, a, slots);
+  const bool capturable = a.step_counts != nullptr;
+  if (capturable) {
+    if (a.step_hyper == nullptr || a.tensor_scalars == nullptr) {
+      fail("optimizer_step: a capturable step needs step_hyper and tensor_scalars");
+    }
+    for (int64_t i = 0; i < a.n_tensors; ++i) {
+      if (a.step_counts[i] == nullptr) {
+        fail("optimizer_step: null step count pointer for tensor " + std::to_string(i));
+      }
+    }
+    counts_launches(ctx, a, false);
+  }
+  if (a.model_copies == nullptr) {
+    step_typed<NoCopy>(ctx, a, slots);
+  } else if (a.model_dtype == TRAINRT_F16) {
+    step_typed<f16_t>(ctx, a, slots);
+  } else {
+    step_typed<bf16_t>(ctx, a, slots);
+  }
+  if (capturable) counts_launches(ctx, a, true);
 }
 
 }  // namespace gpu

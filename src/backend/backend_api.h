@@ -155,7 +155,8 @@ typedef struct trainrt_pointwise_loss_args {
  *   - the optimizer scalars block (TRAINRT_OS_COUNT floats), one per optimizer_step call,
  *     written by the host (each value computed in double, rounded once to f32);
  *   - the grad scalars block (TRAINRT_GS_COUNT floats), one per optimizer, written by the
- *     multi_tensor_norm and amp slots (and reset by the host with a copy).
+ *     multi_tensor_norm and amp slots (and reset by the host with a copy: from host memory,
+ *     or, for a capturable optimizer, device to device from a constant block).
  * A grad as a step sees it is g_eff = (g * gs[INV_SCALE]) * gs[CLIP_COEF], negated when
  * maximizing; with no grad scalars block, g_eff = g. */
 
@@ -199,7 +200,9 @@ enum trainrt_optim_flag_c {
 
 /* Optimizer scalars block: indices into an f32 array of TRAINRT_OS_COUNT in device memory.
  * t is the parameter's step count after this step (1 at the first step); every tensor of one
- * optimizer_step call has the same t. Unused entries are ignored.
+ * optimizer_step call has the same t, except in a capturable call (step_counts given), where
+ * each tensor's t-dependent entries come from its own device count. Unused entries are
+ * ignored.
  *   SGD:      LR, WEIGHT_DECAY, MOMENTUM, BUF_SCALE = momentum (0 at t = 1),
  *             BUF_GAIN = 1 - dampening (1 at t = 1): buf = buf * BUF_SCALE + BUF_GAIN * g
  *   Adam(W):  LR, WEIGHT_DECAY, DECAY = 1 - lr * wd, BETA1, OMB1 = 1 - beta1, BETA2,
@@ -258,7 +261,35 @@ typedef struct trainrt_optim_step_args {
   const float* scalars;          /* device: optimizer scalars block (TRAINRT_OS_COUNT f32) */
   const float* grad_scalars;     /* device: grad scalars block, or NULL (g_eff = g) */
   const float* global_grad_norm; /* LAMB: device f32, norm of all g_eff of the optimizer */
+  /* Capturable step (all three NULL otherwise): the step counts live on the device and the
+   * host reads nothing, so the call can be captured in a CUDA graph and replayed.
+   *   step_counts:    host array of n_tensors device pointers, each to the int64 step count
+   *                   of that tensor before this step (tensors of one call may differ);
+   *   step_hyper:     device, TRAINRT_OH_COUNT doubles (the hyperparameters the
+   *                   t-dependent entries are computed from);
+   *   tensor_scalars: device workspace of n_tensors * TRAINRT_OS_COUNT f32.
+   * Tensor i is updated with a copy of `scalars` whose t-dependent entries (STEP_SIZE, BC1,
+   * BC2, BC2_SQRT, INV_BC2_SQRT, RECT; Adagrad's LR; SGD's BUF_SCALE and BUF_GAIN, with a
+   * fresh momentum buffer at t = 1) are recomputed on the device by
+   * kernels/common/optim.h's derive_step_scalars for t = *step_counts[i] + 1, the copy kept
+   * in tensor_scalars. Then each count advances by one, unless grad_scalars says found_inf
+   * (a skipped step changes nothing, counts included). */
+  int64_t* const* step_counts;
+  const double* step_hyper;
+  float* tensor_scalars;
 } trainrt_optim_step_args;
+
+/* Hyperparameters of a capturable step: indices into a device array of TRAINRT_OH_COUNT
+ * doubles (unused entries 0). */
+enum trainrt_optim_hyper_c {
+  TRAINRT_OH_LR = 0,
+  TRAINRT_OH_BETA1 = 1,     /* Adam(W), RAdam, LAMB */
+  TRAINRT_OH_BETA2 = 2,     /* Adam(W), RAdam, LAMB */
+  TRAINRT_OH_LR_DECAY = 3,  /* Adagrad */
+  TRAINRT_OH_MOMENTUM = 4,  /* SGD */
+  TRAINRT_OH_DAMPENING = 5, /* SGD */
+  TRAINRT_OH_COUNT = 8
+};
 
 /* One deterministic read pass over a list of tensors (f32, f16 or bf16 each; f64 allowed):
  * x = (v * gs[INV_SCALE]) * gs[CLIP_COEF] when grad_scalars is given, else v. Computes, per
@@ -426,6 +457,17 @@ typedef struct trainrt_backend_v1 {
   int (*gemm)(int32_t device, const trainrt_gemm_args* args);
   int (*nn_pointwise)(int32_t device, const trainrt_nn_pointwise_args* args);
   int (*bias)(int32_t device, const trainrt_bias_args* args);
+
+  /* CUDA graphs (NULL where the backend has none). The device's stream is captured from
+   * graph_begin (thread-local capture mode: other threads may go on) to graph_end, which
+   * returns an instantiated graph; graph_launch replays it on the device's stream;
+   * graph_destroy frees it (must not fail on a valid handle). */
+  int (*graph_begin)(int32_t device);
+  int (*graph_end)(int32_t device, void** graph);
+  int (*graph_launch)(int32_t device, void* graph);
+  int (*graph_destroy)(int32_t device, void* graph);
+  /* 1 (in *capturing) while the device's stream is being captured, else 0. */
+  int (*graph_capturing)(int32_t device, int32_t* capturing);
 } trainrt_backend_v1;
 
 typedef const trainrt_backend_v1* (*trainrt_backend_entry_fn)(uint32_t requested_api_version);

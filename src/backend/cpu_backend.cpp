@@ -8,7 +8,9 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
+#include "../../kernels/common/optim.h"
 #include "../../kernels/cpu/cpu_dispatch.h"
 #include "../internal.hpp"
 
@@ -208,7 +210,67 @@ int optim_status(int rc, const char* slot) {
   return set_error(fmt::format("{}: unsupported dtype or arguments", slot));
 }
 
+/// A capturable step (backend_api.h): each tensor's block is `scalars` with the t-dependent
+/// entries derived for its own count (kept in tensor_scalars); the tensors that share a count
+/// take one kernel call with that block, then every count advances (none on a skipped step).
+int cpu_capturable_step(const trainrt_optim_step_args* a) {
+  const char* slot = "optimizer_step";
+  if (a->step_hyper == nullptr || a->tensor_scalars == nullptr || a->scalars == nullptr) {
+    return set_error(
+        fmt::format("{}: a capturable step needs step_hyper, tensor_scalars and "
+                    "scalars",
+                    slot));
+  }
+  if (a->n_tensors < 0) return set_error(fmt::format("{}: negative tensor count", slot));
+  const auto n = static_cast<std::size_t>(a->n_tensors);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (a->step_counts[i] == nullptr) {
+      return set_error(fmt::format("{}: null step count pointer for tensor {}", slot, i));
+    }
+  }
+  if (kern::step_skipped(a->grad_scalars)) return 0;
+  std::map<std::int64_t, std::vector<std::size_t>> by_count;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t t = *a->step_counts[i] + 1;
+    float* block = a->tensor_scalars + i * TRAINRT_OS_COUNT;
+    std::memcpy(block, a->scalars, TRAINRT_OS_COUNT * sizeof(float));
+    kern::derive_step_scalars(a->algo, a->step_hyper, t, t == 1, block);
+    by_count[t].push_back(i);
+  }
+  for (const auto& kv : by_count) {
+    const std::vector<std::size_t>& idx = kv.second;
+    std::vector<void*> params, copies, states[3];
+    std::vector<const void*> grads;
+    std::vector<std::int64_t> numels;
+    for (std::size_t i : idx) {
+      params.push_back(a->params[i]);
+      grads.push_back(a->grads[i]);
+      numels.push_back(a->numels[i]);
+      if (a->model_copies != nullptr) copies.push_back(a->model_copies[i]);
+      for (int k = 0; k < 3; ++k)
+        if (a->states[k] != nullptr) states[k].push_back(a->states[k][i]);
+    }
+    trainrt_optim_step_args sub = *a;
+    sub.n_tensors = static_cast<std::int64_t>(idx.size());
+    sub.params = params.data();
+    sub.grads = grads.data();
+    sub.numels = numels.data();
+    sub.model_copies = a->model_copies != nullptr ? copies.data() : nullptr;
+    for (int k = 0; k < 3; ++k)
+      sub.states[k] = a->states[k] != nullptr ? states[k].data() : nullptr;
+    sub.scalars = a->tensor_scalars + idx.front() * TRAINRT_OS_COUNT;
+    sub.step_counts = nullptr;
+    sub.step_hyper = nullptr;
+    sub.tensor_scalars = nullptr;
+    const int rc = optim_status(cpu::kernels().optimizer_step(&sub), slot);
+    if (rc != 0) return rc;
+  }
+  for (std::size_t i = 0; i < n; ++i) ++*a->step_counts[i];
+  return 0;
+}
+
 int cpu_optimizer_step(std::int32_t, const trainrt_optim_step_args* a) {
+  if (a->step_counts != nullptr) return cpu_capturable_step(a);
   return optim_status(cpu::kernels().optimizer_step(a), "optimizer_step");
 }
 

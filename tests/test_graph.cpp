@@ -1,0 +1,250 @@
+// CUDA graphs (trainrt::CudaGraph) and capturable optimizer steps captured in them.
+//
+// On a CUDA device: a step captured once and replayed gives the eager steps' results bitwise
+// (the same kernels run on the same data), with the step counts advancing on the device, an
+// lr changed between replays through upload_hyperparameters(), and a GradScaler + fused-clip
+// iteration (unscale_, clip_grad_norm_, step, update) captured whole, including a replay that
+// skips its step on an inf grad. Steps that cannot be captured are refused with an Error
+// before anything changes. Without a GPU those cases skip; the CPU cases check that graphs
+// are refused on the CPU. (The capturable step itself is checked against the ordinary one on
+// every backend in test_optim.cpp and test_clip_amp.cpp.)
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "optim_util.hpp"
+
+namespace {
+
+using trainrt::CudaGraph;
+using trainrt::Device;
+using trainrt::Parameter;
+using trainrt::Shape;
+using trainrt::Tensor;
+using trainrt::optim::HyperParams;
+using trainrt::optim::Optimizer;
+using trainrt::optim::ParamGroup;
+using namespace trainrt_test;
+
+#define CUDA_DEVICE_OR_SKIP(dev) TRAINRT_DEVICE_OR_SKIP("cuda", dev)
+
+TEST(CudaGraphCpu, GraphsAreRefusedOnTheCpu) {
+  CudaGraph g;
+  EXPECT_FALSE(g.captured());
+  try {
+    g.capture_begin(Device::cpu());
+    FAIL() << "capture_begin on the CPU did not throw";
+  } catch (const trainrt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA graphs need a CUDA device"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(g.capturing());
+  EXPECT_THROW(g.capture_end(), trainrt::Error);
+  EXPECT_THROW(g.replay(), trainrt::Error);
+  g.reset();  // nothing to free
+}
+
+// On the CPU a capturable optimizer works without graphs (and upload_hyperparameters is
+// harmless before the first step and on an ordinary optimizer).
+TEST(CudaGraphCpu, CapturableOptimizerWithoutGraph) {
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, Device::cpu()));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
+  opt.upload_hyperparameters();  // ordinary: a no-op
+  opt.set_capturable(true);
+  opt.upload_hyperparameters();  // nothing uploaded yet: a no-op
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, Device::cpu()));
+  opt.step();
+  opt.set_lr(0.25);
+  opt.upload_hyperparameters();
+  opt.step();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.25f, 1.25f}));
+  EXPECT_EQ(opt.step_count(p), 2);
+}
+
+struct Config {
+  const char* name;
+  const char* optimizer;
+  HyperParams defaults;
+};
+
+std::vector<Config> configs() {
+  return {
+      {"adamw", "AdamW", {{"lr", 0.01}, {"weight_decay", 0.1}}},
+      {"adam_amsgrad", "Adam", {{"lr", 0.01}, {"amsgrad", 1}}},
+      {"sgd_dampening", "SGD", {{"lr", 0.05}, {"momentum", 0.5}, {"dampening", 0.3}}},
+      {"rmsprop_centered", "RMSprop", {{"lr", 0.01}, {"centered", 1}, {"momentum", 0.9}}},
+      {"adagrad", "Adagrad", {{"lr", 0.1}, {"lr_decay", 0.01}}},
+      {"radam", "RAdam", {{"lr", 0.01}}},
+      {"lamb", "LAMB", {{"lr", 0.01}}},
+  };
+}
+
+const std::vector<Shape>& shapes() {
+  static const std::vector<Shape> s = {{3, 4}, {0}, {40000}, {17}, {16385}, {5}};
+  return s;
+}
+
+/// The parameters of a run; the last one never has a grad.
+struct OptRun {
+  std::vector<Parameter> params;
+  std::unique_ptr<Optimizer> opt;
+};
+
+OptRun make_run(const Config& c, Device dev) {
+  OptRun r;
+  for (std::size_t p = 0; p < shapes().size(); ++p)
+    r.params.push_back(formula_param(shapes()[p], static_cast<int>(p), dev));
+  std::vector<Parameter> a(r.params.begin(), r.params.begin() + 3);
+  std::vector<Parameter> b(r.params.begin() + 3, r.params.end());
+  r.opt = trainrt::optim::make_optimizer(
+      c.optimizer, {ParamGroup(a), ParamGroup(b, {{"lr", c.defaults.at("lr") * 0.5}})}, c.defaults);
+  return r;
+}
+
+/// Grads of iteration k times `scale`, written into the existing grad tensors (a graph
+/// reads them where they were at capture), with an inf at element 7 of param 2 if `inf`.
+void fill_grads(const OptRun& r, int k, double scale, bool inf) {
+  for (std::size_t p = 0; p + 1 < r.params.size(); ++p) {
+    const Tensor v = r.params[p].value();
+    std::vector<float> g = formula_values(v.shape(), static_cast<int>(p), k, true);
+    for (float& x : g) x = static_cast<float>(x * scale);
+    if (inf && p == 2) g[7] = std::numeric_limits<float>::infinity();
+    const Tensor t = f32_tensor(g, v.shape(), v.device());
+    if (r.params[p].has_grad()) {
+      Tensor dst = r.params[p].grad();
+      dst.copy_(t);
+    } else {
+      r.params[p].set_grad(t);
+    }
+  }
+}
+
+void expect_same(const OptRun& a, const OptRun& b) {
+  for (std::size_t p = 0; p < a.params.size(); ++p) {
+    EXPECT_TRUE(same_bits(host_f32(a.params[p].value()), host_f32(b.params[p].value())))
+        << "param " << p;
+    EXPECT_EQ(a.opt->step_count(a.params[p]), b.opt->step_count(b.params[p])) << "param " << p;
+  }
+}
+
+TEST(CudaGraphCuda, CapturedStepReplaysEqualEagerSteps) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const int N = 10, kLr = 5;
+  for (const Config& c : configs()) {
+    SCOPED_TRACE(c.name);
+    OptRun eager = make_run(c, dev);
+    OptRun graphed = make_run(c, dev);
+    graphed.opt->set_capturable(true);
+    CudaGraph graph;
+    for (int k = 0; k < N; ++k) {
+      SCOPED_TRACE("iteration " + std::to_string(k));
+      if (k == kLr) {
+        eager.opt->set(1, "lr", eager.opt->get(1, "lr") * 0.25);
+        graphed.opt->set(1, "lr", graphed.opt->get(1, "lr") * 0.25);
+        graphed.opt->upload_hyperparameters();
+      }
+      fill_grads(eager, k, 1.0, false);
+      eager.opt->step();
+      fill_grads(graphed, k, 1.0, false);
+      if (k == 0) {
+        graphed.opt->step();  // warm-up: state, counts and blocks are made
+      } else {
+        if (k == 1) {
+          graph.capture_begin(dev);
+          graphed.opt->step();  // recorded, not run
+          graph.capture_end();
+          ASSERT_TRUE(graph.captured());
+        }
+        graph.replay();
+      }
+    }
+    trainrt::synchronize(dev);
+    expect_same(eager, graphed);
+    EXPECT_EQ(graphed.opt->step_count(graphed.params[0]), N);
+    EXPECT_EQ(graphed.opt->step_count(graphed.params.back()), 0);  // never had a grad
+  }
+}
+
+TEST(CudaGraphCuda, CapturedScalerIterationEqualsEagerIteration) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const int N = 9;
+  for (const Config& c : configs()) {
+    SCOPED_TRACE(c.name);
+    OptRun eager = make_run(c, dev);
+    OptRun graphed = make_run(c, dev);
+    graphed.opt->set_capturable(true);
+    trainrt::GradScalerOptions so;
+    so.init_scale = 256.0;
+    so.growth_interval = 2;
+    trainrt::GradScaler s_eager(so), s_graph(so);
+    Tensor norm_eager, norm_graph;
+    auto iteration = [](OptRun& r, trainrt::GradScaler& s) {
+      s.unscale_(*r.opt);
+      Tensor n = trainrt::clip_grad_norm_(*r.opt, 0.5);
+      s.step(*r.opt);
+      s.update();
+      return n;
+    };
+    CudaGraph graph;
+    for (int k = 0; k < N; ++k) {
+      SCOPED_TRACE("iteration " + std::to_string(k));
+      const bool inf = k == 3 || k == 6;
+      fill_grads(eager, k, s_eager.get_scale(), inf);
+      norm_eager = iteration(eager, s_eager);
+      fill_grads(graphed, k, s_graph.get_scale(), inf);
+      if (k == 0) {
+        norm_graph = iteration(graphed, s_graph);  // warm-up
+      } else {
+        if (k == 1) {
+          graph.capture_begin(dev);
+          norm_graph = iteration(graphed, s_graph);
+          graph.capture_end();
+        }
+        graph.replay();
+      }
+      EXPECT_EQ(graphed.opt->last_step_skipped(), eager.opt->last_step_skipped());
+      EXPECT_EQ(eager.opt->last_step_skipped(), inf);
+      EXPECT_EQ(s_graph.get_scale(), s_eager.get_scale());
+      const float ne = norm_eager.item(), ng = norm_graph.item();
+      EXPECT_TRUE(ne == ng || (std::isnan(ne) && std::isnan(ng))) << ne << " vs " << ng;
+    }
+    expect_same(eager, graphed);
+  }
+}
+
+// Steps that would need a host transfer are refused during a capture, before anything
+// changes: an ordinary optimizer's step, and a capturable one's first step.
+TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const Config c = configs()[0];
+  for (bool capturable : {false, true}) {
+    SCOPED_TRACE(capturable ? "capturable, no warm-up" : "ordinary");
+    OptRun r = make_run(c, dev);
+    r.opt->set_capturable(capturable);
+    fill_grads(r, 0, 1.0, false);
+    const std::vector<float> before = host_f32(r.params[0].value());
+    CudaGraph graph;
+    graph.capture_begin(dev);
+    try {
+      r.opt->step();
+      ADD_FAILURE() << "the step was not refused";
+    } catch (const trainrt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("CUDA graph"), std::string::npos) << e.what();
+    }
+    try {
+      graph.capture_end();  // an empty capture
+    } catch (const trainrt::Error&) {
+    }
+    EXPECT_TRUE(same_bits(host_f32(r.params[0].value()), before));
+    EXPECT_EQ(r.opt->step_count(r.params[0]), 0);
+    r.opt->step();  // outside the capture it runs
+    EXPECT_EQ(r.opt->step_count(r.params[0]), 1);
+  }
+}
+
+}  // namespace
