@@ -417,6 +417,14 @@ void set_grads_k(const std::vector<Parameter>& ps, int k) {
   }
 }
 
+/// Steps from .. to - 1 with the grads of set_grads_k.
+void run_steps(Optimizer& o, const std::vector<Parameter>& ps, int from, int to) {
+  for (int k = from; k < to; ++k) {
+    set_grads_k(ps, k);
+    o.step();
+  }
+}
+
 class OptimAlgorithms : public BackendTest {};
 TRAINRT_INSTANTIATE_BACKENDS(OptimAlgorithms);
 
@@ -427,17 +435,11 @@ TEST_P(OptimAlgorithms, StateDictRoundTripIsBitwise) {
     // Reference: N steps in one go.
     std::vector<Parameter> pa = make_params(mixed_shapes(), dev);
     auto oa = make_two_group(c, pa);
-    for (int k = 0; k < N; ++k) {
-      set_grads_k(pa, k);
-      oa->step();
-    }
+    run_steps(*oa, pa, 0, N);
     // K steps, save, load into a fresh optimizer over fresh parameters, N - K more steps.
     std::vector<Parameter> pb = make_params(mixed_shapes(), dev);
     auto ob = make_two_group(c, pb);
-    for (int k = 0; k < K; ++k) {
-      set_grads_k(pb, k);
-      ob->step();
-    }
+    run_steps(*ob, pb, 0, K);
     const StateDict sd = ob->state_dict();
     std::vector<Parameter> pc = make_params(mixed_shapes(), dev);
     for (std::size_t p = 0; p < pc.size(); ++p) {
@@ -531,17 +533,11 @@ TEST_P(OptimAlgorithms, CapturableStateDictRoundTrip) {
     SCOPED_TRACE(c.name);
     std::vector<Parameter> pa = make_params(mixed_shapes(), dev);
     auto oa = make_two_group(c, pa);
-    for (int k = 0; k < N; ++k) {
-      set_grads_k(pa, k);
-      oa->step();
-    }
+    run_steps(*oa, pa, 0, N);
     std::vector<Parameter> pb = make_params(mixed_shapes(), dev);
     auto ob = make_two_group(c, pb);
     ob->set_capturable(true);
-    for (int k = 0; k < K; ++k) {
-      set_grads_k(pb, k);
-      ob->step();
-    }
+    run_steps(*ob, pb, 0, K);
     const StateDict sd = ob->state_dict();
     for (bool cap_target : {true, false}) {
       SCOPED_TRACE(cap_target ? "into capturable" : "into ordinary");
@@ -562,10 +558,7 @@ TEST_P(OptimAlgorithms, CapturableStateDictRoundTrip) {
         }
       }
       oc->load_state_dict(sd);
-      for (int k = K; k < N; ++k) {
-        set_grads_k(pc, k);
-        oc->step();
-      }
+      run_steps(*oc, pc, K, N);
       expect_same_run(*oa, pa, *oc, pc);
     }
   }
