@@ -58,6 +58,12 @@ void GradScaler::lazy_init(Device device, const char* op) {
     }
     return;
   }
+  if (detail::device_capturing(device)) {
+    fail(
+        "GradScaler.{}: the scaler's first use runs during a CUDA graph capture (its scale is "
+        "made from host memory); run one iteration before capturing",
+        op);
+  }
   scale_ =
       Tensor::from_vector(std::vector<float>{static_cast<float>(options_.init_scale)}, {1}, device);
   growth_tracker_ = Tensor::from_vector(
@@ -131,6 +137,8 @@ void GradScaler::unscale_(optim::Optimizer& optimizer) {
 bool GradScaler::step(optim::Optimizer& optimizer) {
   if (!options_.enabled) {
     optimizer.step();
+    const detail::OptimizerImpl& I = detail::OptimizerAccess::impl(optimizer);
+    if (I.capturable && detail::device_capturing(I.device)) return true;  // nothing read back
     return !optimizer.last_step_skipped();
   }
   PerOptimizer& st = state_of(optimizer);

@@ -151,6 +151,15 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
   Grads g;
   g.list = detail::OptimizerAccess::grads(I);
   g.device = I.device;
+  if (detail::device_capturing(I.device)) {
+    // Refused before anything is made: what a capture allocates belongs to the graph.
+    if (g.list.size() == 0) {
+      fail("{}: no parameter has a grad during a CUDA graph capture (nothing to capture)", op);
+    }
+    if (error_if_nonfinite) {
+      fail("{}: error_if_nonfinite reads the norm back, which a CUDA graph capture cannot", op);
+    }
+  }
   if (g.list.size() == 0) return zero_norm(detail::OptimizerAccess::params(I));
   const bool was_active = I.gs_active;
   float* gs = detail::OptimizerAccess::activate_grad_scalars(I);

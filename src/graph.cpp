@@ -59,9 +59,9 @@ void CudaGraph::capture_end() {
   if (!capturing_) detail::fail("CudaGraph.capture_end: capture_begin was not called");
   const trainrt_backend_v1& api = graph_backend(device_, "capture_end");
   capturing_ = false;
+  reset();  // the old graph goes either way
   void* g = nullptr;
   detail::check_backend(api, api.graph_end(device_.index(), &g), "CudaGraph.capture_end");
-  reset();
   graph_ = g;
 }
 

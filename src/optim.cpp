@@ -266,6 +266,16 @@ std::int64_t slot_step(const OptimizerImpl& o, const ParamSlot& s) {
 }
 
 float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
+  // Checked before anything is made: memory allocated during a capture belongs to the graph.
+  const bool needs_host =
+      !o.grad_scalars.defined() || (!o.gs_active && (!o.capturable || !o.gs_init.defined()));
+  if (needs_host && device_capturing(o.device)) {
+    fail("{}: {} during a CUDA graph capture; {}", o.spec->name,
+         o.capturable ? "the first GradScaler unscale_ or fused clip of a capturable optimizer runs"
+                      : "a GradScaler unscale_ or fused clip of an ordinary optimizer runs",
+         o.capturable ? "run one iteration before capturing"
+                      : "call set_capturable(true) and run one iteration before capturing");
+  }
   if (!o.grad_scalars.defined())
     o.grad_scalars = Tensor::empty({TRAINRT_GS_COUNT}, DType::f32, o.device);
   float* gs = static_cast<float*>(o.grad_scalars.data());
@@ -274,12 +284,6 @@ float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
     if (o.capturable) {
       // A device-to-device copy from a block written once: capturable in a CUDA graph.
       if (!o.gs_init.defined()) {
-        if (device_capturing(o.device)) {
-          fail(
-              "{}: the first GradScaler unscale_ or fused clip of a capturable optimizer runs "
-              "during a CUDA graph capture; run one iteration before capturing",
-              o.spec->name);
-        }
         o.gs_init = Tensor::from_vector(std::vector<float>(init, init + TRAINRT_GS_COUNT),
                                         {TRAINRT_GS_COUNT}, o.device);
       }
@@ -358,8 +362,12 @@ void OptimizerAccess::settle(OptimizerImpl& o, bool apply, const char* op) {
       check_backend(api, api.multi_tensor_scale(o.device.index(), &a), op);
     }
     static_assert(TRAINRT_GS_INV_SCALE == 0 && TRAINRT_GS_CLIP_COEF == 1, "block layout");
-    const float ones[2] = {1.0f, 1.0f};
-    write_device_floats(o.device, gs, ones, 2);
+    if (o.gs_init.defined()) {  // capturable: {1, 1} device to device
+      device_copy(o.device, gs, o.gs_init.data(), 2 * sizeof(float), TRAINRT_COPY_D2D, op);
+    } else {
+      const float ones[2] = {1.0f, 1.0f};
+      write_device_floats(o.device, gs, ones, 2);
+    }
     o.unscale_pending = false;
     o.clip_pending = false;
   }
@@ -378,22 +386,25 @@ using detail::ParamSlot;
 
 namespace {
 
-/// Capturable steps: writes the scalars blocks and hyperparameters of the buckets of
-/// I.bucket_groups into the device buffers, unless they hold them already (a captured step
-/// must not copy from the host).
+/// Capturable steps: writes the scalars blocks and hyperparameters of the buckets (one group
+/// each) into the device buffers, unless they hold them already (a captured step must not copy
+/// from the host). The ordinary step has a buffer of its own.
 void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name,
-                        const std::vector<float>& scalars, bool capturing) {
-  const std::size_t n_buckets = I.bucket_groups.size();
+                        const std::vector<std::size_t>& groups, const std::vector<float>& scalars,
+                        bool capturing) {
+  const std::size_t n_buckets = groups.size();
   std::vector<double> hyper(n_buckets * TRAINRT_OH_COUNT);
   for (std::size_t b = 0; b < n_buckets; ++b) {
-    detail::fill_hyper(algo, I.groups[I.bucket_groups[b]].options,
-                       hyper.data() + b * TRAINRT_OH_COUNT);
+    detail::fill_hyper(algo, I.groups[groups[b]].options, hyper.data() + b * TRAINRT_OH_COUNT);
   }
-  const bool fits = I.step_scalars.defined() &&
-                    I.step_scalars.numel() >= static_cast<std::int64_t>(scalars.size()) &&
+  const bool fits = I.cap_scalars.defined() &&
+                    I.cap_scalars.numel() >= static_cast<std::int64_t>(scalars.size()) &&
                     I.step_hyper.defined() &&
                     I.step_hyper.numel() >= static_cast<std::int64_t>(hyper.size());
-  if (fits && scalars == I.uploaded_scalars && hyper == I.uploaded_hyper) return;
+  if (fits && groups == I.bucket_groups && scalars == I.uploaded_scalars &&
+      hyper == I.uploaded_hyper) {
+    return;
+  }
   if (capturing) {
     fail(
         "{}.step: the hyperparameters (or the parameters with a grad) changed during a CUDA "
@@ -402,18 +413,19 @@ void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name,
         name);
   }
   if (!fits) {
-    if (I.step_scalars.defined()) I.retired.push_back(I.step_scalars);
+    if (I.cap_scalars.defined()) I.retired.push_back(I.cap_scalars);
     if (I.step_hyper.defined()) I.retired.push_back(I.step_hyper);
-    I.step_scalars =
+    I.cap_scalars =
         Tensor::empty({static_cast<std::int64_t>(scalars.size())}, DType::f32, I.device);
     I.step_hyper = Tensor::empty({static_cast<std::int64_t>(hyper.size())}, DType::f64, I.device);
   }
-  detail::device_copy(I.device, I.step_scalars.data(), scalars.data(),
+  detail::device_copy(I.device, I.cap_scalars.data(), scalars.data(),
                       scalars.size() * sizeof(float), TRAINRT_COPY_H2D, "uploading step scalars");
   detail::device_copy(I.device, I.step_hyper.data(), hyper.data(), hyper.size() * sizeof(double),
                       TRAINRT_COPY_H2D, "uploading step hyperparameters");
   I.uploaded_scalars = scalars;
   I.uploaded_hyper = std::move(hyper);
+  I.bucket_groups = groups;
 }
 
 int algo_of(const OptimizerImpl& I) { return detail::algo_index(I.spec); }
@@ -463,6 +475,14 @@ void Optimizer::set_capturable(bool on) {
       s.step = detail::slot_step(I, s);
       I.retired.push_back(s.device_step);
       s.device_step = Tensor();
+      // State made for a first step that was skipped is unchanged; the ordinary step makes a
+      // parameter's state at its first step, so it goes (kept alive for a captured graph).
+      if (s.step == 0) {
+        for (Tensor& t : s.state) {
+          if (t.defined()) I.retired.push_back(t);
+          t = Tensor();
+        }
+      }
     }
     if (I.skip_on_device) I.last_skipped = last_step_skipped();
     I.skip_on_device = false;
@@ -718,7 +738,7 @@ void Optimizer::step() {
       if (!s.device_step.defined()) {
         s.device_step = Tensor::from_vector(std::vector<std::int64_t>{s.step}, {}, I.device);
       }
-      buckets[Key(s.group, 0, false, mdt)].push_back(k);
+      buckets[Key(s.group, 0, fresh, mdt)].push_back(k);  // fresh: FRESH_BUFFER below
     } else {
       buckets[Key(s.group, s.step + 1, fresh, mdt)].push_back(k);
     }
@@ -739,9 +759,14 @@ void Optimizer::step() {
   std::size_t n_tensors_total = 0;
   for (const auto& kv : buckets) n_tensors_total += kv.second.size();
   if (cap) {
-    I.bucket_groups.clear();
-    for (const auto& kv : buckets) I.bucket_groups.push_back(std::get<0>(kv.first));
-    upload_step_blocks(I, algo, name(), host, capturing);
+    std::vector<std::size_t> groups;
+    std::vector<std::uint32_t> flags;
+    for (const auto& kv : buckets) {
+      groups.push_back(std::get<0>(kv.first));
+      flags.push_back(detail::kernel_flags(algo, I.groups[groups.back()].options));
+    }
+    upload_step_blocks(I, algo, name(), groups, host, capturing);
+    I.bucket_flags = std::move(flags);
     const auto need_ts = static_cast<std::int64_t>(n_tensors_total * TRAINRT_OS_COUNT);
     if (!I.tensor_scalars.defined() || I.tensor_scalars.numel() < need_ts) {
       refuse_in_capture("a larger step workspace");
@@ -757,7 +782,7 @@ void Optimizer::step() {
     detail::write_device_floats(I.device, static_cast<float*>(I.step_scalars.data()), host.data(),
                                 host.size());
   }
-  float* dev_scalars = static_cast<float*>(I.step_scalars.data());
+  float* dev_scalars = static_cast<float*>(cap ? I.cap_scalars.data() : I.step_scalars.data());
 
   // One fused call per bucket.
   std::size_t b = 0, tensors_before = 0;
@@ -785,6 +810,7 @@ void Optimizer::step() {
     trainrt_optim_step_args a{};
     a.algo = I.spec->kernel_algo;
     a.flags = detail::kernel_flags(algo, h);
+    if (cap && std::get<2>(kv.first)) a.flags |= TRAINRT_OPTIM_FRESH_BUFFER;
     a.param_dtype = TRAINRT_F32;
     a.grad_dtype = TRAINRT_F32;
     a.model_dtype = std::get<3>(kv.first) >= 0 ? std::get<3>(kv.first) : -1;
@@ -845,9 +871,19 @@ void Optimizer::upload_hyperparameters() {
   std::vector<float> host(I.bucket_groups.size() * TRAINRT_OS_COUNT);
   for (std::size_t b = 0; b < I.bucket_groups.size(); ++b) {
     const HyperParams& h = I.groups[I.bucket_groups[b]].options;
+    // Flags pick the kernel and its state lists, fixed in a captured launch: new data cannot
+    // change them.
+    if (detail::kernel_flags(algo_of(I), h) != I.bucket_flags[b]) {
+      fail(
+          "{}.upload_hyperparameters: a hyperparameter of param group {} changed the kind of "
+          "update (weight decay or momentum switched on or off, maximize, nesterov, amsgrad, "
+          "...), which a captured graph cannot follow; capture the step again",
+          name(), I.bucket_groups[b]);
+    }
     detail::fill_scalars(algo_of(I), h, 1, false, host.data() + b * TRAINRT_OS_COUNT);
   }
-  upload_step_blocks(I, algo_of(I), name(), host, detail::device_capturing(I.device));
+  upload_step_blocks(I, algo_of(I), name(), I.bucket_groups, host,
+                     detail::device_capturing(I.device));
 }
 
 // ---- state_dict --------------------------------------------------------------------------------
@@ -867,7 +903,9 @@ StateDict Optimizer::state_dict() const {
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     const ParamSlot& s = I.slots[k];
     const std::int64_t step = detail::slot_step(I, s);
-    if (step == 0 && !s.has_state()) continue;
+    // (A capturable optimizer keeps the unchanged state of a skipped first step; the dict
+    // leaves it out, as an ordinary optimizer drops it.)
+    if (step == 0 && (!s.has_state() || s.device_step.defined())) continue;
     const std::string pre = fmt::format("state.{}.", k);
     sd.scalars[pre + "step"] = static_cast<double>(step);
     for (std::size_t j = 0; j < I.spec->states.size(); ++j) {

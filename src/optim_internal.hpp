@@ -81,11 +81,13 @@ struct OptimizerImpl {
 
   /// Capturable steps (Optimizer::set_capturable).
   bool capturable = false;
-  Tensor step_hyper;                       // f64, TRAINRT_OH_COUNT per call
-  Tensor tensor_scalars;                   // f32 workspace, TRAINRT_OS_COUNT per tensor of the step
-  std::vector<float> uploaded_scalars;     // what step_scalars holds (capturable)
-  std::vector<double> uploaded_hyper;      // what step_hyper holds
-  std::vector<std::size_t> bucket_groups;  // the group of each bucket of the last step
+  Tensor cap_scalars;                   // f32, the capturable steps' scalars blocks (one per call)
+  Tensor step_hyper;                    // f64, TRAINRT_OH_COUNT per call
+  Tensor tensor_scalars;                // f32 workspace, TRAINRT_OS_COUNT per tensor of the step
+  std::vector<float> uploaded_scalars;  // what step_scalars holds (capturable)
+  std::vector<double> uploaded_hyper;   // what step_hyper holds
+  std::vector<std::size_t> bucket_groups;   // the group of each bucket of the last upload
+  std::vector<std::uint32_t> bucket_flags;  // its kernel flags (fixed in a captured launch)
   Tensor clip_total;            // clip_grad_norm_(optimizer)'s result tensor (capturable)
   Tensor gs_init;               // f32 {1, 1, 0, 0}: the grad scalars block's start (capturable)
   Tensor skip_flag;             // f32: found_inf of the last capturable step with a scaler or clip

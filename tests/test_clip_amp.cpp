@@ -645,6 +645,53 @@ TEST_P(Scaler, CapturableLoopEqualsOrdinaryLoop) {
   }
 }
 
+// SGD with dampening whose first step is skipped by the scaler: a capturable optimizer keeps
+// the (unchanged) buffer with count 0; switched back to ordinary steps, or saved to a state
+// dict, it drops it, so the next step starts the buffer at g, as the ordinary optimizer does.
+TEST_P(Scaler, CapturableSkippedFirstStepThenOrdinary) {
+  for (int route = 0; route < 3; ++route) {  // stay capturable, switch off, state dict
+    SCOPED_TRACE("route " + std::to_string(route));
+    const std::vector<Shape> shapes = {{5}, {7}};
+    Model a = make_model(shapes, dev, "SGD");
+    Model b = make_model(shapes, dev, "SGD");
+    for (Model* m : {&a, &b}) {
+      m->opt->set(0, "momentum", 0.5);
+      m->opt->set(0, "dampening", 0.3);
+    }
+    b.opt->set_capturable(true);
+    GradScalerOptions o;
+    o.init_scale = 4.0;
+    GradScaler sa(o), sb(o);
+    for (int k = 0; k < 3; ++k) {
+      if (k == 1 && route == 1) b.opt->set_capturable(false);
+      if (k == 1 && route == 2) {
+        const trainrt::StateDict sd = b.opt->state_dict();
+        EXPECT_EQ(sd.tensors.size(), 0u);  // nothing stepped yet
+        b.opt->set_capturable(false);
+        b.opt->load_state_dict(sd);
+      }
+      for (Model* m : {&a, &b}) {
+        GradScaler& s = m == &a ? sa : sb;
+        set_scaled_grads(*m, k, s.get_scale());
+        if (k == 0) {
+          Tensor g = m->params[0].grad();
+          std::vector<float> v = host_f32(g);
+          v[1] = std::numeric_limits<float>::infinity();
+          g.copy_(f32_tensor(v, g.shape(), dev));
+        }
+        s.unscale_(*m->opt);
+        EXPECT_EQ(s.step(*m->opt), k != 0);
+        s.update();
+      }
+    }
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(a.params[i].value()), host_f32(b.params[i].value())))
+          << "param " << i;
+      EXPECT_EQ(b.opt->step_count(b.params[i]), 2);
+    }
+  }
+}
+
 // update() after unscale_ without a step: the inf/NaN check runs (the scale backs off), and the
 // grads are handed back unscaled, as PyTorch's unscale_ leaves them; a plain step then uses
 // them as they are, and a grad set afterwards is not unscaled.

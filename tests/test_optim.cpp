@@ -525,6 +525,78 @@ TEST_P(OptimAlgorithms, CapturableStepEqualsOrdinaryStep) {
   }
 }
 
+// Switching capturable off and on again between ordinary steps whose buckets differ (one
+// group with two step counts), and SGD momentum switched on mid-run with dampening (a buffer
+// made at step 3 starts at g, as in PyTorch): the capturable optimizer follows the ordinary one.
+TEST_P(OptimAlgorithms, CapturableTogglesAndLateMomentum) {
+  for (double damp : {0.0, 0.3}) {
+    SCOPED_TRACE("dampening " + std::to_string(damp));
+    const HyperParams d{{"lr", 0.01}, {"momentum", 0.0}, {"dampening", damp}};
+    std::vector<Parameter> pa = make_params({{5}, {5}, {5}}, dev);
+    std::vector<Parameter> pb = make_params({{5}, {5}, {5}}, dev);
+    auto make = [&](const std::vector<Parameter>& p) {
+      return trainrt::optim::make_optimizer(
+          "SGD", {ParamGroup({p[0], p[1]}), ParamGroup({p[2]}, {{"lr", 0.08}})}, d);
+    };
+    auto oa = make(pa), ob = make(pb);
+    ob->set_capturable(true);
+    auto step = [&](int k, const std::vector<int>& with_grad) {
+      for (auto* ps : {&pa, &pb}) {
+        for (auto& p : *ps) p.clear_grad();
+        for (int i : with_grad) set_formula_grad((*ps)[i], i, k);
+      }
+      oa->step();
+      ob->step();
+    };
+    step(0, {0, 1, 2});
+    ob->set_capturable(false);
+    step(1, {0});
+    step(2, {0, 1, 2});
+    ob->set_capturable(true);
+    oa->set(0, "momentum", 0.9);
+    ob->set(0, "momentum", 0.9);
+    step(3, {0, 1, 2});
+    step(4, {0, 2});
+    step(5, {0, 1, 2});
+    for (std::size_t p = 0; p < pa.size(); ++p) {
+      EXPECT_TRUE(same_bits(host_f32(pa[p].value()), host_f32(pb[p].value()))) << "param " << p;
+      EXPECT_EQ(oa->step_count(pa[p]), ob->step_count(pb[p]));
+    }
+  }
+}
+
+// upload_hyperparameters() carries new values to the blocks a captured graph reads, but not a
+// change of the kind of update (fixed in the captured launch): that is refused, and the next
+// step() runs it.
+TEST_P(OptimAlgorithms, UploadHyperparametersRefusesAChangedKindOfUpdate) {
+  std::vector<Parameter> ps = make_params({{4}}, dev);
+  trainrt::optim::Adam opt(ps, trainrt::optim::AdamOptions(0.01));
+  opt.set_capturable(true);
+  set_formula_grad(ps[0], 0, 0);
+  opt.step();
+  opt.set_lr(0.02);
+  EXPECT_NO_THROW(opt.upload_hyperparameters());
+  opt.set(0, "weight_decay", 0.1);  // switches L2 decay on: another kernel variant
+  try {
+    opt.upload_hyperparameters();
+    ADD_FAILURE() << "not refused";
+  } catch (const trainrt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("capture the step again"), std::string::npos) << e.what();
+  }
+  // The same sequence on an ordinary optimizer: the capturable one's next step matches it.
+  std::vector<Parameter> qs = make_params({{4}}, dev);
+  trainrt::optim::Adam ref(qs, trainrt::optim::AdamOptions(0.01));
+  set_formula_grad(qs[0], 0, 0);
+  ref.step();
+  ref.set_lr(0.02);
+  ref.set(0, "weight_decay", 0.1);
+  set_formula_grad(ps[0], 0, 1);
+  set_formula_grad(qs[0], 0, 1);
+  opt.step();
+  ref.step();
+  EXPECT_TRUE(same_bits(host_f32(ps[0].value()), host_f32(qs[0].value())));
+}
+
 // State dicts of a capturable optimizer round-trip into capturable and ordinary ones, and a
 // load into a capturable optimizer writes its device counts and state in place.
 TEST_P(OptimAlgorithms, CapturableStateDictRoundTrip) {

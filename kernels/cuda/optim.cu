@@ -389,6 +389,8 @@ struct CountsArgs {
   const float* grad_scalars;  // advance: nothing when found_inf
   int32_t n;
   int32_t algo;
+  uint32_t flags;  // trainrt_optim_flag_c
+  int32_t reserved;
   int64_t* counts[kCountsPerLaunch];
 };
 
@@ -400,7 +402,7 @@ __global__ void optim_prepare_kernel(const __grid_constant__ CountsArgs a) {
   const int64_t t = *a.counts[i] + 1;
   float* const b = a.tensor_scalars + static_cast<int64_t>(i) * TRAINRT_OS_COUNT;
   for (int k = 0; k < TRAINRT_OS_COUNT; ++k) b[k] = a.scalars[k];
-  derive_step_scalars(a.algo, a.hyper, t, t == 1, b);
+  derive_step_scalars(a.algo, a.hyper, t, t == 1 || (a.flags & TRAINRT_OPTIM_FRESH_BUFFER) != 0, b);
 }
 
 /// After the step's kernels: every count advances, unless the step was skipped.
@@ -418,6 +420,7 @@ void counts_launches(DeviceCtx& ctx, const trainrt_optim_step_args& a, bool adva
   c->hyper = a.step_hyper;
   c->grad_scalars = a.grad_scalars;
   c->algo = a.algo;
+  c->flags = a.flags;
   for (int64_t base = 0; base < a.n_tensors; base += kCountsPerLaunch) {
     const int n = static_cast<int>(min64(kCountsPerLaunch, a.n_tensors - base));
     c->n = n;

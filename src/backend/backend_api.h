@@ -195,7 +195,10 @@ enum trainrt_optim_flag_c {
   TRAINRT_OPTIM_NESTEROV = 16, /* SGD */
   TRAINRT_OPTIM_AMSGRAD = 32,  /* Adam */
   TRAINRT_OPTIM_CENTERED = 64, /* RMSprop */
-  TRAINRT_OPTIM_NVLAMB = 128   /* LAMB: trust ratio even where WEIGHT_DECAY == 0 */
+  TRAINRT_OPTIM_NVLAMB = 128,  /* LAMB: trust ratio even where WEIGHT_DECAY == 0 */
+  /* SGD, capturable calls: every momentum buffer of the call starts at this step (buf = g)
+   * whatever the count (the buffer was made now, e.g. momentum switched on mid-run). */
+  TRAINRT_OPTIM_FRESH_BUFFER = 256
 };
 
 /* Optimizer scalars block: indices into an f32 array of TRAINRT_OS_COUNT in device memory.
@@ -270,7 +273,7 @@ typedef struct trainrt_optim_step_args {
    *   tensor_scalars: device workspace of n_tensors * TRAINRT_OS_COUNT f32.
    * Tensor i is updated with a copy of `scalars` whose t-dependent entries (STEP_SIZE, BC1,
    * BC2, BC2_SQRT, INV_BC2_SQRT, RECT; Adagrad's LR; SGD's BUF_SCALE and BUF_GAIN, with a
-   * fresh momentum buffer at t = 1) are recomputed on the device by
+   * fresh momentum buffer at t = 1 or with flag FRESH_BUFFER) are recomputed on the device by
    * kernels/common/optim.h's derive_step_scalars for t = *step_counts[i] + 1, the copy kept
    * in tensor_scalars. Then each count advances by one, unless grad_scalars says found_inf
    * (a skipped step changes nothing, counts included). */

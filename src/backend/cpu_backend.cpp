@@ -234,7 +234,8 @@ int cpu_capturable_step(const trainrt_optim_step_args* a) {
     const std::int64_t t = *a->step_counts[i] + 1;
     float* block = a->tensor_scalars + i * TRAINRT_OS_COUNT;
     std::memcpy(block, a->scalars, TRAINRT_OS_COUNT * sizeof(float));
-    kern::derive_step_scalars(a->algo, a->step_hyper, t, t == 1, block);
+    const bool fresh = t == 1 || (a->flags & TRAINRT_OPTIM_FRESH_BUFFER) != 0;
+    kern::derive_step_scalars(a->algo, a->step_hyper, t, fresh, block);
     by_count[t].push_back(i);
   }
   for (const auto& kv : by_count) {
