@@ -159,6 +159,12 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
     if (error_if_nonfinite) {
       fail("{}: error_if_nonfinite reads the norm back, which a CUDA graph capture cannot", op);
     }
+    if (!I.capturable || !I.clip_total.defined()) {
+      fail("{}: the first clip of {} runs during a CUDA graph capture; {}", op,
+           I.capturable ? "a capturable optimizer" : "an ordinary optimizer",
+           I.capturable ? "run one iteration before capturing"
+                        : "call set_capturable(true) and run one iteration before capturing");
+    }
   }
   if (g.list.size() == 0) return zero_norm(detail::OptimizerAccess::params(I));
   const bool was_active = I.gs_active;
@@ -172,15 +178,7 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
   // and the tensor a graph's replays write is the one returned when it was captured.
   Tensor total;
   if (I.capturable) {
-    if (!I.clip_total.defined()) {
-      if (detail::device_capturing(I.device)) {
-        fail(
-            "{}: the first clip of a capturable optimizer runs during a CUDA graph capture; run "
-            "one iteration before capturing",
-            op);
-      }
-      I.clip_total = Tensor::empty({}, DType::f32, g.device);
-    }
+    if (!I.clip_total.defined()) I.clip_total = Tensor::empty({}, DType::f32, g.device);
     total = I.clip_total;
   } else {
     total = Tensor::empty({}, DType::f32, g.device);

@@ -256,9 +256,41 @@ bool device_capturing(Device device) {
   return c != 0;
 }
 
+void refuse_read_in_capture(const OptimizerImpl& o, const char* what) {
+  if (device_capturing(o.device)) {
+    fail(
+        "{}: {} reads from the device, which a CUDA graph capture cannot; call it after "
+        "capture_end()",
+        o.spec->name, what);
+  }
+}
+
+void retire(OptimizerImpl& o, const Tensor& t) {
+  if (t.defined() && o.ever_captured) o.retired.push_back(t);
+}
+
+void resolve_skipped_states(OptimizerImpl& o) {
+  if (o.pending_created.empty()) return;
+  if (device_capturing(o.device)) {  // a graph uses them now: they stay
+    o.pending_created.clear();
+    return;
+  }
+  const bool skipped =
+      read_device_float(o.device, static_cast<const float*>(o.skip_flag.data())) != 0.0f;
+  if (skipped) {
+    for (const auto& c : o.pending_created) {
+      Tensor& t = o.slots[c.first].state[c.second];
+      retire(o, t);
+      t = Tensor();
+    }
+  }
+  o.pending_created.clear();
+}
+
 /// A parameter's step count: on the device while it has one (capturable steps).
 std::int64_t slot_step(const OptimizerImpl& o, const ParamSlot& s) {
   if (!s.device_step.defined()) return s.step;
+  refuse_read_in_capture(o, "a step count (step_count, state_dict)");
   std::int64_t v = 0;
   device_copy(o.device, &v, s.device_step.data(), sizeof v, TRAINRT_COPY_D2H,
               "reading a step count");
@@ -386,35 +418,51 @@ using detail::ParamSlot;
 
 namespace {
 
-/// Capturable steps: writes the scalars blocks and hyperparameters of the buckets (one group
-/// each) into the device buffers, unless they hold them already (a captured step must not copy
-/// from the host). The ordinary step has a buffer of its own.
-void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name,
-                        const std::vector<std::size_t>& groups, const std::vector<float>& scalars,
-                        bool capturing) {
-  const std::size_t n_buckets = groups.size();
-  std::vector<double> hyper(n_buckets * TRAINRT_OH_COUNT);
-  for (std::size_t b = 0; b < n_buckets; ++b) {
-    detail::fill_hyper(algo, I.groups[groups[b]].options, hyper.data() + b * TRAINRT_OH_COUNT);
+/// Capturable steps: one scalars block and one hyperparameter block per possible bucket,
+/// at a fixed slot (capturable_slot), so a graph reads the right group's values whichever
+/// buckets later eager steps use. Writes the whole table into the device buffers unless they
+/// hold it already (a captured step must not copy from the host); the ordinary step has a
+/// buffer of its own. Records each group's kernel flags (fixed in a captured launch).
+constexpr std::size_t kSlotsPerGroup = 6;  // fresh momentum buffer x model copy (none, f16, bf16)
+
+std::size_t capturable_slot(std::size_t group, bool fresh, int model_dtype) {
+  const std::size_t copy = model_dtype < 0 ? 0 : static_cast<std::size_t>(model_dtype);  // 1, 2
+  return group * kSlotsPerGroup + (fresh ? 3 : 0) + copy;
+}
+
+void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name, bool capturing) {
+  const std::size_t n_slots = I.groups.size() * kSlotsPerGroup;
+  std::vector<float> scalars(n_slots * TRAINRT_OS_COUNT);
+  std::vector<double> hyper(n_slots * TRAINRT_OH_COUNT);
+  std::vector<std::uint32_t> flags(I.groups.size());
+  for (std::size_t g = 0; g < I.groups.size(); ++g) {
+    const HyperParams& h = I.groups[g].options;
+    flags[g] = detail::kernel_flags(algo, h);
+    for (std::size_t k = 0; k < kSlotsPerGroup; ++k) {
+      const std::size_t slot = g * kSlotsPerGroup + k;
+      // (t-dependent entries are derived on the device; t = 1 here.)
+      detail::fill_scalars(algo, h, 1, k >= 3, scalars.data() + slot * TRAINRT_OS_COUNT);
+      detail::fill_hyper(algo, h, hyper.data() + slot * TRAINRT_OH_COUNT);
+    }
   }
   const bool fits = I.cap_scalars.defined() &&
                     I.cap_scalars.numel() >= static_cast<std::int64_t>(scalars.size()) &&
                     I.step_hyper.defined() &&
                     I.step_hyper.numel() >= static_cast<std::int64_t>(hyper.size());
-  if (fits && groups == I.bucket_groups && scalars == I.uploaded_scalars &&
-      hyper == I.uploaded_hyper) {
+  if (fits && scalars == I.uploaded_scalars && hyper == I.uploaded_hyper) {
+    I.group_flags = std::move(flags);
     return;
   }
   if (capturing) {
     fail(
-        "{}.step: the hyperparameters (or the parameters with a grad) changed during a CUDA "
-        "graph capture; a captured step must not make host transfers: change them outside the "
-        "capture, then call upload_hyperparameters()",
+        "{}.step: the hyperparameters changed during a CUDA graph capture; a captured step must "
+        "not copy from the host: change them outside the capture, then call "
+        "upload_hyperparameters()",
         name);
   }
   if (!fits) {
-    if (I.cap_scalars.defined()) I.retired.push_back(I.cap_scalars);
-    if (I.step_hyper.defined()) I.retired.push_back(I.step_hyper);
+    detail::retire(I, I.cap_scalars);
+    detail::retire(I, I.step_hyper);
     I.cap_scalars =
         Tensor::empty({static_cast<std::int64_t>(scalars.size())}, DType::f32, I.device);
     I.step_hyper = Tensor::empty({static_cast<std::int64_t>(hyper.size())}, DType::f64, I.device);
@@ -423,9 +471,9 @@ void upload_step_blocks(OptimizerImpl& I, int algo, const std::string& name,
                       scalars.size() * sizeof(float), TRAINRT_COPY_H2D, "uploading step scalars");
   detail::device_copy(I.device, I.step_hyper.data(), hyper.data(), hyper.size() * sizeof(double),
                       TRAINRT_COPY_H2D, "uploading step hyperparameters");
-  I.uploaded_scalars = scalars;
+  I.uploaded_scalars = std::move(scalars);
   I.uploaded_hyper = std::move(hyper);
-  I.bucket_groups = groups;
+  I.group_flags = std::move(flags);
 }
 
 int algo_of(const OptimizerImpl& I) { return detail::algo_index(I.spec); }
@@ -460,6 +508,7 @@ const std::vector<ParamGroup>& Optimizer::param_groups() const { return impl_->g
 bool Optimizer::last_step_skipped() const {
   const OptimizerImpl& I = *impl_;
   if (!I.skip_on_device) return I.last_skipped;
+  detail::refuse_read_in_capture(I, "last_step_skipped()");
   return detail::read_device_float(I.device, static_cast<const float*>(I.skip_flag.data())) != 0.0f;
 }
 
@@ -469,17 +518,19 @@ void Optimizer::set_capturable(bool on) {
   OptimizerImpl& I = *impl_;
   if (on == I.capturable) return;
   if (!on) {
+    detail::refuse_read_in_capture(I, "set_capturable(false)");
+    detail::resolve_skipped_states(I);
     // The counts come back to the host; the device ones are kept for graphs captured before.
     for (ParamSlot& s : I.slots) {
       if (!s.device_step.defined()) continue;
       s.step = detail::slot_step(I, s);
-      I.retired.push_back(s.device_step);
+      detail::retire(I, s.device_step);
       s.device_step = Tensor();
-      // State made for a first step that was skipped is unchanged; the ordinary step makes a
-      // parameter's state at its first step, so it goes (kept alive for a captured graph).
+      // State made for a skipped first step inside a capture is unchanged; the ordinary step
+      // makes a parameter's state at its first step, so it goes.
       if (s.step == 0) {
         for (Tensor& t : s.state) {
-          if (t.defined()) I.retired.push_back(t);
+          detail::retire(I, t);
           t = Tensor();
         }
       }
@@ -605,6 +656,8 @@ std::int64_t Optimizer::step_count(const Parameter& p) const {
 }
 
 Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const {
+  // (A capturable step that made state and was skipped drops it here, as the ordinary step.)
+  detail::resolve_skipped_states(const_cast<OptimizerImpl&>(*impl_));
   const ParamSlot& s = find_slot(*impl_, p, name());
   const std::vector<const char*>& names = impl_->spec->states;
   for (std::size_t j = 0; j < names.size(); ++j)
@@ -616,6 +669,7 @@ void Optimizer::step() {
   OptimizerImpl& I = *impl_;
   const int algo = algo_of(I);
   I.last_skipped = false;
+  I.skip_on_device = false;
   const std::string op = name() + ".step";
 
   // Parameters with a grad, checked.
@@ -669,6 +723,9 @@ void Optimizer::step() {
           op, what);
     }
   };
+  // State made by the last (capturable) step goes if that step was skipped, as in an ordinary
+  // step (one 4-byte read, only after a step that made state).
+  if (cap) detail::resolve_skipped_states(I);
   if (capturing) {
     // Nothing may be made or uploaded in a captured step: check before anything changes.
     bool missing =
@@ -744,36 +801,27 @@ void Optimizer::step() {
     }
   }
 
-  // The scalars of every bucket, one upload.
-  std::vector<float> host(buckets.size() * TRAINRT_OS_COUNT);
-  {
-    std::size_t b = 0;
-    for (const auto& kv : buckets) {
-      const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
-      // (A capturable step's t-dependent entries are derived on the device; t = 1 here.)
-      detail::fill_scalars(algo, h, cap ? 1 : std::get<1>(kv.first), std::get<2>(kv.first),
-                           host.data() + b * TRAINRT_OS_COUNT);
-      ++b;
-    }
-  }
   std::size_t n_tensors_total = 0;
   for (const auto& kv : buckets) n_tensors_total += kv.second.size();
   if (cap) {
-    std::vector<std::size_t> groups;
-    std::vector<std::uint32_t> flags;
-    for (const auto& kv : buckets) {
-      groups.push_back(std::get<0>(kv.first));
-      flags.push_back(detail::kernel_flags(algo, I.groups[groups.back()].options));
-    }
-    upload_step_blocks(I, algo, name(), groups, host, capturing);
-    I.bucket_flags = std::move(flags);
+    // The blocks of every group at fixed slots (upload_step_blocks), uploaded when changed.
+    upload_step_blocks(I, algo, name(), capturing);
     const auto need_ts = static_cast<std::int64_t>(n_tensors_total * TRAINRT_OS_COUNT);
     if (!I.tensor_scalars.defined() || I.tensor_scalars.numel() < need_ts) {
       refuse_in_capture("a larger step workspace");
-      if (I.tensor_scalars.defined()) I.retired.push_back(I.tensor_scalars);
+      detail::retire(I, I.tensor_scalars);
       I.tensor_scalars = Tensor::empty({need_ts}, DType::f32, I.device);
     }
   } else {
+    // The scalars of every bucket, one upload.
+    std::vector<float> host(buckets.size() * TRAINRT_OS_COUNT);
+    std::size_t b = 0;
+    for (const auto& kv : buckets) {
+      const HyperParams& h = I.groups[std::get<0>(kv.first)].options;
+      detail::fill_scalars(algo, h, std::get<1>(kv.first), std::get<2>(kv.first),
+                           host.data() + b * TRAINRT_OS_COUNT);
+      ++b;
+    }
     if (!I.step_scalars.defined() ||
         I.step_scalars.numel() < static_cast<std::int64_t>(host.size())) {
       I.step_scalars =
@@ -820,13 +868,16 @@ void Optimizer::step() {
     for (int j = 0; j < 3; ++j) a.states[j] = states[j].empty() ? nullptr : states[j].data();
     a.model_copies = std::get<3>(kv.first) >= 0 ? copies.data() : nullptr;
     a.numels = numels.data();
-    a.scalars = dev_scalars + b * TRAINRT_OS_COUNT;
+    const std::size_t block =
+        cap ? capturable_slot(std::get<0>(kv.first), std::get<2>(kv.first), std::get<3>(kv.first))
+            : b;
+    a.scalars = dev_scalars + block * TRAINRT_OS_COUNT;
     a.grad_scalars = gs;
     a.global_grad_norm =
         algo == detail::kLAMB ? static_cast<const float*>(I.lamb_norm.data()) : nullptr;
     if (cap) {
       a.step_counts = counts.data();
-      a.step_hyper = static_cast<const double*>(I.step_hyper.data()) + b * TRAINRT_OH_COUNT;
+      a.step_hyper = static_cast<const double*>(I.step_hyper.data()) + block * TRAINRT_OH_COUNT;
       a.tensor_scalars =
           static_cast<float*>(I.tensor_scalars.data()) + tensors_before * TRAINRT_OS_COUNT;
     }
@@ -840,6 +891,14 @@ void Optimizer::step() {
     // state made for a skipped first step stays: its values are unchanged, the count is still
     // 0, so the next step starts it afresh.
     I.skip_on_device = gs_on;
+    if (capturing) {
+      I.ever_captured = true;
+      I.captured_flags = I.group_flags;
+    }
+    // With a grad scalars block the step may have been skipped: its new state is dropped at
+    // the next look (resolve_skipped_states) if so.
+    I.pending_created.clear();
+    if (gs_on) I.pending_created = created;
     if (gs_on) {
       if (!I.skip_flag.defined()) {
         I.skip_flag = Tensor::zeros({}, DType::f32, I.device);
@@ -867,28 +926,25 @@ void Optimizer::step() {
 void Optimizer::upload_hyperparameters() {
   OptimizerImpl& I = *impl_;
   if (!I.capturable || I.uploaded_hyper.empty()) return;
-  // The blocks hold one entry per bucket of the last step; rebuild them for the same buckets.
-  std::vector<float> host(I.bucket_groups.size() * TRAINRT_OS_COUNT);
-  for (std::size_t b = 0; b < I.bucket_groups.size(); ++b) {
-    const HyperParams& h = I.groups[I.bucket_groups[b]].options;
-    // Flags pick the kernel and its state lists, fixed in a captured launch: new data cannot
-    // change them.
-    if (detail::kernel_flags(algo_of(I), h) != I.bucket_flags[b]) {
+  // Flags pick the kernel and its state lists, fixed in a captured launch: new data cannot
+  // change them.
+  for (std::size_t g = 0; g < I.group_flags.size(); ++g) {
+    const std::uint32_t f = detail::kernel_flags(algo_of(I), I.groups[g].options);
+    if (f != I.group_flags[g] || (g < I.captured_flags.size() && f != I.captured_flags[g])) {
       fail(
           "{}.upload_hyperparameters: a hyperparameter of param group {} changed the kind of "
           "update (weight decay or momentum switched on or off, maximize, nesterov, amsgrad, "
           "...), which a captured graph cannot follow; capture the step again",
-          name(), I.bucket_groups[b]);
+          name(), g);
     }
-    detail::fill_scalars(algo_of(I), h, 1, false, host.data() + b * TRAINRT_OS_COUNT);
   }
-  upload_step_blocks(I, algo_of(I), name(), I.bucket_groups, host,
-                     detail::device_capturing(I.device));
+  upload_step_blocks(I, algo_of(I), name(), detail::device_capturing(I.device));
 }
 
 // ---- state_dict --------------------------------------------------------------------------------
 
 StateDict Optimizer::state_dict() const {
+  detail::resolve_skipped_states(const_cast<OptimizerImpl&>(*impl_));
   const OptimizerImpl& I = *impl_;
   StateDict sd;
   sd.strings["optimizer"] = name();
@@ -918,6 +974,9 @@ StateDict Optimizer::state_dict() const {
 void Optimizer::load_state_dict(const StateDict& sd) {
   OptimizerImpl& I = *impl_;
   const std::string op = name() + ".load_state_dict";
+  if (detail::device_capturing(I.device)) {
+    fail("{}: copies from the host, which a CUDA graph capture cannot; load outside it", op);
+  }
   auto it = sd.strings.find("optimizer");
   if (it == sd.strings.end()) fail("{}: the state dict has no 'optimizer' entry", op);
   if (it->second != name()) {
@@ -1013,11 +1072,20 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     std::size_t k = 0;
     std::string rest;
     parse_state_key(kv.first, &k, &rest);
+    if (new_steps[k] == 0) {
+      // An optimizer makes a parameter's state at its first step, so state with a count of 0
+      // cannot be told from a step that never happened (a capturable step cannot).
+      fail(
+          "{}: '{}' belongs to parameter {}, whose step count is 0: a parameter that has not "
+          "stepped has no state",
+          op, kv.first, k);
+    }
     for (std::size_t j = 0; j < I.spec->states.size(); ++j) {
       if (rest == I.spec->states[j]) new_state[k][j] = kv.second.to(I.device);  // a copy
     }
   }
   // Commit (nothing above changed the optimizer).
+  I.pending_created.clear();  // replaced below
   for (std::size_t g = 0; g < I.groups.size(); ++g) I.groups[g].options = std::move(new_hyper[g]);
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     ParamSlot& s = I.slots[k];
@@ -1032,7 +1100,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
         old.copy_(new_state[k][j]);  // in place: a captured graph keeps its pointers
         continue;
       }
-      if (I.capturable && old.defined()) I.retired.push_back(old);
+      if (I.capturable) detail::retire(I, old);
       old = new_state[k][j];
     }
   }

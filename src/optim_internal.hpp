@@ -86,14 +86,19 @@ struct OptimizerImpl {
   Tensor tensor_scalars;                // f32 workspace, TRAINRT_OS_COUNT per tensor of the step
   std::vector<float> uploaded_scalars;  // what step_scalars holds (capturable)
   std::vector<double> uploaded_hyper;   // what step_hyper holds
-  std::vector<std::size_t> bucket_groups;   // the group of each bucket of the last upload
-  std::vector<std::uint32_t> bucket_flags;  // its kernel flags (fixed in a captured launch)
+  std::vector<std::uint32_t> group_flags;     // kernel flags of each group at the last step
+  std::vector<std::uint32_t> captured_flags;  // ... at the last step captured in a graph
+  bool ever_captured = false;  // a step ran in a capture: replaced buffers are retired
+  /// (slot, state index) made by the last capturable step with a grad scalars block: dropped
+  /// if that step was skipped (resolve_skipped_states), as an ordinary step drops them.
+  std::vector<std::pair<std::size_t, std::size_t>> pending_created;
   Tensor clip_total;            // clip_grad_norm_(optimizer)'s result tensor (capturable)
   Tensor gs_init;               // f32 {1, 1, 0, 0}: the grad scalars block's start (capturable)
   Tensor skip_flag;             // f32: found_inf of the last capturable step with a scaler or clip
   bool skip_on_device = false;  // last_skipped is skip_flag's value
-  /// Device buffers a captured graph may still point at: replaced buffers are kept here, never
-  /// freed before the optimizer, so a stale graph never reads freed memory.
+  /// Device buffers a captured graph may still point at: once a step was captured, replaced
+  /// buffers are kept here, never freed before the optimizer, so a stale graph never reads
+  /// freed memory.
   std::vector<Tensor> retired;
 };
 
@@ -140,6 +145,13 @@ void device_copy(Device device, void* dst, const void* src, std::size_t bytes, i
                  const char* what);
 /// True while the device's stream is being captured into a CUDA graph.
 bool device_capturing(Device device);
+/// Throws a clear Error when `what` (a device read) is called during a capture.
+void refuse_read_in_capture(const OptimizerImpl& o, const char* what);
+/// Keeps `t` alive with the optimizer when a graph may point at it (after a capture).
+void retire(OptimizerImpl& o, const Tensor& t);
+/// Drops the state pending_created lists when the step that made it was skipped (one read;
+/// during a capture the state stays).
+void resolve_skipped_states(OptimizerImpl& o);
 /// Writes n f32 from host memory into device memory.
 void write_device_floats(Device device, float* dst, const float* src, std::size_t n);
 

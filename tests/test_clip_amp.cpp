@@ -692,6 +692,97 @@ TEST_P(Scaler, CapturableSkippedFirstStepThenOrdinary) {
   }
 }
 
+// State made by a capturable step that the scaler skipped goes, as in an ordinary step, at
+// the next look (the next step, state(), state_dict()): amsgrad, SGD momentum (with
+// dampening) or Adagrad's initial value switched on or changed just before a skipped step all
+// give the ordinary optimizer's params, state dicts and states; and a step with no grads
+// after a skipped one reports that it skipped nothing.
+TEST_P(Scaler, CapturableSkippedStepsLeaveNoState) {
+  struct Case {
+    const char* name;
+    trainrt::optim::HyperParams h;
+    const char* key;  // changed before the skipped iteration
+    double value;
+    const char* state;  // made by the skipped step
+  };
+  const std::vector<Case> cases = {
+      {"Adam", {{"lr", 0.01}}, "amsgrad", 1.0, "max_exp_avg_sq"},
+      {"SGD", {{"lr", 0.1}, {"dampening", 0.3}}, "momentum", 0.5, "momentum_buffer"},
+      {"Adagrad",
+       {{"lr", 0.1}, {"initial_accumulator_value", 0.1}},
+       "initial_accumulator_value",
+       5.0,
+       "sum"},
+  };
+  const std::vector<Shape> shapes = {{5}, {7}};
+  for (const Case& c : cases) {
+    for (int skip_at : {0, 2}) {
+      SCOPED_TRACE(std::string(c.name) + ", skip at " + std::to_string(skip_at));
+      std::vector<Model> m(2);
+      for (int i = 0; i < 2; ++i) {
+        for (std::size_t j = 0; j < shapes.size(); ++j)
+          m[i].params.push_back(formula_param(shapes[j], static_cast<int>(j), dev));
+        m[i].opt = trainrt::optim::make_optimizer(c.name, {ParamGroup(m[i].params)}, c.h);
+      }
+      m[1].opt->set_capturable(true);
+      GradScalerOptions o;
+      o.init_scale = 4.0;
+      std::vector<std::unique_ptr<GradScaler>> sc;
+      sc.push_back(std::make_unique<GradScaler>(o));
+      sc.push_back(std::make_unique<GradScaler>(o));
+      for (int k = 0; k < 5; ++k) {
+        for (int i = 0; i < 2; ++i) {
+          if (k == skip_at) m[i].opt->set(0, c.key, c.value);
+          set_scaled_grads(m[i], k, sc[i]->get_scale());
+          if (k == skip_at) {
+            Tensor g = m[i].params[0].grad();
+            std::vector<float> v = host_f32(g);
+            v[1] = std::numeric_limits<float>::infinity();
+            g.copy_(f32_tensor(v, g.shape(), dev));
+          }
+          sc[i]->unscale_(*m[i].opt);
+          EXPECT_EQ(sc[i]->step(*m[i].opt), k != skip_at);
+          sc[i]->update();
+        }
+        if (k == skip_at) {  // right after the skip: the same states and dicts
+          for (std::size_t j = 0; j < shapes.size(); ++j) {
+            EXPECT_EQ(m[0].opt->state(m[0].params[j], c.state).defined(),
+                      m[1].opt->state(m[1].params[j], c.state).defined())
+                << "param " << j;
+          }
+          EXPECT_EQ(m[0].opt->state_dict().tensors.size(), m[1].opt->state_dict().tensors.size());
+        }
+      }
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        EXPECT_TRUE(same_bits(host_f32(m[0].params[j].value()), host_f32(m[1].params[j].value())))
+            << "param " << j;
+      }
+      const trainrt::StateDict a = m[0].opt->state_dict(), b = m[1].opt->state_dict();
+      EXPECT_EQ(a.scalars, b.scalars);
+      ASSERT_EQ(a.tensors.size(), b.tensors.size());
+      for (const auto& kv : a.tensors) {
+        ASSERT_TRUE(b.tensors.count(kv.first)) << kv.first;
+        EXPECT_TRUE(same_bits(host_f32(kv.second), host_f32(b.tensors.at(kv.first)))) << kv.first;
+      }
+      // A skipped step, then one with no grads: nothing was skipped by the second.
+      for (int i = 0; i < 2; ++i) {
+        set_scaled_grads(m[i], 9, sc[i]->get_scale());
+        Tensor g = m[i].params[0].grad();
+        std::vector<float> v = host_f32(g);
+        v[0] = std::numeric_limits<float>::quiet_NaN();
+        g.copy_(f32_tensor(v, g.shape(), dev));
+        sc[i]->unscale_(*m[i].opt);
+        EXPECT_FALSE(sc[i]->step(*m[i].opt));
+        sc[i]->update();
+        EXPECT_TRUE(m[i].opt->last_step_skipped());
+        m[i].opt->zero_grad();
+        m[i].opt->step();
+        EXPECT_FALSE(m[i].opt->last_step_skipped()) << (i ? "capturable" : "ordinary");
+      }
+    }
+  }
+}
+
 // update() after unscale_ without a step: the inf/NaN check runs (the scale backs off), and the
 // grads are handed back unscaled, as PyTorch's unscale_ leaves them; a plain step then uses
 // them as they are, and a grad set afterwards is not unscaled.

@@ -597,6 +597,35 @@ TEST_P(OptimAlgorithms, UploadHyperparametersRefusesAChangedKindOfUpdate) {
   EXPECT_TRUE(same_bits(host_f32(ps[0].value()), host_f32(qs[0].value())));
 }
 
+// A state dict that gives a parameter state but a step count of 0 is refused (an optimizer
+// makes state at a parameter's first step; a capturable one could not tell it from a skipped
+// first step), and the load changes nothing.
+TEST_P(OptimAlgorithms, LoadRefusesStateOfAParameterThatHasNotStepped) {
+  for (bool cap : {false, true}) {
+    SCOPED_TRACE(cap ? "capturable" : "ordinary");
+    std::vector<Parameter> ps = make_params({{2}, {3}}, dev);
+    trainrt::optim::SGD opt(ps, trainrt::optim::SGDOptions(0.5).momentum(0.5));
+    opt.set_capturable(cap);
+    set_formula_grad(ps[1], 1, 0);
+    opt.step();  // param 1 steps, param 0 has no grad
+    StateDict sd = opt.state_dict();
+    EXPECT_EQ(sd.tensors.count("state.0.momentum_buffer"), 0u);
+    sd.scalars["state.0.step"] = 0;
+    sd.tensors["state.0.momentum_buffer"] = f32_tensor({8.0f, 8.0f}, {2}, Device::cpu());
+    sd.scalars["param_groups.0.lr"] = 0.25;
+    try {
+      opt.load_state_dict(sd);
+      ADD_FAILURE() << "not refused";
+    } catch (const trainrt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("has not stepped has no state"), std::string::npos)
+          << e.what();
+    }
+    EXPECT_EQ(opt.lr(), 0.5);
+    EXPECT_FALSE(opt.state(ps[0], "momentum_buffer").defined());
+    EXPECT_EQ(opt.step_count(ps[1]), 1);
+  }
+}
+
 // State dicts of a capturable optimizer round-trip into capturable and ordinary ones, and a
 // load into a capturable optimizer writes its device counts and state in place.
 TEST_P(OptimAlgorithms, CapturableStateDictRoundTrip) {
