@@ -425,6 +425,30 @@ void run_steps(Optimizer& o, const std::vector<Parameter>& ps, int from, int to)
   }
 }
 
+/// `steps` steps of configuration c over fresh mixed-shape parameters (capturable or not).
+struct ConfigRun {
+  std::vector<Parameter> params;
+  std::unique_ptr<Optimizer> opt;
+};
+ConfigRun run_config(const AlgoConfig& c, Device dev, int steps, bool capturable = false) {
+  ConfigRun r;
+  r.params = make_params(mixed_shapes(), dev);
+  r.opt = make_two_group(c, r.params);
+  r.opt->set_capturable(capturable);
+  run_steps(*r.opt, r.params, 0, steps);
+  return r;
+}
+
+/// Fresh mixed-shape parameters holding the values of `from`.
+std::vector<Parameter> params_like(const std::vector<Parameter>& from, Device dev) {
+  std::vector<Parameter> ps = make_params(mixed_shapes(), dev);
+  for (std::size_t p = 0; p < ps.size(); ++p) {
+    Tensor v = ps[p].value();
+    v.copy_(from[p].value());
+  }
+  return ps;
+}
+
 class OptimAlgorithms : public BackendTest {};
 TRAINRT_INSTANTIATE_BACKENDS(OptimAlgorithms);
 
@@ -433,19 +457,15 @@ TEST_P(OptimAlgorithms, StateDictRoundTripIsBitwise) {
   for (const AlgoConfig& c : algo_configs()) {
     SCOPED_TRACE(c.name);
     // Reference: N steps in one go.
-    std::vector<Parameter> pa = make_params(mixed_shapes(), dev);
-    auto oa = make_two_group(c, pa);
-    run_steps(*oa, pa, 0, N);
+    ConfigRun a = run_config(c, dev, N);
+    std::vector<Parameter>& pa = a.params;
+    auto& oa = a.opt;
     // K steps, save, load into a fresh optimizer over fresh parameters, N - K more steps.
-    std::vector<Parameter> pb = make_params(mixed_shapes(), dev);
-    auto ob = make_two_group(c, pb);
-    run_steps(*ob, pb, 0, K);
+    ConfigRun b = run_config(c, dev, K);
+    std::vector<Parameter>& pb = b.params;
+    auto& ob = b.opt;
     const StateDict sd = ob->state_dict();
-    std::vector<Parameter> pc = make_params(mixed_shapes(), dev);
-    for (std::size_t p = 0; p < pc.size(); ++p) {
-      Tensor v = pc[p].value();
-      v.copy_(pb[p].value());
-    }
+    std::vector<Parameter> pc = params_like(pb, dev);
     auto oc = make_two_group(c, pc);
     oc->set_lr(123.0);  // overwritten by the load
     oc->load_state_dict(sd);
@@ -632,35 +652,20 @@ TEST_P(OptimAlgorithms, CapturableStateDictRoundTrip) {
   const int N = 8, K = 3;
   for (const AlgoConfig& c : algo_configs()) {
     SCOPED_TRACE(c.name);
-    std::vector<Parameter> pa = make_params(mixed_shapes(), dev);
-    auto oa = make_two_group(c, pa);
-    run_steps(*oa, pa, 0, N);
-    std::vector<Parameter> pb = make_params(mixed_shapes(), dev);
-    auto ob = make_two_group(c, pb);
-    ob->set_capturable(true);
-    run_steps(*ob, pb, 0, K);
-    const StateDict sd = ob->state_dict();
+    const ConfigRun a = run_config(c, dev, N);
+    const ConfigRun b = run_config(c, dev, K, true);
+    const StateDict sd = b.opt->state_dict();
     for (bool cap_target : {true, false}) {
       SCOPED_TRACE(cap_target ? "into capturable" : "into ordinary");
-      std::vector<Parameter> pc = make_params(mixed_shapes(), dev);
-      for (std::size_t p = 0; p < pc.size(); ++p) {
-        Tensor v = pc[p].value();
-        v.copy_(pb[p].value());
-      }
-      auto oc = make_two_group(c, pc);
-      oc->set_capturable(cap_target);
       // A capturable target that has stepped already: the load overwrites its device state.
-      if (cap_target) {
-        set_grads_k(pc, 0);
-        oc->step();
-        for (std::size_t p = 0; p < pc.size(); ++p) {
-          Tensor v = pc[p].value();
-          v.copy_(pb[p].value());
-        }
+      ConfigRun t = run_config(c, dev, cap_target ? 1 : 0, cap_target);
+      for (std::size_t p = 0; p < t.params.size(); ++p) {
+        Tensor v = t.params[p].value();
+        v.copy_(b.params[p].value());
       }
-      oc->load_state_dict(sd);
-      run_steps(*oc, pc, K, N);
-      expect_same_run(*oa, pa, *oc, pc);
+      t.opt->load_state_dict(sd);
+      run_steps(*t.opt, t.params, K, N);
+      expect_same_run(*a.opt, a.params, *t.opt, t.params);
     }
   }
 }
