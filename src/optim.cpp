@@ -10,10 +10,10 @@
 // created for this step must be dropped, so a skipped step leaves no trace.
 //
 // A capturable optimizer (set_capturable) keeps the step counts on the device instead: the
-// buckets are (group, model-copy dtype), the kernels derive each tensor's t-dependent scalars
-// from its device count and advance it (not on a skipped step), the blocks are uploaded only
-// when they change, and the host reads nothing in step(), so the step can be captured in a
-// CUDA graph (docs/DESIGN-NOTES.md, "Capturable steps and CUDA graphs").
+// buckets are (group, fresh momentum buffer, model-copy dtype), the kernels derive each tensor's
+// t-dependent scalars from its device count and advance it (not on a skipped step), the blocks are
+// uploaded only when they change, and the host reads nothing in step(), so the step can be captured
+// in a CUDA graph (docs/DESIGN-NOTES.md, "Capturable steps and CUDA graphs").
 #include "trainrt/optim.hpp"
 
 #include <cmath>
@@ -765,8 +765,8 @@ void Optimizer::step() {
   }
 
   // Buckets: (group, step after this one, fresh momentum buffer, model copy dtype). A
-  // capturable step buckets by (group, model copy dtype) alone: its kernels read each
-  // tensor's count on the device and derive the t-dependent scalars there.
+  // capturable step leaves the step out: its kernels read each tensor's count on the device
+  // and derive the t-dependent scalars there.
   using Key = std::tuple<std::size_t, std::int64_t, bool, int>;
   std::map<Key, std::vector<std::size_t>> buckets;
   std::vector<std::pair<std::size_t, std::size_t>> created;  // (slot, state index)
