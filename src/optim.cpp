@@ -702,9 +702,6 @@ void Optimizer::step() {
     finish();
     return;
   }
-  const trainrt_backend_v1& api = detail::backend_for(I.device);
-  detail::require_supported(api, TRAINRT_OP_OPTIMIZER_STEP, DType::f32, op.c_str());
-  const float* gs = gs_on ? static_cast<const float*>(I.grad_scalars.data()) : nullptr;
 
   const bool cap = I.capturable;
   const bool capturing = detail::device_capturing(I.device);
@@ -739,6 +736,10 @@ void Optimizer::step() {
     }
     if (missing) refuse_in_capture("the first capturable step of a parameter (or of a scaler)");
   }
+
+  const trainrt_backend_v1& api = detail::backend_for(I.device);
+  detail::require_supported(api, TRAINRT_OP_OPTIMIZER_STEP, DType::f32, op.c_str());
+  const float* gs = gs_on ? static_cast<const float*>(I.grad_scalars.data()) : nullptr;
 
   // LAMB: the global norm of every grad as the step sees it.
   if (algo == detail::kLAMB) {

@@ -71,6 +71,17 @@ if(TARGET test_optim AND TARGET test_clip_amp AND TARGET test_bad_input AND TARG
   endforeach()
 endif()
 
+# ---- CUDA graph capture refusals, on the fake host-memory device ---------------------------
+# Its graph_begin / graph_end pretend a capture in which host copies and allocations fail, so
+# the checks that refuse what cannot be captured run in CI; a skip fails here.
+if(TARGET test_graph)
+  add_test(NAME graph_capture_refusals COMMAND test_graph --gtest_filter=CaptureRefusals.*)
+  set_tests_properties(graph_capture_refusals PROPERTIES
+    ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/host_memory"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    TIMEOUT 60)
+endif()
+
 # ---- a scheduler held in a global, destroyed at exit ----------------------------------------
 add_executable(scheduler_at_exit ${CMAKE_CURRENT_SOURCE_DIR}/scheduler_at_exit.cpp)
 target_link_libraries(scheduler_at_exit PRIVATE trainrt::trainrt)

@@ -8,7 +8,10 @@
 //   FAKE_HOST_MEMORY     one usable "cuda" device whose memory is host memory (alloc, free,
 //                        copy, memset and synchronize work) and that computes nothing: for the
 //                        checks that tensors on two devices are refused before any kernel
-//                        runs (ctest multi_device_errors)
+//                        runs (ctest multi_device_errors). Its graph slots pretend: between
+//                        graph_begin and graph_end the device is "capturing", and a copy to
+//                        or from the host or an allocation then fails, as in a real capture
+//                        (ctest graph_capture_refusals)
 // Every other slot fails cleanly: the core must never call them for an unusable module, and
 // for FAKE_HOST_MEMORY an op that reaches one fails with "fake backend: not implemented".
 #include <stddef.h>
@@ -47,6 +50,11 @@ int fake_device_count(int32_t* count) {
 }
 
 #if defined(FAKE_HOST_MEMORY)
+int g_capturing = 0;
+int refuse_in_capture() {
+  g_error = "fake backend: a host copy or an allocation during a graph capture";
+  return 1;
+}
 int fake_device_name(int32_t, char* buf, size_t len) {
   const char name[] = "fake device (host memory)";
   if (len > 0) {
@@ -56,6 +64,8 @@ int fake_device_name(int32_t, char* buf, size_t len) {
   return 0;
 }
 int fake_alloc(int32_t, size_t bytes, void** out) {
+  *out = nullptr;
+  if (g_capturing) return refuse_in_capture();
   *out = bytes == 0 ? nullptr : malloc(bytes);
   return bytes != 0 && *out == nullptr ? 1 : 0;
 }
@@ -63,7 +73,8 @@ int fake_free(int32_t, void* p) {
   free(p);
   return 0;
 }
-int fake_copy(int32_t, void* dst, const void* src, size_t bytes, int32_t) {
+int fake_copy(int32_t, void* dst, const void* src, size_t bytes, int32_t kind) {
+  if (g_capturing && kind != TRAINRT_COPY_D2D) return refuse_in_capture();
   if (bytes > 0) memmove(dst, src, bytes);
   return 0;
 }
@@ -98,14 +109,36 @@ int fake_amp(int32_t, const trainrt_amp_args*) { return 1; }
 int fake_gemm(int32_t, const trainrt_gemm_args*) { return 1; }
 int fake_nn_pointwise(int32_t, const trainrt_nn_pointwise_args*) { return 1; }
 int fake_bias(int32_t, const trainrt_bias_args*) { return 1; }
+#if defined(FAKE_HOST_MEMORY)
+int g_graph_token = 0;  // the one "graph" handle
+int fake_graph_begin(int32_t) {
+  if (g_capturing) {
+    g_error = "fake backend: already capturing";
+    return 1;
+  }
+  g_capturing = 1;
+  return 0;
+}
+int fake_graph_end(int32_t, void** graph) {
+  g_capturing = 0;
+  *graph = &g_graph_token;
+  return 0;
+}
+int fake_graph_launch(int32_t, void* graph) { return graph == &g_graph_token ? 0 : 1; }
+int fake_graph_capturing(int32_t, int32_t* capturing) {
+  *capturing = g_capturing;
+  return 0;
+}
+#else
 int fake_graph_begin(int32_t) { return 1; }
 int fake_graph_end(int32_t, void**) { return 1; }
 int fake_graph_launch(int32_t, void*) { return 1; }
-int fake_graph_destroy(int32_t, void*) { return 0; }
 int fake_graph_capturing(int32_t, int32_t* capturing) {
   *capturing = 0;
   return 0;
 }
+#endif
+int fake_graph_destroy(int32_t, void*) { return 0; }
 
 trainrt_backend_v1 make_table() {
   trainrt_backend_v1 t{};

@@ -9,6 +9,7 @@
 // are refused on the CPU. (The capturable step itself is checked against the ordinary one on
 // every backend in test_optim.cpp and test_clip_amp.cpp.)
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -245,6 +246,63 @@ TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
     r.opt->step();  // outside the capture it runs
     EXPECT_EQ(r.opt->step_count(r.params[0]), 1);
   }
+}
+
+// Everything that cannot be captured is refused with a clear Error before it changes
+// anything (or allocates: what a capture allocates belongs to the graph). Runs on a GPU, and
+// in CI on the fake host-memory device of ctest graph_capture_refusals, whose "capture" fails
+// any host copy or allocation the way a real one would.
+void expect_refused(const std::function<void()>& fn, const std::string& words) {
+  try {
+    fn();
+    ADD_FAILURE() << "not refused (expected: " << words << ")";
+  } catch (const trainrt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+  }
+}
+
+TEST(CaptureRefusals, WhatCannotBeCapturedIsRefusedFirst) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  Parameter p(f32_tensor({1.0f, 2.0f, 3.0f}, {3}, dev));
+  Parameter q(f32_tensor({1.0f, 2.0f, 3.0f}, {3}, dev));
+  p.set_grad(f32_tensor({0.5f, 0.5f, 0.5f}, {3}, dev));
+  q.set_grad(f32_tensor({0.5f, 0.5f, 0.5f}, {3}, dev));
+  trainrt::optim::SGD ordinary({p}, trainrt::optim::SGDOptions(0.1).momentum(0.9));
+  trainrt::optim::SGD capt({q}, trainrt::optim::SGDOptions(0.1).momentum(0.9));
+  capt.set_capturable(true);
+  trainrt::GradScaler scaler;
+  const trainrt::StateDict sd = ordinary.state_dict();
+
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  EXPECT_TRUE(graph.capturing());
+  expect_refused([&] { graph.capture_begin(dev); }, "capturing already");
+  expect_refused([&] { ordinary.step(); }, "call set_capturable(true)");
+  expect_refused([&] { capt.step(); }, "the first capturable step");
+  expect_refused([&] { scaler.unscale_(capt); }, "the scaler's first use");
+  expect_refused([&] { trainrt::clip_grad_norm_(ordinary, 1.0); },
+                 "the first clip of an ordinary optimizer");
+  expect_refused([&] { trainrt::clip_grad_norm_(capt, 1.0); },
+                 "the first clip of a capturable optimizer");
+  expect_refused([&] { trainrt::clip_grad_norm_(capt, 1.0, 2.0, true); }, "error_if_nonfinite");
+  expect_refused([&] { ordinary.load_state_dict(sd); }, "load outside it");
+  expect_refused([&] { graph.replay(); }, "still being captured");
+  graph.capture_end();
+  EXPECT_FALSE(graph.capturing());
+  ASSERT_TRUE(graph.captured());
+  graph.replay();  // the graph recorded nothing
+
+  // Nothing changed.
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  EXPECT_EQ(host_f32(q.value()), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  for (auto* o : {&ordinary, &capt}) {
+    const Parameter& x = o == &ordinary ? p : q;
+    EXPECT_EQ(o->step_count(x), 0);
+    EXPECT_FALSE(o->state(x, "momentum_buffer").defined());
+    EXPECT_EQ(o->state_dict().tensors.size(), 0u);
+  }
+  EXPECT_EQ(scaler.get_scale(), 65536.0);
 }
 
 }  // namespace
