@@ -9,12 +9,12 @@
 //   graph.capture_end();
 //   for (...) { refill the grads in place; graph.replay(); }
 //
-// A replay reads and writes the same memory as the captured work: tensors used in it must
-// stay alive and keep their storage (copy new data into them, never replace them; so no
-// zero_grad() with set_to_none, which drops the grads: zero_grad(false) or copy_ into them). Work
-// that copies from or to host memory, or waits for the device, cannot be captured; the optimizer
-// step of a capturable optimizer (Optimizer::set_capturable) is made so that it can be. Only
-// the CUDA backend has graphs: on the CPU every call throws trainrt::Error.
+// A replay reads and writes the same memory as the captured work: the optimizer and the
+// tensors used in it must stay alive and keep their storage (copy new data into them, never replace
+// them; so no zero_grad() with set_to_none, which drops the grads: zero_grad(false) or copy_ into
+// them). Work that copies from or to host memory, or waits for the device, cannot be captured; the
+// optimizer step of a capturable optimizer (Optimizer::set_capturable) is made so that it can be.
+// Only the CUDA backend has graphs: on the CPU every call throws trainrt::Error.
 #pragma once
 
 #include "trainrt/device.hpp"
