@@ -2,8 +2,9 @@
 // device; unscale_ only writes 1/scale into the optimizer's grad scalars block (the amp slot),
 // the inf/NaN check is a read pass (shared with clip_grad_norm_(optimizer) when that runs), the
 // optimizer's fused step skips itself on the device, and update() runs on the device. The only
-// device-to-host traffic per iteration is the optimizer's 4-byte found_inf read in its step
-// (none for a capturable optimizer, whose whole iteration can be captured in a CUDA graph).
+// device-to-host traffic per iteration is the 4-byte found_inf read: by the optimizer's step,
+// or, for a capturable optimizer run eagerly, by GradScaler::step for its bool; captured in a
+// CUDA graph, the whole iteration reads nothing.
 #include "trainrt/amp.hpp"
 
 #include <cmath>

@@ -12,8 +12,9 @@
 // A capturable optimizer (set_capturable) keeps the step counts on the device instead: the
 // buckets are (group, fresh momentum buffer, model-copy dtype), the kernels derive each tensor's
 // t-dependent scalars from its device count and advance it (not on a skipped step), the blocks are
-// uploaded only when they change, and the host reads nothing in step(), so the step can be captured
-// in a CUDA graph (docs/DESIGN-NOTES.md, "Capturable steps and CUDA graphs").
+// uploaded only when they change, and once an iteration has run eagerly step() makes no host
+// transfer, so the step can be captured in a CUDA graph (docs/DESIGN-NOTES.md, "Capturable
+// steps and CUDA graphs").
 #include "trainrt/optim.hpp"
 
 #include <cmath>
@@ -741,6 +742,19 @@ void Optimizer::step() {
   detail::require_supported(api, TRAINRT_OP_OPTIMIZER_STEP, DType::f32, op.c_str());
   const float* gs = gs_on ? static_cast<const float*>(I.grad_scalars.data()) : nullptr;
 
+  if (cap) {
+    // The blocks of every group at fixed slots (upload_step_blocks), uploaded when changed,
+    // and the per-tensor workspace; before any kernel, so that a refusal in a capture leaves
+    // nothing recorded.
+    upload_step_blocks(I, algo, name(), capturing);
+    const auto need_ts = static_cast<std::int64_t>(active.size() * TRAINRT_OS_COUNT);
+    if (!I.tensor_scalars.defined() || I.tensor_scalars.numel() < need_ts) {
+      refuse_in_capture("a step with more grads than any before (a larger workspace)");
+      detail::retire(I, I.tensor_scalars);
+      I.tensor_scalars = Tensor::empty({need_ts}, DType::f32, I.device);
+    }
+  }
+
   // LAMB: the global norm of every grad as the step sees it.
   if (algo == detail::kLAMB) {
     if (!I.lamb_norm.defined()) I.lamb_norm = Tensor::empty({}, DType::f32, I.device);
@@ -802,18 +816,7 @@ void Optimizer::step() {
     }
   }
 
-  std::size_t n_tensors_total = 0;
-  for (const auto& kv : buckets) n_tensors_total += kv.second.size();
-  if (cap) {
-    // The blocks of every group at fixed slots (upload_step_blocks), uploaded when changed.
-    upload_step_blocks(I, algo, name(), capturing);
-    const auto need_ts = static_cast<std::int64_t>(n_tensors_total * TRAINRT_OS_COUNT);
-    if (!I.tensor_scalars.defined() || I.tensor_scalars.numel() < need_ts) {
-      refuse_in_capture("a larger step workspace");
-      detail::retire(I, I.tensor_scalars);
-      I.tensor_scalars = Tensor::empty({need_ts}, DType::f32, I.device);
-    }
-  } else {
+  if (!cap) {
     // The scalars of every bucket, one upload.
     std::vector<float> host(buckets.size() * TRAINRT_OS_COUNT);
     std::size_t b = 0;
@@ -1101,7 +1104,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
         old.copy_(new_state[k][j]);  // in place: a captured graph keeps its pointers
         continue;
       }
-      if (I.capturable) detail::retire(I, old);
+      detail::retire(I, old);  // kept for a graph captured before
       old = new_state[k][j];
     }
   }

@@ -10,10 +10,12 @@
 //                        checks that tensors on two devices are refused before any kernel
 //                        runs (ctest multi_device_errors). Its graph slots pretend: between
 //                        graph_begin and graph_end the device is "capturing", and a copy to
-//                        or from the host or an allocation then fails, as in a real capture
-//                        (ctest graph_capture_refusals)
-// Every other slot fails cleanly: the core must never call them for an unusable module, and
-// for FAKE_HOST_MEMORY an op that reaches one fails with "fake backend: not implemented".
+//                        or from the host then fails, as in a real capture, and so does an
+//                        allocation (a real capture would record it into the graph, which
+//                        trainrt refuses itself first) (ctest graph_capture_refusals)
+// Every other slot fails cleanly (except graph_capturing, which reports 0, and graph_destroy,
+// which succeeds): the core must never call them for an unusable module, and for
+// FAKE_HOST_MEMORY an op that reaches one fails with "fake backend: not implemented".
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,11 +1,13 @@
 // CUDA graphs (trainrt::CudaGraph) and capturable optimizer steps captured in them.
 //
-// On a CUDA device: a step captured once and replayed gives the eager steps' results bitwise
-// (the same kernels run on the same data), with the step counts advancing on the device, an
-// lr changed between replays through upload_hyperparameters(), and a GradScaler + fused-clip
-// iteration (unscale_, clip_grad_norm_, step, update) captured whole, including a replay that
-// skips its step on an inf grad. Steps that cannot be captured are refused with an Error
-// before anything changes. Without a GPU those cases skip; the CPU cases check that graphs
+// On a CUDA device the tests check (not yet run on a GPU) that a step captured once and
+// replayed gives the eager steps' results bitwise (the same kernels run on the same data),
+// with the step counts advancing on the device, an lr changed between replays through
+// upload_hyperparameters(), and a GradScaler + fused-clip iteration (unscale_,
+// clip_grad_norm_, step, update) captured whole, including a replay that skips its step on
+// an inf grad; and that what cannot be captured is refused with an Error before anything
+// changes. Without a GPU those cases skip, except CaptureRefusals, which also runs in CI on
+// the fake host-memory device (ctest graph_capture_refusals); the CPU cases check that graphs
 // are refused on the CPU. (The capturable step itself is checked against the ordinary one on
 // every backend in test_optim.cpp and test_clip_amp.cpp.)
 #include <cmath>
@@ -248,10 +250,11 @@ TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
   }
 }
 
-// Everything that cannot be captured is refused with a clear Error before it changes
-// anything (or allocates: what a capture allocates belongs to the graph). Runs on a GPU, and
-// in CI on the fake host-memory device of ctest graph_capture_refusals, whose "capture" fails
-// any host copy or allocation the way a real one would.
+// What cannot be captured is refused with a clear Error before it changes anything (or
+// allocates: what a real capture allocates becomes memory the graph owns). Runs on a GPU,
+// and in CI on the fake host-memory device of ctest graph_capture_refusals, whose "capture"
+// fails any host copy (as a real one does) and any allocation (which trainrt must refuse
+// itself first).
 void expect_refused(const std::function<void()>& fn, const std::string& words) {
   try {
     fn();

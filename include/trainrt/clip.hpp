@@ -35,8 +35,9 @@ TRAINRT_API Tensor clip_grad_norm_(const std::vector<Parameter>& params, double 
 
 /// The fused form over every parameter of `optimizer` with a grad, as its step will see them
 /// (after a pending unscale). The coefficient is applied by the next step(). For a
-/// capturable optimizer (Optimizer::set_capturable) the result is the optimizer's one norm
-/// tensor, overwritten by its next clip (and by a CUDA graph's replays): item() it before.
+/// capturable optimizer (Optimizer::set_capturable) the result is, when some parameter has
+/// a grad, the optimizer's one norm tensor, overwritten by its next clip (and by a CUDA
+/// graph's replays): item() it before.
 TRAINRT_API Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm,
                                    double norm_type = 2.0, bool error_if_nonfinite = false);
 

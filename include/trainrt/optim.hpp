@@ -94,17 +94,23 @@ class TRAINRT_API Optimizer {
   /// Capturable steps (off by default), as PyTorch's `capturable=True`: the step counts live
   /// on the device and advance there (not on a skipped step), the t-dependent scalars (bias
   /// corrections, ...) are computed by the kernels, and step() makes no host transfer once
-  /// every parameter has taken one step and the hyperparameters are unchanged since the last
-  /// step; so on CUDA the step can be captured in a CUDA graph (trainrt::CudaGraph) and
-  /// replayed. A hyperparameter changed later (set_lr, a scheduler) reaches a replayed graph
-  /// through upload_hyperparameters(), outside the capture. Gives the same result as an
-  /// ordinary step. step_count(), state_dict() and last_step_skipped() read from the device.
-  /// Turning it off brings the counts back to the host.
+  /// one full iteration (the same parameters with grads, the same unscale_ / clip calls) has
+  /// run eagerly with the hyperparameters unchanged since; so on CUDA the step can be
+  /// captured in a CUDA graph (trainrt::CudaGraph) and replayed. (Run eagerly, the step after
+  /// one that made state with a scaler or clip active reads 4 bytes.) A hyperparameter
+  /// changed later (set_lr, a scheduler) reaches a replayed graph through
+  /// upload_hyperparameters(), outside the capture. Gives the ordinary step's results
+  /// (bitwise on the CPU; docs/DESIGN-NOTES.md lists the differences). step_count(),
+  /// state_dict() and last_step_skipped() read from the device. Turning it off brings the
+  /// counts back to the host.
   void set_capturable(bool capturable);
   bool capturable() const;
   /// Capturable: writes the current hyperparameters of every group into the device blocks
   /// that the steps (and a graph captured from one) read. step() does this itself when they
-  /// changed; call it before replaying a graph after changing an lr. A no-op otherwise.
+  /// changed; call it before replaying a graph after changing an lr. Throws if a change
+  /// alters the kind of update (the kernel flags: L2 weight decay, momentum, maximize,
+  /// nesterov, amsgrad, ... switched on or off), which a captured graph cannot follow. A
+  /// no-op on an ordinary optimizer and before the first capturable step.
   void upload_hyperparameters();
 
   /// Device of the parameters (the CPU when there are none).

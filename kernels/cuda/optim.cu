@@ -8,10 +8,13 @@
 // g_eff = (g * inv_scale) * clip_coef, negated for maximize (folded into the sign of the clip
 // coefficient, which is exact: the CPU backend does the same). When gs[FOUND_INF] != 0 every
 // kernel returns before its first store, so params, states and model copies stay bitwise
-// unchanged. The flags that only change the arithmetic (L2 or decoupled decay, nesterov,
-// RAdam's rectification, read from the scalars block) are resolved once per kernel into a
-// compile-time variant; the flags that change the set of state lists (momentum, amsgrad,
-// centered) and the model-copy dtype select the kernel.
+// unchanged. Each tensor's scalars block is in its table entry: the call's block, or, in a
+// capturable call, its own, filled first by a one-thread-per-tensor prepare kernel from its
+// device step count (a second small kernel advances the counts afterwards unless found_inf).
+// The flags that only change the arithmetic (L2 or decoupled decay, nesterov, RAdam's
+// rectification, read from the scalars block) are resolved per chunk into a compile-time
+// variant; the flags that change the set of state lists (momentum, amsgrad, centered) and
+// the model-copy dtype select the kernel.
 //
 // LAMB needs the norms of p and of the update u per tensor before it can apply anything, so
 // each launch's table goes through three kernels: stage 1 updates the moments and writes one
