@@ -469,16 +469,6 @@ TEST(Schedulers, LambdaFunctionsAreNotSaved) {
 
 // ---- bad inputs ------------------------------------------------------------------------------
 
-template <class F>
-void expect_error(F f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const trainrt::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
-
 TEST(Schedulers, BadInputs) {
   std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu()),
                               formula_param({2}, 1, Device::cpu())};

@@ -44,6 +44,17 @@ inline std::string backend_param_name(const ::testing::TestParamInfo<std::string
   INSTANTIATE_TEST_SUITE_P(Backends, suite, ::testing::ValuesIn(trainrt_test::backend_names()), \
                            trainrt_test::backend_param_name)
 
+/// f() must throw a trainrt::Error whose message contains `needle`.
+template <class F>
+void expect_error(F f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+  } catch (const trainrt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 /// Tensor from doubles in any floating dtype (values rounded to the dtype).
 inline trainrt::Tensor make_tensor(const std::vector<double>& v, const trainrt::Shape& shape,
                                    trainrt::DType dtype, trainrt::Device dev) {
