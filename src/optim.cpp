@@ -669,9 +669,8 @@ Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const
 void Optimizer::step() {
   OptimizerImpl& I = *impl_;
   const int algo = algo_of(I);
-  I.last_skipped = false;
-  I.skip_on_device = false;
   const std::string op = name() + ".step";
+  // (last_step_skipped() changes only when the step runs: a refused step leaves it.)
 
   // Parameters with a grad, checked.
   std::vector<std::size_t> active;
@@ -700,6 +699,8 @@ void Optimizer::step() {
     I.clip_pending = false;
   };
   if (active.empty()) {
+    I.last_skipped = false;
+    I.skip_on_device = false;
     finish();
     return;
   }
@@ -894,6 +895,7 @@ void Optimizer::step() {
     // The counts advanced on the device (not on a skipped step); the host reads nothing. The
     // state made for a skipped first step stays: its values are unchanged, the count is still
     // 0, so the next step starts it afresh.
+    I.last_skipped = false;
     I.skip_on_device = gs_on;
     if (capturing) {
       I.ever_captured = true;

@@ -39,14 +39,14 @@ if(TARGET test_device)
            COMMAND test_device --gtest_filter=DeviceEnv.*)
   set_tests_properties(device_env_backend_path_wrong_version PROPERTIES
     ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/wrong_version;TRAINRT_TEST_EXPECT_REASON=backend API version 999"
-    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
     TIMEOUT 60)
   # A list: a missing entry first, then a module file named directly.
   add_test(NAME device_env_backend_path_list
            COMMAND test_device --gtest_filter=DeviceEnv.*)
   set_tests_properties(device_env_backend_path_list PROPERTIES
     ENVIRONMENT "TRAINRT_BACKEND_PATH=${CMAKE_BINARY_DIR}/no_such_dir:${TRAINRT_FAKE_BACKEND_DIR}/no_driver/libtrainrt_cuda.so;TRAINRT_TEST_EXPECT_REASON=no CUDA driver (fake)"
-    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
     TIMEOUT 60)
 endif()
 
@@ -66,7 +66,7 @@ if(TARGET test_optim AND TARGET test_clip_amp AND TARGET test_bad_input AND TARG
   foreach(t multi_device_errors_optim multi_device_errors_clip_amp multi_device_errors_ops)
     set_tests_properties(${t} PROPERTIES
       ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/host_memory"
-      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
       TIMEOUT 60)
   endforeach()
 endif()
@@ -76,10 +76,60 @@ endif()
 # the checks that refuse what cannot be captured run in CI; a skip fails here.
 if(TARGET test_graph)
   add_test(NAME graph_capture_refusals COMMAND test_graph --gtest_filter=CaptureRefusals.*)
+  if(TARGET trainrt_fake_backend_host_memory)
+    add_dependencies(test_graph trainrt_fake_backend_host_memory)
+  endif()
   set_tests_properties(graph_capture_refusals PROPERTIES
     ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/host_memory"
-    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+    FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
     TIMEOUT 60)
+endif()
+
+# ---- CUDA graphs replayed on a simulated device --------------------------------------------
+# fake_recording_backend.cpp: a "cuda" device with host memory and the CPU backend's kernels
+# (compiled into the module) that records the calls of a capture, with their argument lists
+# copied as a real capture bakes them, and runs them again at each replay; host copies,
+# synchronizes and allocations inside a capture fail and invalidate it. The GPU graph tests
+# of test_graph.cpp thereby run in CI, with SimulatedDevice.* (transfer counts, refusals of a
+# warmed-up optimizer, an invalidated capture), and so do the /cuda cases of the optimizer,
+# clip and scaler tests: every path of the core for a device that is not the CPU, though
+# not the CUDA kernels. A skip fails here.
+if(TARGET test_graph AND TARGET test_optim AND TARGET test_clip_amp)
+  add_library(trainrt_fake_backend_recording MODULE
+    ${CMAKE_CURRENT_SOURCE_DIR}/fake_recording_backend.cpp
+    ${PROJECT_SOURCE_DIR}/src/backend/cpu_backend.cpp
+    ${PROJECT_SOURCE_DIR}/src/backend/cpu_gemm.cpp
+    ${PROJECT_SOURCE_DIR}/kernels/cpu/cpu_dispatch.cpp
+    $<TARGET_OBJECTS:trainrt_cpu_kernels_base>)
+  target_include_directories(trainrt_fake_backend_recording PRIVATE
+    ${PROJECT_SOURCE_DIR}/src/backend ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include
+    ${CMAKE_BINARY_DIR}/include)
+  target_include_directories(trainrt_fake_backend_recording SYSTEM PRIVATE
+    ${OPENBLAS_INCLUDE_DIRS})
+  target_link_libraries(trainrt_fake_backend_recording PRIVATE fmt::fmt spdlog::spdlog
+    OpenMP::OpenMP_CXX ${CMAKE_DL_LIBS})
+  target_link_options(trainrt_fake_backend_recording PRIVATE "LINKER:--no-undefined")
+  set_target_properties(trainrt_fake_backend_recording PROPERTIES
+    PREFIX "lib"
+    OUTPUT_NAME trainrt_cuda
+    LIBRARY_OUTPUT_DIRECTORY ${TRAINRT_FAKE_BACKEND_DIR}/recording$<0:>
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+  add_dependencies(test_graph trainrt_fake_backend_recording)
+  set(TRAINRT_RECORDING_TESTS
+    "simulated_device_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice.*"
+    "simulated_device_optim:test_optim:*/cuda"
+    "simulated_device_clip_amp:test_clip_amp:*/cuda")
+  foreach(spec IN LISTS TRAINRT_RECORDING_TESTS)
+    string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
+    add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
+    set_tests_properties(${CMAKE_MATCH_1} PROPERTIES
+      ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/recording"
+      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
+      TIMEOUT 300)
+  endforeach()
+  target_compile_definitions(test_graph PRIVATE
+    TRAINRT_FAKE_RECORDING_MODULE="${TRAINRT_FAKE_BACKEND_DIR}/recording/libtrainrt_cuda.so")
 endif()
 
 # ---- a scheduler held in a global, destroyed at exit ----------------------------------------
@@ -212,10 +262,10 @@ cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL trainrt_add_example_te
 add_test(NAME cpu_gemm_openblas_missing COMMAND test_nn --gtest_filter=CpuGemmEnv.*)
 set_tests_properties(cpu_gemm_openblas_missing PROPERTIES
   ENVIRONMENT "TRAINRT_OPENBLAS=${CMAKE_BINARY_DIR}/no_such_dir/libopenblas.so.0;TRAINRT_TEST_EXPECT_REASON=the CPU GEMM needs OpenBLAS"
-  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
   TIMEOUT 60)
 add_test(NAME cpu_gemm_openblas_not_openblas COMMAND test_nn --gtest_filter=CpuGemmEnv.*)
 set_tests_properties(cpu_gemm_openblas_not_openblas PROPERTIES
   ENVIRONMENT "TRAINRT_OPENBLAS=libz.so.1;TRAINRT_TEST_EXPECT_REASON=lacks cblas_sgemm"
-  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED;0 tests from"
+  FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
   TIMEOUT 60)

@@ -1,16 +1,21 @@
 // CUDA graphs (trainrt::CudaGraph) and capturable optimizer steps captured in them.
 //
-// On a CUDA device the tests check (not yet run on a GPU) that a step captured once and
-// replayed gives the eager steps' results bitwise (the same kernels run on the same data),
-// with the step counts advancing on the device, an lr changed between replays through
-// upload_hyperparameters(), and a GradScaler + fused-clip iteration (unscale_,
-// clip_grad_norm_, step, update) captured whole, including a replay that skips its step on
-// an inf grad; and that what cannot be captured is refused with an Error before anything
-// changes. Without a GPU those cases skip, except CaptureRefusals, which also runs in CI on
-// the fake host-memory device (ctest graph_capture_refusals); the CPU cases check that graphs
-// are refused on the CPU. (The capturable step itself is checked against the ordinary one on
-// every backend in test_optim.cpp and test_clip_amp.cpp.)
+// On a CUDA device the tests check that a step captured once and replayed gives the eager
+// steps' results bitwise (the same kernels run on the same data), with the step counts
+// advancing on the device, an lr changed between replays through upload_hyperparameters(),
+// and a GradScaler + fused-clip iteration (unscale_, clip_grad_norm_, step, update) captured
+// whole, including a replay that skips its step on an inf grad; and that what cannot be
+// captured is refused with an Error before anything changes. They have not run on a GPU yet.
+// In CI they run on two fake "cuda" devices instead: CaptureRefusals on the host-memory one
+// that computes nothing (ctest graph_capture_refusals), and all of them, with
+// SimulatedDevice.*, on the simulated device of tests/fake_recording_backend.cpp, which runs
+// the CPU kernels and records and replays captures (ctest simulated_device_graphs). The CPU
+// cases check that graphs are refused on the CPU. (The capturable step itself is checked
+// against the ordinary one on every backend in test_optim.cpp and test_clip_amp.cpp.)
+#include <dlfcn.h>
+
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <string>
@@ -296,6 +301,186 @@ TEST(CaptureRefusals, WhatCannotBeCapturedIsRefusedFirst) {
     EXPECT_EQ(o->state_dict().tensors.size(), 0u);
   }
   EXPECT_EQ(scaler.get_scale(), 65536.0);
+}
+
+// ---- On the simulated device only (tests/fake_recording_backend.cpp) -----------------------
+// Its counters of host transfers, and of calls recorded into and replayed from graphs.
+struct SimCounters {
+  std::int64_t h2d, d2h, recorded, replayed;
+};
+using SimCountersFn = SimCounters (*)(int reset);
+
+/// The simulated device's counter function, or null on any other device.
+SimCountersFn simulated_counters() {
+#ifdef TRAINRT_FAKE_RECORDING_MODULE
+  void* h = ::dlopen(TRAINRT_FAKE_RECORDING_MODULE, RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) return nullptr;
+  return reinterpret_cast<SimCountersFn>(::dlsym(h, "trainrt_fake_counters"));
+#else
+  return nullptr;
+#endif
+}
+
+#define SIMULATED_DEVICE_OR_SKIP(dev, counters)                               \
+  do {                                                                        \
+    CUDA_DEVICE_OR_SKIP(dev);                                                 \
+    counters = simulated_counters();                                          \
+    if (counters == nullptr) GTEST_SKIP() << "not the simulated CUDA device"; \
+  } while (0)
+
+// The host transfers of a warmed-up iteration, counted. An ordinary step uploads its scalars
+// blocks (one copy for every group); with a GradScaler it also resets the grad scalars from
+// the host and reads found_inf back: the one small copy by which the host learns of a
+// skip. A capturable step makes no transfer; scaler.step(), run eagerly, still reads the
+// skip flag once for its return value (inside a capture it returns true without reading),
+// and with a scaler the step after one that made state reads once more, to learn whether
+// that state stays (docs/DESIGN-NOTES.md, "Capturable steps and CUDA graphs").
+TEST(SimulatedDevice, HostTransfersOfAWarmedUpIteration) {
+  Device dev;
+  SimCountersFn counters;
+  SIMULATED_DEVICE_OR_SKIP(dev, counters);
+  for (const Config& c : configs()) {
+    for (bool capturable : {false, true}) {
+      for (bool amp : {false, true}) {
+        SCOPED_TRACE(std::string(c.name) + (capturable ? ", capturable" : ", ordinary") +
+                     (amp ? ", scaler + clip" : ""));
+        OptRun r = make_run(c, dev);
+        r.opt->set_capturable(capturable);
+        trainrt::GradScaler scaler;
+        for (int k = 0; k < 6; ++k) {
+          SCOPED_TRACE("iteration " + std::to_string(k));
+          const bool inf = amp && k == 3;
+          fill_grads(r, k, amp ? scaler.get_scale() : 1.0, inf);
+          counters(1);
+          bool stepped = true;
+          if (amp) {
+            scaler.unscale_(*r.opt);
+            trainrt::clip_grad_norm_(*r.opt, 0.5);
+            stepped = scaler.step(*r.opt);
+            scaler.update();
+          } else {
+            r.opt->step();
+          }
+          const SimCounters n = counters(1);
+          EXPECT_EQ(stepped, !inf);
+          if (k == 0) continue;  // the first iteration makes and uploads everything
+          if (capturable) {
+            EXPECT_EQ(n.h2d, 0);
+            EXPECT_EQ(n.d2h, amp ? (k == 1 ? 2 : 1) : 0);
+          } else {
+            EXPECT_EQ(n.h2d, amp ? 2 : 1);
+            EXPECT_EQ(n.d2h, amp ? 1 : 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The refusals that need a warmed-up optimizer, which the fake host-memory device cannot
+// reach: each is refused before it records or changes anything, and the capture still ends
+// cleanly (a host copy would have invalidated it).
+TEST(SimulatedDevice, RefusalsOfAWarmedUpOptimizer) {
+  Device dev;
+  SimCountersFn counters;
+  SIMULATED_DEVICE_OR_SKIP(dev, counters);
+  Parameter a(f32_tensor({1.0f, 2.0f, 3.0f}, {3}, dev));
+  Parameter b(f32_tensor({4.0f, 5.0f}, {2}, dev));
+  trainrt::optim::SGD opt({a, b}, trainrt::optim::SGDOptions(0.1).momentum(0.9));
+  opt.set_capturable(true);
+  trainrt::GradScaler scaler;
+  // One step of each parameter, one grad at a time: the workspace holds one tensor.
+  for (const Parameter& x : {a, b}) {
+    x.set_grad(f32_tensor(std::vector<float>(x.value().numel(), 0.5f), x.value().shape(), dev));
+    scaler.unscale_(opt);
+    trainrt::clip_grad_norm_(opt, 1.0);
+    scaler.step(opt);
+    scaler.update();
+    x.clear_grad();
+  }
+  a.set_grad(f32_tensor({0.5f, 0.5f, 0.5f}, {3}, dev));
+  const std::vector<float> a0 = host_f32(a.value()), b0 = host_f32(b.value());
+  const trainrt::StateDict sd0 = opt.state_dict();
+  ASSERT_EQ(opt.step_count(a), 1);
+  const Tensor gb = f32_tensor({0.5f, 0.5f}, {2}, dev);  // made outside the capture
+
+  counters(1);
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  opt.set_lr(0.05);
+  expect_error([&] { opt.step(); }, "the hyperparameters changed during a CUDA graph capture");
+  opt.set_lr(0.1);
+  b.set_grad(gb);
+  expect_error([&] { opt.step(); }, "a step with more grads than any before (a larger workspace)");
+  b.clear_grad();
+  for (const char* read : {"step_count", "state_dict", "last_step_skipped", "set_capturable"}) {
+    SCOPED_TRACE(read);
+    expect_error(
+        [&] {
+          const std::string r = read;
+          if (r == "step_count") (void)opt.step_count(a);
+          if (r == "state_dict") (void)opt.state_dict();
+          if (r == "last_step_skipped") (void)opt.last_step_skipped();
+          if (r == "set_capturable") opt.set_capturable(false);
+        },
+        "reads from the device");
+  }
+  expect_error([&] { opt.load_state_dict(sd0); }, "load outside it");
+  a.clear_grad();
+  expect_error([&] { trainrt::clip_grad_norm_(opt, 1.0); }, "no parameter has a grad");
+  graph.capture_end();  // throws if any refused call had tried a host copy
+  EXPECT_TRUE(graph.captured());
+  EXPECT_EQ(counters(1).recorded, 0);
+  graph.replay();
+
+  EXPECT_TRUE(opt.capturable());
+  EXPECT_EQ(opt.step_count(a), 1);
+  EXPECT_EQ(opt.step_count(b), 1);
+  EXPECT_TRUE(same_bits(host_f32(a.value()), a0));
+  EXPECT_TRUE(same_bits(host_f32(b.value()), b0));
+  const trainrt::StateDict sd1 = opt.state_dict();
+  ASSERT_EQ(sd1.tensors.size(), sd0.tensors.size());
+  for (const auto& kv : sd0.tensors) {
+    ASSERT_TRUE(sd1.tensors.count(kv.first)) << kv.first;
+    EXPECT_TRUE(same_bits(host_f32(kv.second), host_f32(sd1.tensors.at(kv.first)))) << kv.first;
+  }
+  // Outside the capture the same calls run.
+  a.set_grad(f32_tensor({0.5f, 0.5f, 0.5f}, {3}, dev));
+  b.set_grad(f32_tensor({0.5f, 0.5f}, {2}, dev));
+  opt.set_lr(0.05);
+  opt.step();
+  EXPECT_EQ(opt.step_count(a), 2);
+  EXPECT_EQ(opt.step_count(b), 2);
+}
+
+// A call that the core does not check (Tensor::item()) fails in the backend during a capture,
+// which invalidates it, as on CUDA: capture_end then throws and leaves no graph, and the next
+// capture works.
+TEST(SimulatedDevice, AnInvalidatedCaptureEndsWithAnError) {
+  Device dev;
+  SimCountersFn counters;
+  SIMULATED_DEVICE_OR_SKIP(dev, counters);
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
+  opt.set_capturable(true);
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+  opt.step();  // warm-up
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  opt.step();  // recorded
+  EXPECT_THROW((void)p.value().to_vector<float>(), trainrt::Error);
+  expect_error([&] { graph.capture_end(); }, "invalidated");
+  EXPECT_FALSE(graph.capturing());
+  EXPECT_FALSE(graph.captured());
+  expect_error([&] { graph.replay(); }, "nothing was captured");
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.5f, 1.5f}));  // only the warm-up ran
+  graph.capture_begin(dev);
+  opt.step();
+  graph.capture_end();
+  graph.replay();
+  graph.replay();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-0.5f, 0.5f}));
+  EXPECT_EQ(opt.step_count(p), 3);
 }
 
 }  // namespace
