@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "backend_api.h"
+#include "fake_backend_table.hpp"
 
 #define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -101,7 +102,8 @@ int fake_synchronize(int32_t) { return 1; }
 #endif
 int fake_supports(int32_t, int32_t) { return 0; }
 int fake_cast(int32_t, const void*, int32_t, void*, int32_t, int64_t) { return 1; }
-int fake_softmax(int32_t, const trainrt_softmax_args*) { return 1; }
+int fake_softmax_forward(int32_t, const trainrt_softmax_args*) { return 1; }
+int fake_softmax_backward(int32_t, const trainrt_softmax_args*) { return 1; }
 int fake_cross_entropy(int32_t, const trainrt_cross_entropy_args*) { return 1; }
 int fake_pointwise_loss(int32_t, const trainrt_pointwise_loss_args*) { return 1; }
 int fake_optimizer_step(int32_t, const trainrt_optim_step_args*) { return 1; }
@@ -151,32 +153,7 @@ trainrt_backend_v1 make_table() {
 #endif
   t.struct_size = sizeof(trainrt_backend_v1);
   t.name = "fake-cuda";
-  t.last_error = &fake_last_error;
-  t.device_count = &fake_device_count;
-  t.device_name = &fake_device_name;
-  t.supports = &fake_supports;
-  t.alloc = &fake_alloc;
-  t.free = &fake_free;
-  t.copy = &fake_copy;
-  t.memset_zero = &fake_memset_zero;
-  t.synchronize = &fake_synchronize;
-  t.cast = &fake_cast;
-  t.softmax_forward = &fake_softmax;
-  t.softmax_backward = &fake_softmax;
-  t.cross_entropy = &fake_cross_entropy;
-  t.pointwise_loss = &fake_pointwise_loss;
-  t.optimizer_step = &fake_optimizer_step;
-  t.multi_tensor_norm = &fake_multi_tensor_norm;
-  t.multi_tensor_scale = &fake_multi_tensor_scale;
-  t.amp = &fake_amp;
-  t.gemm = &fake_gemm;
-  t.nn_pointwise = &fake_nn_pointwise;
-  t.bias = &fake_bias;
-  t.graph_begin = &fake_graph_begin;
-  t.graph_end = &fake_graph_end;
-  t.graph_launch = &fake_graph_launch;
-  t.graph_destroy = &fake_graph_destroy;
-  t.graph_capturing = &fake_graph_capturing;
+  TRAINRT_FAKE_BACKEND_SLOTS(t);
   return t;
 }
 

@@ -25,11 +25,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <spdlog/logger.h>
 
 #include "backend_api.h"
+#include "fake_backend_table.hpp"
 
 namespace trainrt {
 namespace detail {
@@ -202,43 +204,38 @@ int fake_optimizer_step(int32_t d, const trainrt_optim_step_args* a) {
   return run_or_record([=] { return cpu_rc(cpu().optimizer_step(d, &l->a)); });
 }
 
-template <class Ptr>
+/// A multi_tensor_norm or multi_tensor_scale launch: the struct and its three host lists.
+template <class Args>
 struct ListLaunch {
-  std::vector<Ptr> tensors;
+  Args a;
+  std::vector<
+      typename std::remove_const<typename std::remove_pointer<decltype(Args::tensors)>::type>::type>
+      tensors;
   std::vector<int32_t> dtypes;
   std::vector<int64_t> numels;
 };
 
-int fake_multi_tensor_norm(int32_t d, const trainrt_multi_tensor_norm_args* a) {
+template <class Args>
+int list_slot(int32_t d, const Args* a,
+              int (*const trainrt_backend_v1::*slot)(int32_t, const Args*)) {
   if (a->n_tensors < 0) return fail("fake device: negative tensor count");
-  auto l = std::make_shared<ListLaunch<const void*>>();
-  auto args = std::make_shared<trainrt_multi_tensor_norm_args>(*a);
+  auto l = std::make_shared<ListLaunch<Args>>();
+  l->a = *a;
   l->tensors = copy_of(a->tensors, a->n_tensors);
   l->dtypes = copy_of(a->dtypes, a->n_tensors);
   l->numels = copy_of(a->numels, a->n_tensors);
-  args->tensors = data_or_null(l->tensors, a->tensors);
-  args->dtypes = data_or_null(l->dtypes, a->dtypes);
-  args->numels = data_or_null(l->numels, a->numels);
-  return run_or_record([=] {
-    (void)l;  // keeps the copied lists alive with the call
-    return cpu_rc(cpu().multi_tensor_norm(d, args.get()));
-  });
+  l->a.tensors = data_or_null(l->tensors, a->tensors);
+  l->a.dtypes = data_or_null(l->dtypes, a->dtypes);
+  l->a.numels = data_or_null(l->numels, a->numels);
+  return run_or_record([=] { return cpu_rc((cpu().*slot)(d, &l->a)); });
+}
+
+int fake_multi_tensor_norm(int32_t d, const trainrt_multi_tensor_norm_args* a) {
+  return list_slot(d, a, &trainrt_backend_v1::multi_tensor_norm);
 }
 
 int fake_multi_tensor_scale(int32_t d, const trainrt_multi_tensor_scale_args* a) {
-  if (a->n_tensors < 0) return fail("fake device: negative tensor count");
-  auto l = std::make_shared<ListLaunch<void*>>();
-  auto args = std::make_shared<trainrt_multi_tensor_scale_args>(*a);
-  l->tensors = copy_of(a->tensors, a->n_tensors);
-  l->dtypes = copy_of(a->dtypes, a->n_tensors);
-  l->numels = copy_of(a->numels, a->n_tensors);
-  args->tensors = data_or_null(l->tensors, a->tensors);
-  args->dtypes = data_or_null(l->dtypes, a->dtypes);
-  args->numels = data_or_null(l->numels, a->numels);
-  return run_or_record([=] {
-    (void)l;
-    return cpu_rc(cpu().multi_tensor_scale(d, args.get()));
-  });
+  return list_slot(d, a, &trainrt_backend_v1::multi_tensor_scale);
 }
 
 int fake_amp(int32_t d, const trainrt_amp_args* a) {
@@ -298,32 +295,7 @@ trainrt_backend_v1 make_table() {
   t.api_version = TRAINRT_BACKEND_API_VERSION;
   t.struct_size = sizeof(trainrt_backend_v1);
   t.name = "fake-cuda";
-  t.last_error = &fake_last_error;
-  t.device_count = &fake_device_count;
-  t.device_name = &fake_device_name;
-  t.supports = &fake_supports;
-  t.alloc = &fake_alloc;
-  t.free = &fake_free;
-  t.copy = &fake_copy;
-  t.memset_zero = &fake_memset_zero;
-  t.synchronize = &fake_synchronize;
-  t.cast = &fake_cast;
-  t.softmax_forward = &fake_softmax_forward;
-  t.softmax_backward = &fake_softmax_backward;
-  t.cross_entropy = &fake_cross_entropy;
-  t.pointwise_loss = &fake_pointwise_loss;
-  t.optimizer_step = &fake_optimizer_step;
-  t.multi_tensor_norm = &fake_multi_tensor_norm;
-  t.multi_tensor_scale = &fake_multi_tensor_scale;
-  t.amp = &fake_amp;
-  t.gemm = &fake_gemm;
-  t.nn_pointwise = &fake_nn_pointwise;
-  t.bias = &fake_bias;
-  t.graph_begin = &fake_graph_begin;
-  t.graph_end = &fake_graph_end;
-  t.graph_launch = &fake_graph_launch;
-  t.graph_destroy = &fake_graph_destroy;
-  t.graph_capturing = &fake_graph_capturing;
+  TRAINRT_FAKE_BACKEND_SLOTS(t);
   return t;
 }
 
