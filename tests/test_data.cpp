@@ -336,6 +336,36 @@ TEST(Idx, CorruptAndTruncatedGzipGiveClearErrors) {
             std::vector<std::uint8_t>(pixels.begin(), pixels.end()));
 }
 
+// A small gzip file that inflates past memory is an Error, not std::bad_alloc, with 256 MiB
+// to spare in a child process (test_util.hpp): 1024 concatenated members of 1 MiB of zeros
+// (1 GiB inflated, from a file of about 1 MiB). A trailer that declares 2 GiB for a small
+// file (read_file reserves what the trailer declares, as a hint) gives the error it gives
+// with memory to spare: the size does not match.
+TEST(Idx, GzipThatInflatesPastMemoryIsAnError) {
+  const std::string dir = temp_dir();
+  const Bytes member = gzip(Bytes(std::size_t{1} << 20, 0));
+  Bytes bomb;
+  for (int i = 0; i < 1024; ++i) bomb.insert(bomb.end(), member.begin(), member.end());
+  write_bytes(dir + "/bomb.gz", bomb);
+  const std::string got = trainrt_test::outcome_under_memory_limit(
+      [&] { trainrt::read_idx(dir + "/bomb.gz"); }, std::size_t{256} << 20);
+  if (got.empty()) GTEST_SKIP() << "no address-space limit under AddressSanitizer";
+  EXPECT_EQ(got.rfind("error: '" + dir + "/bomb.gz': out of memory inflating the gzip data", 0), 0u)
+      << got;
+
+  Bytes declared = gzip(idx_file(0x08, {3}, {1, 2, 3}));
+  const std::uint32_t two_gib = 1u << 31;
+  for (int b = 0; b < 4; ++b)
+    declared[declared.size() - 4 + b] = static_cast<unsigned char>(two_gib >> (8 * b));
+  write_bytes(dir + "/declared.gz", declared);
+  const std::string path = dir + "/declared.gz";
+  const std::string unlimited = "error: " + error_of([&] { trainrt::read_idx(path); });
+  EXPECT_HAS(unlimited, "corrupt gzip data");
+  EXPECT_EQ(trainrt_test::outcome_under_memory_limit([&] { trainrt::read_idx(path); },
+                                                     std::size_t{256} << 20),
+            unlimited);
+}
+
 TEST(Idx, LoadFashionMnistLayoutAndMismatch) {
   const std::string dir = temp_dir();
   Bytes pixels(3 * 28 * 28);

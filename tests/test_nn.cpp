@@ -234,6 +234,17 @@ TEST_P(NnTest, LinearMixedPrecision) {
   }
 }
 
+// A layer too large for memory is an Error, not std::bad_alloc: here 2^30 weights (8 GiB of
+// double init values) with 256 MiB to spare, in a child process (test_util.hpp).
+TEST(NnLinear, OutOfMemoryIsAnError) {
+  const std::string got = trainrt_test::outcome_under_memory_limit([] { nn::Linear(32768, 32768); },
+                                                                   std::size_t{256} << 20);
+  if (got.empty()) GTEST_SKIP() << "no address-space limit under AddressSanitizer";
+  EXPECT_EQ(got.rfind("error: Linear: out of memory for a parameter of shape [32768, 32768]", 0),
+            0u)
+      << got;
+}
+
 TEST(NnLinear, InitRangeDeterminismAndPhiloxStream) {
   const int64_t in = 50, out = 40;
   nn::Linear a(in, out, true, 1234), b(in, out, true, 1234), c(in, out, true, 1235);

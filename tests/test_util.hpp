@@ -2,8 +2,13 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -53,6 +58,64 @@ void expect_error(F f, const std::string& needle) {
   } catch (const trainrt::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
+}
+
+/// Runs f() in a forked child whose address space may grow by at most `headroom` bytes
+/// (RLIMIT_AS), so that a large allocation fails there as it would on a machine without the
+/// memory, and returns what f did: "error: <message>" for a trainrt::Error, "exception:
+/// <what>" for any other exception, "returned", or "child died (wait status N)". Returns ""
+/// in an AddressSanitizer build, whose shadow memory reserves terabytes of address space.
+inline std::string outcome_under_memory_limit(const std::function<void()>& f,
+                                              std::size_t headroom) {
+#if defined(__SANITIZE_ADDRESS__)
+  (void)f;
+  (void)headroom;
+  return "";
+#else
+  int fd[2];
+  if (::pipe(fd) != 0) return "pipe failed";
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    ::close(fd[0]);
+    std::string out;
+    long pages = 0;
+    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) +
+                         static_cast<rlim_t>(headroom);
+    const struct rlimit rl = {limit, limit};
+    if (pages <= 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) {
+      out = "cannot limit the address space";
+    } else {
+      try {
+        f();
+        out = "returned";
+      } catch (const trainrt::Error& e) {
+        out = std::string("error: ") + e.what();
+      } catch (const std::exception& e) {
+        out = std::string("exception: ") + e.what();
+      }
+    }
+    const ssize_t n = ::write(fd[1], out.data(), out.size());
+    ::_exit(n == static_cast<ssize_t>(out.size()) ? 0 : 1);
+  }
+  ::close(fd[1]);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd[0], buf, sizeof buf)) > 0;)
+    got.append(buf, static_cast<std::size_t>(n));
+  ::close(fd[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return "child died (wait status " + std::to_string(status) + "): " + got;
+  }
+  return got;
+#endif
 }
 
 /// Tensor from doubles in any floating dtype (values rounded to the dtype).

@@ -51,7 +51,12 @@ std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const st
     const std::size_t isize =
         static_cast<std::size_t>(in[n - 4]) | static_cast<std::size_t>(in[n - 3]) << 8 |
         static_cast<std::size_t>(in[n - 2]) << 16 | static_cast<std::size_t>(in[n - 1]) << 24;
-    if (isize <= (std::size_t{1} << 31)) out.reserve(isize);
+    // Only a hint (a corrupt trailer may lie): if that much memory is not there, inflating
+    // finds out whether the data really needs it, and says so.
+    try {
+      if (isize <= (std::size_t{1} << 31)) out.reserve(isize);
+    } catch (const std::bad_alloc&) {
+    }
   }
   z_stream zs;
   std::memset(&zs, 0, sizeof zs);
