@@ -61,7 +61,9 @@ void CudaGraph::capture_end() {
   capturing_ = false;
   reset();  // the old graph goes either way
   void* g = nullptr;
-  detail::check_backend(api, api.graph_end(device_.index(), &g), "CudaGraph.capture_end");
+  const int rc = api.graph_end(device_.index(), &g);
+  detail::release_deferred_frees();  // what died during the capture
+  detail::check_backend(api, rc, "CudaGraph.capture_end");
   graph_ = g;
 }
 

@@ -29,6 +29,10 @@ struct Storage {
   ~Storage();
 };
 
+/// Frees the device blocks whose Storage died while their device's stream was being captured
+/// (a CUDA graph capture), now that it no longer is; blocks of a device still capturing wait.
+void release_deferred_frees() noexcept;
+
 /// The named logger "trainrt" (created on first use unless the application registered it).
 spdlog::logger& log();
 

@@ -2,14 +2,75 @@
 
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <vector>
 
 #include "internal.hpp"
 
 namespace trainrt {
 namespace detail {
 
-Storage::~Storage() {
-  if (ptr != nullptr && api != nullptr) api->free(device.index(), ptr);  // never throws
+namespace {
+
+struct DeferredFree {
+  const trainrt_backend_v1* api;
+  std::int32_t device;
+  void* ptr;
+};
+
+std::mutex g_deferred_mu;
+std::vector<DeferredFree>& deferred_frees() {
+  static auto* v = new std::vector<DeferredFree>();  // leaked: storages may die at exit
+  return *v;
+}
+
+bool capturing(const trainrt_backend_v1& api, std::int32_t device) {
+  std::int32_t c = 0;
+  return api.graph_capturing != nullptr && api.graph_capturing(device, &c) == 0 && c != 0;
+}
+
+}  // namespace
+
+Storage::~Storage() {  // never throws
+  if (ptr == nullptr || api == nullptr) return;
+  // A free while the device's stream is being captured would go into the capture (CUDA:
+  // cudaFreeAsync of memory from outside the capture fails and invalidates it), so it waits
+  // for the capture to end (release_deferred_frees, called by CudaGraph::capture_end). If
+  // even the list cannot grow, the block is leaked rather than freed into the capture.
+  if (capturing(*api, device.index())) {
+    try {
+      std::lock_guard<std::mutex> lock(g_deferred_mu);
+      deferred_frees().push_back({api, device.index(), ptr});
+    } catch (...) {
+    }
+    return;
+  }
+  api->free(device.index(), ptr);
+}
+
+void release_deferred_frees() noexcept {
+  std::vector<DeferredFree> todo;
+  {
+    std::lock_guard<std::mutex> lock(g_deferred_mu);
+    todo.swap(deferred_frees());
+  }
+  std::vector<DeferredFree> still;
+  for (const DeferredFree& d : todo) {
+    if (!capturing(*d.api, d.device)) {
+      d.api->free(d.device, d.ptr);
+      continue;
+    }
+    try {
+      still.push_back(d);  // another capture is still running on that device
+    } catch (...) {
+    }
+  }
+  if (still.empty()) return;
+  try {
+    std::lock_guard<std::mutex> lock(g_deferred_mu);
+    deferred_frees().insert(deferred_frees().end(), still.begin(), still.end());
+  } catch (...) {
+  }
 }
 
 namespace {

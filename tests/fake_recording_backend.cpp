@@ -8,16 +8,22 @@
 //     struct and the host arrays it points to (pointer lists, sizes, dtypes) are copied at
 //     that moment, as kernel parameters are baked into a captured launch; device memory is
 //     read when the graph is launched;
-//   - a copy to or from the host, a synchronize and an allocation fail, and the failure
-//     invalidates the capture: graph_end then fails and returns no graph, as
-//     cudaStreamEndCapture does after cudaErrorStreamCaptureInvalidated;
+//   - a copy to or from the host, a synchronize, an allocation and a free fail, and the
+//     failure invalidates the capture: every later call recorded into it fails, and
+//     graph_end fails and returns no graph, as cudaStreamEndCapture does after
+//     cudaErrorStreamCaptureInvalidated. (CUDA would record an allocation into the graph
+//     instead; the core refuses the ones it makes itself, so failing is the stricter check.
+//     A freed block is leaked, as CUDA leaves it.)
 //   - graph_launch runs the recorded calls in order; graph_destroy frees them.
 // It also counts the host transfers and the recorded and replayed calls, for the tests that
 // check how many copies a step makes: trainrt_fake_counters() (exported; the tests find it
 // with dlopen(RTLD_NOLOAD) on this module).
 //
-// What it cannot tell: anything about the CUDA kernels themselves, or a CUDA backend that
-// reads host memory at launch time in a way this copy of the arguments does not.
+// What it cannot tell: anything about the CUDA module itself (its kernels, its launch tables,
+// a CUDA backend that reads host memory at launch time in a way this copy of the arguments
+// does not, its first-use setup of a device or of cuBLAS inside a capture); that argument
+// errors the CUDA launchers report at capture time show here only at replay; and what
+// becomes of allocations a real capture records (graph-owned memory).
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,9 +53,10 @@ spdlog::logger& log() {
 
 extern "C" {
 /// Counters since the module was loaded (or since the last reset): host-to-device and
-/// device-to-host copies outside a capture, calls recorded into graphs, calls replayed.
+/// device-to-host copies outside a capture, calls recorded into graphs, calls replayed, and
+/// blocks freed.
 struct trainrt_fake_counters_v1 {
-  int64_t h2d, d2h, recorded, replayed;
+  int64_t h2d, d2h, recorded, replayed, frees;
 };
 }
 
@@ -91,6 +98,9 @@ int illegal_in_capture(const char* what) {
 
 /// Runs `call` now, or records it into the capture in progress.
 int run_or_record(Call call) {
+  if (g_capture && !g_invalidated.empty()) {  // CUDA: cudaErrorStreamCaptureInvalidated
+    return fail("fake device: the capture was invalidated earlier, by " + g_invalidated);
+  }
   if (g_capture) {
     g_capture->calls.push_back(std::move(call));
     ++g_counters.recorded;
@@ -133,7 +143,13 @@ int fake_alloc(int32_t d, size_t bytes, void** out) {
   return cpu_rc(cpu().alloc(d, bytes, out));
 }
 
-int fake_free(int32_t d, void* p) { return cpu_rc(cpu().free(d, p)); }
+int fake_free(int32_t d, void* p) {
+  // CUDA: cudaFreeAsync in a capture takes only memory allocated in that capture, and this
+  // device allocates none there. The block is leaked, as on CUDA.
+  if (g_capture && p != nullptr) return illegal_in_capture("a free");
+  if (p != nullptr) ++g_counters.frees;
+  return cpu_rc(cpu().free(d, p));
+}
 
 int fake_copy(int32_t d, void* dst, const void* src, size_t bytes, int32_t kind) {
   if (kind == TRAINRT_COPY_D2D) {

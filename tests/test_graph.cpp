@@ -306,7 +306,7 @@ TEST(CaptureRefusals, WhatCannotBeCapturedIsRefusedFirst) {
 // ---- On the simulated device only (tests/fake_recording_backend.cpp) -----------------------
 // Its counters of host transfers, and of calls recorded into and replayed from graphs.
 struct SimCounters {
-  std::int64_t h2d, d2h, recorded, replayed;
+  std::int64_t h2d, d2h, recorded, replayed, frees;
 };
 using SimCountersFn = SimCounters (*)(int reset);
 
@@ -481,6 +481,34 @@ TEST(SimulatedDevice, AnInvalidatedCaptureEndsWithAnError) {
   graph.replay();
   EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-0.5f, 0.5f}));
   EXPECT_EQ(opt.step_count(p), 3);
+}
+
+// A tensor that dies during a capture (here a grad replaced inside it) is freed when the
+// capture ends, not into the capture: on CUDA that free fails and invalidates the capture, and
+// so it does on the simulated device.
+TEST(SimulatedDevice, TensorsThatDieDuringACaptureAreFreedAfterIt) {
+  Device dev;
+  SimCountersFn counters;
+  SIMULATED_DEVICE_OR_SKIP(dev, counters);
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+  Parameter unused(f32_tensor({3.0f}, {1}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
+  opt.set_capturable(true);
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+  unused.set_grad(f32_tensor({1.0f}, {1}, dev));
+  opt.step();  // warm-up
+  CudaGraph graph;
+  counters(1);
+  graph.capture_begin(dev);
+  opt.step();
+  unused.clear_grad();  // the grad's last handle: its block dies inside the capture
+  { const Tensor another_handle = p.value(); }  // not the last handle: nothing dies
+  EXPECT_EQ(counters(0).frees, 0);
+  graph.capture_end();  // throws if the free had reached the capture
+  EXPECT_EQ(counters(1).frees, 1);
+  graph.replay();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.0f, 1.0f}));
+  EXPECT_FALSE(unused.has_grad());
 }
 
 }  // namespace
