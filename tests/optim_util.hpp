@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,12 @@ inline std::vector<float> uniform_f32(std::size_t n, double lo, double hi, unsig
 }
 
 inline std::vector<float> host_f32(const trainrt::Tensor& t) { return t.to_vector<float>(); }
+
+/// Parameters and an optimizer over them: what most optimizer, clip and scaler tests build.
+struct ParamsAndOptimizer {
+  std::vector<trainrt::Parameter> params;
+  std::unique_ptr<trainrt::optim::Optimizer> opt;
+};
 
 /// Bitwise equality of two f32 vectors (NaN payloads included).
 inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {

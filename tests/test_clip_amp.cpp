@@ -350,10 +350,7 @@ class Scaler : public BackendTest {};
 TRAINRT_INSTANTIATE_BACKENDS(Scaler);
 
 /// One parameter [n] with Adam; grads set by the caller.
-struct Model {
-  std::vector<Parameter> params;
-  std::unique_ptr<trainrt::optim::Optimizer> opt;
-};
+using Model = ParamsAndOptimizer;
 
 Model make_model(const std::vector<Shape>& shapes, Device dev, const char* name = "Adam") {
   Model m;

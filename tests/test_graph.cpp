@@ -94,10 +94,7 @@ const std::vector<Shape>& shapes() {
 }
 
 /// The parameters of a run; the last one never has a grad.
-struct OptRun {
-  std::vector<Parameter> params;
-  std::unique_ptr<Optimizer> opt;
-};
+using OptRun = ParamsAndOptimizer;
 
 OptRun make_run(const Config& c, Device dev) {
   OptRun r;

@@ -105,10 +105,7 @@ const std::vector<OptimCase>& optim_cases() {
   return c;
 }
 
-struct Built {
-  std::vector<Parameter> params;
-  std::unique_ptr<Optimizer> opt;
-};
+using Built = ParamsAndOptimizer;
 
 Built build(const OptimCase& c, Device dev) {
   Built b;
