@@ -120,6 +120,16 @@ if(TARGET test_graph AND TARGET test_optim AND TARGET test_clip_amp)
     "simulated_device_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice.*"
     "simulated_device_optim:test_optim:*/cuda"
     "simulated_device_clip_amp:test_clip_amp:*/cuda")
+  # The /cuda cases of the other suites that have them, for the core's device paths there
+  # (tensor copies and casts, layers, softmax, checkpoints of device tensors, batches on the
+  # device). The losses and the CPU/CUDA parity suites stay out: on this device they would
+  # only compare the CPU kernels with themselves, slowly.
+  foreach(t test_dtype_tensor test_nn test_softmax test_checkpoint test_data)
+    if(TARGET ${t})
+      string(REPLACE "test_" "" short ${t})
+      list(APPEND TRAINRT_RECORDING_TESTS "simulated_device_${short}:${t}:*/cuda")
+    endif()
+  endforeach()
   foreach(spec IN LISTS TRAINRT_RECORDING_TESTS)
     string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
     add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
