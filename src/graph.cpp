@@ -50,7 +50,10 @@ CudaGraph& CudaGraph::operator=(CudaGraph&& o) noexcept {
 void CudaGraph::capture_begin(Device device) {
   if (capturing_) detail::fail("CudaGraph.capture_begin: this graph is capturing already");
   const trainrt_backend_v1& api = graph_backend(device, "capture_begin");
-  detail::check_backend(api, api.graph_begin(device.index()), "CudaGraph.capture_begin");
+  detail::capture_started(device);
+  const int rc = api.graph_begin(device.index());
+  if (rc != 0) detail::capture_stopped(device);
+  detail::check_backend(api, rc, "CudaGraph.capture_begin");
   device_ = device;
   capturing_ = true;
 }
@@ -62,7 +65,7 @@ void CudaGraph::capture_end() {
   reset();  // the old graph goes either way
   void* g = nullptr;
   const int rc = api.graph_end(device_.index(), &g);
-  detail::release_deferred_frees();  // what died during the capture
+  detail::capture_stopped(device_);  // frees what died during the capture
   detail::check_backend(api, rc, "CudaGraph.capture_end");
   graph_ = g;
 }

@@ -23,15 +23,23 @@ struct Storage {
   std::size_t bytes = 0;
   Device device;
   const trainrt_backend_v1* api = nullptr;
+  std::uint64_t capture = 0;  // the CudaGraph capture it was allocated in (0: none)
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage();
 };
 
-/// Frees the device blocks whose Storage died while their device's stream was being captured
-/// (a CUDA graph capture), now that it no longer is; blocks of a device still capturing wait.
-void release_deferred_frees() noexcept;
+/// CudaGraph captures, as the core tracks them (src/tensor.cpp): capture_started gives a
+/// capture of `device` a new serial, which the blocks allocated during it carry;
+/// capture_stopped ends the newest capture of `device` and, once none is left, frees the
+/// blocks whose Storage died during it that were allocated before it (on CUDA, cudaFreeAsync
+/// of such a block inside a capture fails and invalidates it, so their frees wait). Blocks
+/// allocated during the capture are freed at once, into it, as CUDA allows. (A capture that
+/// another thread starts between a free's check and the free itself still gets the free: the
+/// device's one stream is shared.)
+void capture_started(Device device);
+void capture_stopped(Device device) noexcept;
 
 /// The named logger "trainrt" (created on first use unless the application registered it).
 spdlog::logger& log();

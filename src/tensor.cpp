@@ -1,6 +1,9 @@
 #include "trainrt/tensor.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <vector>
@@ -12,65 +15,94 @@ namespace detail {
 
 namespace {
 
+// CudaGraph captures in progress, and the frees that wait for their end (capture_started).
+struct ActiveCapture {
+  Device device;
+  std::uint64_t serial;
+};
 struct DeferredFree {
   const trainrt_backend_v1* api;
-  std::int32_t device;
+  Device device;
   void* ptr;
 };
-
-std::mutex g_deferred_mu;
+std::atomic<int> g_captures_running{0};  // a free checks the lists below only when non-zero
+std::mutex g_capture_mu;
+std::uint64_t g_last_serial = 0;
+// Leaked: storages may die at exit.
+std::vector<ActiveCapture>& active_captures() {
+  static auto* v = new std::vector<ActiveCapture>();
+  return *v;
+}
 std::vector<DeferredFree>& deferred_frees() {
-  static auto* v = new std::vector<DeferredFree>();  // leaked: storages may die at exit
+  static auto* v = new std::vector<DeferredFree>();
   return *v;
 }
 
-bool capturing(const trainrt_backend_v1& api, std::int32_t device) {
-  std::int32_t c = 0;
-  return api.graph_capturing != nullptr && api.graph_capturing(device, &c) == 0 && c != 0;
+std::uint64_t active_capture_locked(Device device) {
+  for (const ActiveCapture& a : active_captures())
+    if (a.device == device) return a.serial;
+  return 0;
+}
+
+std::uint64_t active_capture(Device device) {
+  if (g_captures_running.load(std::memory_order_acquire) == 0) return 0;
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  return active_capture_locked(device);
 }
 
 }  // namespace
 
 Storage::~Storage() {  // never throws
   if (ptr == nullptr || api == nullptr) return;
-  // A free while the device's stream is being captured would go into the capture (CUDA:
-  // cudaFreeAsync of memory from outside the capture fails and invalidates it), so it waits
-  // for the capture to end (release_deferred_frees, called by CudaGraph::capture_end). If
-  // even the list cannot grow, the block is leaked rather than freed into the capture.
-  if (capturing(*api, device.index())) {
+  if (g_captures_running.load(std::memory_order_acquire) != 0) {
+    // A block from before the capture of its device waits for the capture's end; if even
+    // the list cannot take it, it is leaked rather than freed into the capture.
     try {
-      std::lock_guard<std::mutex> lock(g_deferred_mu);
-      deferred_frees().push_back({api, device.index(), ptr});
+      std::lock_guard<std::mutex> lock(g_capture_mu);
+      const std::uint64_t now = active_capture_locked(device);
+      if (now != 0 && now != capture) {
+        deferred_frees().push_back({api, device, ptr});
+        return;
+      }
     } catch (...) {
+      return;
     }
-    return;
   }
   api->free(device.index(), ptr);
 }
 
-void release_deferred_frees() noexcept {
+void capture_started(Device device) {
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  active_captures().push_back({device, ++g_last_serial});
+  g_captures_running.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void capture_stopped(Device device) noexcept {
   std::vector<DeferredFree> todo;
   {
-    std::lock_guard<std::mutex> lock(g_deferred_mu);
-    todo.swap(deferred_frees());
-  }
-  std::vector<DeferredFree> still;
-  for (const DeferredFree& d : todo) {
-    if (!capturing(*d.api, d.device)) {
-      d.api->free(d.device, d.ptr);
-      continue;
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    // The newest capture of the device: the one that ends, or the one whose capture_begin
+    // failed (because another capture of the device is running, which then keeps its frees).
+    std::vector<ActiveCapture>& a = active_captures();
+    for (auto it = a.rbegin(); it != a.rend(); ++it) {
+      if (it->device == device) {
+        a.erase(std::next(it).base());
+        g_captures_running.fetch_sub(1, std::memory_order_acq_rel);
+        break;
+      }
     }
+    if (active_capture_locked(device) != 0) return;
+    std::vector<DeferredFree>& d = deferred_frees();
+    auto keep = std::stable_partition(d.begin(), d.end(),
+                                      [&](const DeferredFree& f) { return !(f.device == device); });
     try {
-      still.push_back(d);  // another capture is still running on that device
+      todo.assign(keep, d.end());
     } catch (...) {
+      return;  // no memory even for the list: the blocks stay deferred (leaked)
     }
+    d.erase(keep, d.end());
   }
-  if (still.empty()) return;
-  try {
-    std::lock_guard<std::mutex> lock(g_deferred_mu);
-    deferred_frees().insert(deferred_frees().end(), still.begin(), still.end());
-  } catch (...) {
-  }
+  for (const DeferredFree& f : todo) f.api->free(f.device.index(), f.ptr);
 }
 
 namespace {
@@ -81,6 +113,7 @@ std::shared_ptr<Storage> allocate(std::size_t bytes, Device device) {
   s->device = device;
   s->bytes = bytes;
   s->api = &api;
+  s->capture = active_capture(device);
   if (bytes > 0) {
     check_backend(api, api.alloc(device.index(), bytes, &s->ptr), "Tensor allocation");
   }

@@ -89,11 +89,12 @@ endif()
 # fake_recording_backend.cpp: a "cuda" device with host memory and the CPU backend's kernels
 # (compiled into the module) that records the calls of a capture, with their argument lists
 # copied as a real capture bakes them, and runs them again at each replay; host copies,
-# synchronizes and allocations inside a capture fail and invalidate it. The GPU graph tests
-# of test_graph.cpp thereby run in CI, with SimulatedDevice.* (transfer counts, refusals of a
-# warmed-up optimizer, an invalidated capture), and so do the /cuda cases of the optimizer,
-# clip and scaler tests: every path of the core for a device that is not the CPU, though
-# not the CUDA kernels. A skip fails here.
+# synchronizes, allocations and frees inside a capture fail and invalidate it. The GPU graph
+# tests of test_graph.cpp thereby run in CI, with SimulatedDevice.* (transfer counts,
+# refusals of a warmed-up optimizer, an invalidated capture, frees during a capture), and so
+# do the /cuda cases of the optimizer, clip and scaler tests and of the suites listed below:
+# the core's paths for one device that is not the CPU, though not the CUDA kernels. A skip
+# fails here.
 if(TARGET test_graph AND TARGET test_optim AND TARGET test_clip_amp)
   add_library(trainrt_fake_backend_recording MODULE
     ${CMAKE_CURRENT_SOURCE_DIR}/fake_recording_backend.cpp

@@ -1,5 +1,5 @@
 // A simulated CUDA backend module for the CUDA graph tests without a GPU (ctest
-// graph_replay_simulated and friends, tests/extra_tests.cmake). Built as libtrainrt_cuda.so in
+// simulated_device_graphs and the other simulated_device_* ctests, tests/extra_tests.cmake). Built as libtrainrt_cuda.so in
 // its own directory. It serves one "cuda" device whose memory is host memory and whose ops
 // are the CPU backend's (src/backend/cpu_backend.cpp is compiled into this module), and it
 // imitates what a CUDA stream capture does to the calls made between graph_begin and

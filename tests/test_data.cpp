@@ -339,7 +339,7 @@ TEST(Idx, CorruptAndTruncatedGzipGiveClearErrors) {
 // A small gzip file that inflates past memory is an Error, not std::bad_alloc, with 256 MiB
 // to spare in a child process (test_util.hpp): 1024 concatenated members of 1 MiB of zeros
 // (1 GiB inflated, from a file of about 1 MiB). A trailer that declares 2 GiB for a small
-// file (read_file reserves what the trailer declares, as a hint) gives the error it gives
+// file (gunzip reserves what the trailer declares, as a hint) gives the error it gives
 // with memory to spare: the size does not match.
 TEST(Idx, GzipThatInflatesPastMemoryIsAnError) {
   const std::string dir = temp_dir();

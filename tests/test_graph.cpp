@@ -326,7 +326,7 @@ SimCountersFn simulated_counters() {
   } while (0)
 
 // The host transfers of a warmed-up iteration, counted. An ordinary step uploads its scalars
-// blocks (one copy for every group); with a GradScaler it also resets the grad scalars from
+// blocks (one copy for all its groups); with a GradScaler it also resets the grad scalars from
 // the host and reads found_inf back: the one small copy by which the host learns of a
 // skip. A capturable step makes no transfer; scaler.step(), run eagerly, still reads the
 // skip flag once for its return value (inside a capture it returns true without reading),
@@ -450,9 +450,35 @@ TEST(SimulatedDevice, RefusalsOfAWarmedUpOptimizer) {
   EXPECT_EQ(opt.step_count(b), 2);
 }
 
-// A call that the core does not check (Tensor::item()) fails in the backend during a capture,
-// which invalidates it, as on CUDA: capture_end then throws and leaves no graph, and the next
-// capture works.
+// A refused step leaves last_step_skipped() as the last step that ran left it.
+TEST(SimulatedDevice, ARefusedStepLeavesLastStepSkipped) {
+  Device dev;
+  SimCountersFn counters;
+  SIMULATED_DEVICE_OR_SKIP(dev, counters);
+  for (bool capturable : {false, true}) {
+    SCOPED_TRACE(capturable ? "capturable" : "ordinary");
+    Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+    trainrt::optim::Adam opt({p}, trainrt::optim::AdamOptions(0.1));
+    opt.set_capturable(capturable);
+    trainrt::GradScaler scaler;
+    p.set_grad(f32_tensor({1.0f, std::numeric_limits<float>::infinity()}, {2}, dev));
+    EXPECT_FALSE(scaler.step(opt));
+    scaler.update();
+    ASSERT_TRUE(opt.last_step_skipped());
+    CudaGraph graph;
+    graph.capture_begin(dev);
+    // ordinary: no step can be captured; capturable: a changed lr would need an upload
+    if (capturable) opt.set_lr(0.05);
+    expect_error([&] { opt.step(); }, "CUDA graph");
+    graph.capture_end();
+    EXPECT_TRUE(opt.last_step_skipped());
+    EXPECT_EQ(opt.step_count(p), 0);
+  }
+}
+
+// A call that the core does not check (Tensor::to_vector(), a host copy) fails in the backend
+// during a capture, which invalidates it, as on CUDA:
+// capture_end then throws and leaves no graph, and the next capture works.
 TEST(SimulatedDevice, AnInvalidatedCaptureEndsWithAnError) {
   Device dev;
   SimCountersFn counters;

@@ -14,8 +14,9 @@
 // them; so no zero_grad() with set_to_none, which drops the grads: zero_grad(false) or copy_ into
 // them). Work that copies from or to host memory, or waits for the device, cannot be captured; the
 // optimizer step of a capturable optimizer (Optimizer::set_capturable) is made so that it can be.
-// A tensor whose last handle dies during the capture is freed when the capture ends, not inside
-// it (which would fail it); a graph must not read such a tensor at replay.
+// A tensor allocated before the capture whose last handle dies during it is freed when the
+// capture ends, not inside it (which would fail it); a graph must not read such a tensor at
+// replay.
 // Only the CUDA backend has graphs: on the CPU every call throws trainrt::Error.
 #pragma once
 
