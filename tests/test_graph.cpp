@@ -8,7 +8,7 @@
 // captured is refused with an Error before anything changes. They have not run on a GPU yet.
 // In CI they run on two fake "cuda" devices instead: CaptureRefusals on the host-memory one
 // that computes nothing (ctest graph_capture_refusals), and all of them, with
-// SimulatedDevice.*, on the simulated device of tests/fake_recording_backend.cpp, which runs
+// SimulatedDevice*, on the simulated device of tests/fake_recording_backend.cpp, which runs
 // the CPU kernels and records and replays captures (ctest simulated_device_graphs). The CPU
 // cases check that graphs are refused on the CPU. (The capturable step itself is checked
 // against the ordinary one on every backend in test_optim.cpp and test_clip_amp.cpp.)
@@ -476,18 +476,30 @@ TEST(SimulatedDevice, ARefusedStepLeavesLastStepSkipped) {
   }
 }
 
-// A call that the core does not check (Tensor::to_vector(), a host copy) fails in the backend
-// during a capture, which invalidates it, as on CUDA:
-// capture_end then throws and leaves no graph, and the next capture works.
-TEST(SimulatedDevice, AnInvalidatedCaptureEndsWithAnError) {
+/// On the simulated device: p = [1, 2] with grad [1, 1], and a capturable SGD (lr 0.5) over
+/// it that stepped once.
+class SimulatedDeviceSgd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SIMULATED_DEVICE_OR_SKIP(dev, counters);
+    p = Parameter(f32_tensor({1.0f, 2.0f}, {2}, dev));
+    opt = std::make_unique<trainrt::optim::SGD>(std::vector<Parameter>{p},
+                                                trainrt::optim::SGDOptions(0.5));
+    opt->set_capturable(true);
+    p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+    opt->step();
+  }
   Device dev;
-  SimCountersFn counters;
-  SIMULATED_DEVICE_OR_SKIP(dev, counters);
-  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
-  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
-  opt.set_capturable(true);
-  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
-  opt.step();  // warm-up
+  SimCountersFn counters = nullptr;
+  Parameter p;
+  std::unique_ptr<trainrt::optim::SGD> opt;
+};
+
+// A call that the core does not check (Tensor::to_vector(), a host copy) fails in the backend
+// during a capture, which invalidates it, as on CUDA: capture_end then throws and leaves no
+// graph, and the next capture works.
+TEST_F(SimulatedDeviceSgd, AnInvalidatedCaptureEndsWithAnError) {
+  trainrt::optim::SGD& opt = *this->opt;
   CudaGraph graph;
   graph.capture_begin(dev);
   opt.step();  // recorded
@@ -509,17 +521,10 @@ TEST(SimulatedDevice, AnInvalidatedCaptureEndsWithAnError) {
 // A tensor that dies during a capture (here a grad replaced inside it) is freed when the
 // capture ends, not into the capture: on CUDA that free fails and invalidates the capture, and
 // so it does on the simulated device.
-TEST(SimulatedDevice, TensorsThatDieDuringACaptureAreFreedAfterIt) {
-  Device dev;
-  SimCountersFn counters;
-  SIMULATED_DEVICE_OR_SKIP(dev, counters);
-  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+TEST_F(SimulatedDeviceSgd, TensorsThatDieDuringACaptureAreFreedAfterIt) {
+  trainrt::optim::SGD& opt = *this->opt;
   Parameter unused(f32_tensor({3.0f}, {1}, dev));
-  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
-  opt.set_capturable(true);
-  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
   unused.set_grad(f32_tensor({1.0f}, {1}, dev));
-  opt.step();  // warm-up
   CudaGraph graph;
   counters(1);
   graph.capture_begin(dev);
