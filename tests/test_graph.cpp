@@ -539,4 +539,58 @@ TEST_F(SimulatedDeviceSgd, TensorsThatDieDuringACaptureAreFreedAfterIt) {
   EXPECT_FALSE(unused.has_grad());
 }
 
+// The graph handle: moves, capture again, reset, a graph destroyed while capturing; and a
+// second capture_begin on a capturing device, which fails without ending the first capture
+// or releasing the frees it defers.
+TEST_F(SimulatedDeviceSgd, GraphsMoveCaptureAgainAndReset) {
+  trainrt::optim::SGD& opt = *this->opt;
+  auto value = [&] { return host_f32(p.value()); };
+  CudaGraph a;
+  a.capture_begin(dev);
+  opt.step();
+  a.capture_end();
+  a.replay();
+  EXPECT_EQ(value(), (std::vector<float>{0.0f, 1.0f}));
+  CudaGraph b(std::move(a));
+  EXPECT_FALSE(a.captured());
+  ASSERT_TRUE(b.captured());
+  expect_error([&] { a.replay(); }, "nothing was captured");
+  b.replay();
+  EXPECT_EQ(value(), (std::vector<float>{-0.5f, 0.5f}));
+  a = std::move(b);
+  EXPECT_FALSE(b.captured());
+  a.replay();
+  EXPECT_EQ(value(), (std::vector<float>{-1.0f, 0.0f}));
+  a.capture_begin(dev);  // captures again: the new graph replaces the old at capture_end
+  opt.step();
+  a.capture_end();
+  a.replay();
+  EXPECT_EQ(value(), (std::vector<float>{-1.5f, -0.5f}));
+  a.reset();
+  EXPECT_FALSE(a.captured());
+  expect_error([&] { a.replay(); }, "nothing was captured");
+  {
+    CudaGraph c;
+    c.capture_begin(dev);
+    opt.step();  // recorded, never run: c dies capturing
+  }
+  EXPECT_EQ(value(), (std::vector<float>{-1.5f, -0.5f}));
+  EXPECT_EQ(opt.step_count(p), 5);
+
+  Tensor doomed = Tensor::zeros({4}, trainrt::DType::f32, dev);
+  counters(1);
+  CudaGraph d, e;
+  d.capture_begin(dev);
+  doomed = Tensor();  // from before the capture: its free waits
+  EXPECT_THROW(e.capture_begin(dev), trainrt::Error);
+  EXPECT_FALSE(e.capturing());
+  EXPECT_TRUE(d.capturing());
+  EXPECT_EQ(counters(0).frees, 0);
+  opt.step();
+  d.capture_end();
+  EXPECT_EQ(counters(0).frees, 1);
+  d.replay();
+  EXPECT_EQ(value(), (std::vector<float>{-2.0f, -1.0f}));
+}
+
 }  // namespace
