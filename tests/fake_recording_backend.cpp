@@ -1,9 +1,9 @@
 // A simulated CUDA backend module for the CUDA graph tests without a GPU (ctest
-// simulated_device_graphs and the other simulated_device_* ctests, tests/extra_tests.cmake). Built as libtrainrt_cuda.so in
-// its own directory. It serves one "cuda" device whose memory is host memory and whose ops
-// are the CPU backend's (src/backend/cpu_backend.cpp is compiled into this module), and it
-// imitates what a CUDA stream capture does to the calls made between graph_begin and
-// graph_end:
+// simulated_device_graphs and the other simulated_device_* ctests, tests/extra_tests.cmake). Built
+// as libtrainrt_cuda.so in its own directory. It serves one "cuda" device whose memory is host
+// memory and whose ops are the CPU backend's (src/backend/cpu_backend.cpp is compiled into this
+// module), and it imitates what a CUDA stream capture does to the calls made between graph_begin
+// and graph_end:
 //   - every kernel slot, device-to-device copy and memset is recorded, not run. Its argument
 //     struct and the host arrays it points to (pointer lists, sizes, dtypes) are copied at
 //     that moment, as kernel parameters are baked into a captured launch; device memory is
