@@ -322,7 +322,7 @@ void cross_entropy_t(DeviceCtx& ctx, const trainrt_cross_entropy_args& a) {
 
   TRAINRT_LAUNCH("cross_entropy prep", ce_prep_kernel<A>, 1, kPrepThreads, ctx.stream, a.target,
                  a.target_dtype == TRAINRT_I64 ? 1 : 0, a.prob_targets, op, w, a.rows, a.cols,
-                 a.ignore_index, mean, a.grad_scale, a.grad_scale_ptr, prep, ctx.d_error);
+                 a.ignore_index, mean, a.grad_scale, a.grad_scale_ptr, prep, data_error_sink(ctx));
 
   if (a.rows > 0) {
     CeParams<T> p;

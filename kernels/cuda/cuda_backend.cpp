@@ -251,7 +251,15 @@ int cuda_graph_end(int32_t device, void** graph) {
     *graph = nullptr;
     DeviceCtx& ctx = activate(device);
     cudaGraph_t g = nullptr;
-    TRAINRT_CUDA_CHECK(cudaStreamEndCapture(ctx.stream, &g));
+    const cudaError_t end = cudaStreamEndCapture(ctx.stream, &g);
+    if (end == cudaErrorStreamCaptureInvalidated) {
+      (void)cudaGetLastError();
+      fail(
+          "the capture was invalidated by an earlier call that cannot be captured (a host "
+          "copy, a synchronisation, an allocation or a free outside the capture's memory); "
+          "nothing was captured");
+    }
+    TRAINRT_CUDA_CHECK(end);
     cudaGraphExec_t exec = nullptr;
     // Memory a replay allocates and does not free (none in the optimizer step) is freed
     // before the next replay.

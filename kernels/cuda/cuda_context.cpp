@@ -127,9 +127,22 @@ DeviceCtx& activate(int32_t device) {
 
 void check_data_error(DeviceCtx& ctx) {
   std::lock_guard<std::mutex> lock(ctx.error_mu);
+  if (!ctx.error_may_be_set.exchange(false)) {
+    TRAINRT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    return;
+  }
+  // A failed read (e.g. inside a capture) leaves the record to the next check.
+  struct Rearm {
+    DeviceCtx& c;
+    bool armed = true;
+    ~Rearm() {
+      if (armed) c.error_may_be_set.store(true);
+    }
+  } rearm{ctx};
   TRAINRT_CUDA_CHECK(cudaMemcpyAsync(ctx.h_error, ctx.d_error, sizeof(DataError),
                                      cudaMemcpyDeviceToHost, ctx.stream));
   TRAINRT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  rearm.armed = false;
   if (ctx.h_error->code == kDataErrNone) return;
   const DataError e = *ctx.h_error;
   std::memset(ctx.h_error, 0, sizeof(DataError));

@@ -16,6 +16,7 @@
 #include <cublas_api.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -31,6 +32,10 @@ struct DeviceCtx {
   cudaMemPool_t pool = nullptr;
   DataError* d_error = nullptr;  // device memory, zero = no error
   DataError* h_error = nullptr;  // pinned host mirror
+  // Set by every launch that may write d_error (data_error_sink), cleared by the check that
+  // reads it: a synchronisation after kernels that cannot report (optimizer steps, norms,
+  // GradScaler ops) copies nothing but the data asked for.
+  std::atomic<bool> error_may_be_set{false};
   int sm_count = 1;
   std::mutex error_mu;  // serialises check_data_error on this device
 
@@ -46,9 +51,17 @@ int device_count();
 /// clears any stale per-thread runtime error. Throws Failure for a bad index.
 DeviceCtx& activate(int32_t device);
 
-/// Waits for the device's stream, then reads the deferred data-error record; if it holds an
-/// error, resets it and throws Failure with the formatted message.
+/// Waits for the device's stream, then, if a kernel that may report one ran since the last
+/// check, reads the deferred data-error record; if it holds an error, resets it and throws
+/// Failure with the formatted message.
 void check_data_error(DeviceCtx& ctx);
+
+/// The device's data-error record, for a kernel launch that may write it (marks the record as
+/// possibly set, so that the next check reads it).
+inline DataError* data_error_sink(DeviceCtx& ctx) {
+  ctx.error_may_be_set.store(true);
+  return ctx.d_error;
+}
 
 /// Stream-ordered allocation from the device's pool (nullptr for 0 bytes).
 void* stream_alloc(DeviceCtx& ctx, size_t bytes);

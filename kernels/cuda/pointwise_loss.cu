@@ -148,7 +148,7 @@ void pointwise_t(DeviceCtx& ctx, const trainrt_pointwise_loss_args& a) {
     TRAINRT_LAUNCH("pointwise_loss finalize", pointwise_finalize_kernel<T>, 1, kFinalizeThreads,
                    ctx.stream, p.partial, p.first_bad, blocks,
                    a.reduction == TRAINRT_RED_SUM ? 1 : 0, a.divisor,
-                   none ? nullptr : static_cast<T*>(a.loss), p.x, ctx.d_error);
+                   none ? nullptr : static_cast<T*>(a.loss), p.x, data_error_sink(ctx));
   }
 }
 
