@@ -280,3 +280,95 @@ set_tests_properties(cpu_gemm_openblas_not_openblas PROPERTIES
   ENVIRONMENT "TRAINRT_OPENBLAS=libz.so.1;TRAINRT_TEST_EXPECT_REASON=lacks cblas_sgemm"
   FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
   TIMEOUT 60)
+
+# ---- the CUDA module's own sources on an emulated device ------------------------------------
+# tests/cuda_emu: kernels/cuda/*.cu and the module's host code compiled as C++ for the CPU,
+# with the CUDA runtime and cuBLAS calls they make implemented on the host (cuda_emu.cpp) and
+# every kernel run with its blocks one after another and its threads as fibers (cuda_emu.h).
+# The result is a libtrainrt_cuda.so that computes with the CUDA kernels' code, so the CUDA
+# parity suite and the /cuda cases of the other suites check that code in CI, where no GPU is.
+# Needs the CUDA headers only (not nvcc), so the sanitizer build runs it too. What it cannot
+# check is listed at the top of cuda_emu.cpp. A skip fails here.
+option(TRAINRT_CUDA_EMULATOR "Build the CUDA emulator module and its tests" ON)
+if(TRAINRT_CUDA_EMULATOR AND NOT CUDAToolkit_FOUND)
+  find_package(CUDAToolkit QUIET)
+endif()
+if(TRAINRT_CUDA_EMULATOR AND CUDAToolkit_FOUND AND TARGET test_cuda_parity)
+  set(TRAINRT_EMU_DIR ${CMAKE_BINARY_DIR}/cuda_emu)
+  set(TRAINRT_EMU_SOURCES
+    ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.cpp
+    ${PROJECT_SOURCE_DIR}/kernels/cuda/cuda_backend.cpp
+    ${PROJECT_SOURCE_DIR}/kernels/cuda/cuda_context.cpp)
+  # The .cu files through one-line C++ wrappers, so they compile as C++ in this target only.
+  foreach(cu amp cast cross_entropy multi_tensor_norm multi_tensor_scale nn optim
+             pointwise_loss softmax)
+    set(wrapper ${TRAINRT_EMU_DIR}/src/${cu}.cpp)
+    set(content "#include \"${PROJECT_SOURCE_DIR}/kernels/cuda/${cu}.cu\"\n")
+    if(EXISTS ${wrapper})
+      file(READ ${wrapper} old)
+    else()
+      set(old "")
+    endif()
+    if(NOT old STREQUAL content)
+      file(WRITE ${wrapper} "${content}")
+    endif()
+    list(APPEND TRAINRT_EMU_SOURCES ${wrapper})
+  endforeach()
+  add_library(trainrt_cuda_emu MODULE ${TRAINRT_EMU_SOURCES})
+  target_include_directories(trainrt_cuda_emu PRIVATE ${PROJECT_SOURCE_DIR}/kernels/cuda)
+  target_include_directories(trainrt_cuda_emu SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(trainrt_cuda_emu PRIVATE TRAINRT_KNS=cuda_kern)
+  # No FMA contraction anywhere (the module's optimizer kernels are built with --fmad=false;
+  # its other kernels may contract on a GPU, which the parity tolerances allow for).
+  target_compile_options(trainrt_cuda_emu PRIVATE
+    -include ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.h
+    ${TRAINRT_WARNINGS} -Wno-unknown-pragmas -ffp-contract=off
+    # for_each_pack loads and uses a pack under the same j < packs test, which GCC cannot see
+    -Wno-uninitialized -Wno-maybe-uninitialized)
+  find_package(Threads REQUIRED)
+  target_link_libraries(trainrt_cuda_emu PRIVATE Threads::Threads)
+  target_link_options(trainrt_cuda_emu PRIVATE
+    "LINKER:--version-script=${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.map"
+    "LINKER:--no-undefined")
+  set_target_properties(trainrt_cuda_emu PROPERTIES
+    PREFIX "lib"
+    OUTPUT_NAME trainrt_cuda
+    LIBRARY_OUTPUT_DIRECTORY ${TRAINRT_EMU_DIR}$<0:>
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON
+    LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.map)
+  # The emulator's own tests: its execution model, its failures and its capture rules.
+  add_executable(test_cuda_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_cuda_emu.cpp
+                               ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.cpp)
+  target_include_directories(test_cuda_emu SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_options(test_cuda_emu PRIVATE
+    -include ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/cuda_emu.h ${TRAINRT_WARNINGS})
+  target_link_libraries(test_cuda_emu PRIVATE GTest::gtest_main Threads::Threads)
+  add_test(NAME test_cuda_emu COMMAND test_cuda_emu)
+  set_tests_properties(test_cuda_emu PROPERTIES TIMEOUT 120)
+  set(TRAINRT_EMU_TESTS
+    # Every run on the emulator is deterministic by construction, so DeterministicOnGpu
+    # would check nothing here.
+    "cuda_emulator_parity:test_cuda_parity:-CudaParity.DeterministicOnGpu"
+    "cuda_emulator_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice*"
+    "cuda_emulator_optim:test_optim:*/cuda:OptimCudaParity.*:OptimDevices.*"
+    "cuda_emulator_clip_amp:test_clip_amp:*/cuda:ClipAmpCudaParity.*:ClipDevices.*:ScalerDevices.*")
+  foreach(t test_dtype_tensor test_nn test_softmax test_losses test_checkpoint test_data
+            test_bad_input test_torch_golden test_train_golden)
+    if(TARGET ${t})
+      string(REPLACE "test_" "" short ${t})
+      list(APPEND TRAINRT_EMU_TESTS "cuda_emulator_${short}:${t}:*/cuda")
+    endif()
+  endforeach()
+  foreach(spec IN LISTS TRAINRT_EMU_TESTS)
+    string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
+    add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
+    set_tests_properties(${CMAKE_MATCH_1} PROPERTIES
+      ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_EMU_DIR}"
+      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
+      TIMEOUT 900)
+    add_dependencies(${CMAKE_MATCH_2} trainrt_cuda_emu)
+  endforeach()
+  target_compile_definitions(test_graph PRIVATE
+    TRAINRT_CUDA_EMU_MODULE="${TRAINRT_EMU_DIR}/libtrainrt_cuda.so")
+endif()

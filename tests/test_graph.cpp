@@ -307,15 +307,23 @@ struct SimCounters {
 };
 using SimCountersFn = SimCounters (*)(int reset);
 
-/// The simulated device's counter function, or null on any other device.
+/// The simulated device's counter function, or null on any other device. The CUDA emulator
+/// (tests/cuda_emu, the real CUDA module's code) counts the same things at the CUDA runtime
+/// calls the module makes.
 SimCountersFn simulated_counters() {
+  for (const char* module : {
 #ifdef TRAINRT_FAKE_RECORDING_MODULE
-  void* h = ::dlopen(TRAINRT_FAKE_RECORDING_MODULE, RTLD_NOW | RTLD_NOLOAD);
-  if (h == nullptr) return nullptr;
-  return reinterpret_cast<SimCountersFn>(::dlsym(h, "trainrt_fake_counters"));
-#else
-  return nullptr;
+           TRAINRT_FAKE_RECORDING_MODULE,
 #endif
+#ifdef TRAINRT_CUDA_EMU_MODULE
+           TRAINRT_CUDA_EMU_MODULE,
+#endif
+           static_cast<const char*>(nullptr)}) {
+    if (module == nullptr) break;
+    void* h = ::dlopen(module, RTLD_NOW | RTLD_NOLOAD);
+    if (h != nullptr) return reinterpret_cast<SimCountersFn>(::dlsym(h, "trainrt_fake_counters"));
+  }
+  return nullptr;
 }
 
 #define SIMULATED_DEVICE_OR_SKIP(dev, counters)                               \

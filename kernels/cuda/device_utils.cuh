@@ -69,8 +69,15 @@ template <class... P, class... Args>
 void launch_checked(const char* file, int line, const char* name, void (*kernel)(P...),
                     int64_t grid, int block, cudaStream_t stream, Args&&... args) {
   if (grid <= 0) return;
+#if defined(TRAINRT_CUDA_EMULATION)  // tests/cuda_emu: the same sources on the CPU
+  ::trainrt_emu::launch(kernel, dim3(static_cast<unsigned>(grid)),
+                        dim3(static_cast<unsigned>(block)), 0, stream, std::forward<Args>(args)...);
+#else
+  // clang-format off
   kernel<<<static_cast<unsigned>(grid), static_cast<unsigned>(block), 0, stream>>>(
       std::forward<Args>(args)...);
+  // clang-format on
+#endif
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail_cuda(e, name, file, line);
 }

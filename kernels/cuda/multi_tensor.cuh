@@ -203,7 +203,12 @@ void mt_launch_checked(const char* file, int line, const char* what, void (*kern
   static_assert(sizeof(Args) <= kMtParamBytes, "multi-tensor kernel parameters too large");
   const int64_t grid = mt_grid(ctx, kernel, args.list.n_chunks);
   if (grid <= 0) return;
+#if defined(TRAINRT_CUDA_EMULATION)  // tests/cuda_emu: the same sources on the CPU
+  ::trainrt_emu::launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(kMtThreads), 0, ctx.stream,
+                        args);
+#else
   kernel<<<static_cast<unsigned>(grid), kMtThreads, 0, ctx.stream>>>(args);
+#endif
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail_cuda(e, what, file, line);
 }
