@@ -92,5 +92,10 @@ grep -q 'libasan\.so' <<< "$needed" || {
 # ---- run everything ------------------------------------------------------------------------------
 echo "sanitize: ASAN_OPTIONS=$ASAN_OPTIONS"
 echo "sanitize: UBSAN_OPTIONS=$UBSAN_OPTIONS"
-ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"
+# The two slowest CUDA-emulator suites (the CPU/CUDA parity grid and the loss suite's /cuda
+# cases, about 90 s together in Release) run in scripts/test.sh only; every other emulator
+# suite runs here, sanitized.
+ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" \
+  -E '^cuda_emulator_(parity|losses)$'
+
 echo "sanitize: OK, the whole suite ran clean under ASan+UBSan (leak checking: $([ $detect_leaks = 1 ] && echo on || echo OFF))"

@@ -55,6 +55,7 @@
 #endif
 #endif
 #if defined(TRAINRT_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -299,6 +300,25 @@ thread_local BlockRun* t_run = nullptr;
 
 void fiber_entry();
 
+/// Set when fibers were abandoned mid-kernel (a failed launch): their stacks must be cleared
+/// whole before reuse.
+thread_local bool t_stacks_dirty = false;
+
+/// ASan: a fiber that ran to completion leaves only the frames of its last switch
+/// (fiber_entry, to_scheduler) unreturned, at the top of its stack, with their redzones
+/// poisoned; they are cleared before the stack is used again. Clearing whole stacks for every
+/// block made the sanitized emulator 20x slower.
+void unpoison_stack(char* stack, std::size_t bytes) {
+#if defined(TRAINRT_EMU_ASAN)
+  constexpr std::size_t kTop = std::size_t{64} << 10;
+  const std::size_t n = t_stacks_dirty || bytes < kTop ? bytes : kTop;
+  __asan_unpoison_memory_region(stack + bytes - n, n);
+#else
+  (void)stack;
+  (void)bytes;
+#endif
+}
+
 #if defined(__x86_64__)
 // The fiber switch: swapcontext makes two signal-mask system calls per switch, which took most
 // of the emulator's time. This saves the callee-saved registers and the SSE / x87 control
@@ -341,6 +361,7 @@ struct Context {
 
 /// A stack that the first switch to it starts in trainrt_emu_fiber_start.
 void make_context(Context& c, char* stack, std::size_t bytes) {
+  unpoison_stack(stack, bytes);
   auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t{15};
   // w[8], the fake return address, lands at 8 mod 16, where a call leaves the stack pointer
   auto* w = reinterpret_cast<std::uint64_t*>(top - 88);
@@ -362,6 +383,7 @@ struct Context {
 };
 
 void make_context(Context& c, char* stack, std::size_t bytes) {
+  unpoison_stack(stack, bytes);
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = stack;
   c.uc.uc_stack.ss_size = bytes;
@@ -539,6 +561,7 @@ bool run_grid(dim3 grid, dim3 block, const std::function<void()>& body, std::str
   }
   t_run = outer;
   if (!ok) error = r.error;
+  t_stacks_dirty = !ok;  // the next block's stacks are cleared whole once
   return ok;
 }
 
@@ -722,6 +745,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   return cudaSuccess;
 }
 
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (s == nullptr || s->capture != nullptr) return ret(cudaErrorInvalidValue);
+  delete s;
+  return cudaSuccess;
+}
+
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   EMU_CHECK_CONTEXT();
   if (refused_in_capture("cudaStreamSynchronize")) return ret(cudaErrorStreamCaptureUnsupported);
@@ -731,6 +760,12 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) {
 cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
   if (pool == nullptr || props == nullptr) return ret(cudaErrorInvalidValue);
   *pool = new CUmemPoolHandle_st{props->location.id};
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
+  if (pool == nullptr) return ret(cudaErrorInvalidValue);
+  delete pool;
   return cudaSuccess;
 }
 
@@ -752,6 +787,25 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
   if (posix_memalign(p, 256, bytes == 0 ? 1 : bytes) != 0) return ret(cudaErrorMemoryAllocation);
   std::lock_guard<std::mutex> lock(reg().mu);
   reg().pinned[reinterpret_cast<std::uintptr_t>(*p)] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  EMU_CHECK_CONTEXT();
+  if (refused_in_capture("cudaFree")) return ret(cudaErrorStreamCaptureUnsupported);
+  const cudaError_t e = release(p, nullptr);
+  return e;
+}
+
+cudaError_t cudaFreeHost(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(reg().mu);
+    if (reg().pinned.erase(reinterpret_cast<std::uintptr_t>(p)) == 0) {
+      return ret(cudaErrorInvalidValue);
+    }
+  }
+  std::free(p);
   return cudaSuccess;
 }
 

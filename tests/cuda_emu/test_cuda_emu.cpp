@@ -95,6 +95,9 @@ TEST(CudaEmu, WarpShufflesSharedMemoryAndBarriers) {
     const std::size_t w = i / 32 * 32;
     ASSERT_EQ(lanes[i], std::accumulate(in.begin() + w, in.begin() + w + 32, 0)) << i;
   }
+  EXPECT_EQ(cudaFree(d_in), cudaSuccess);
+  EXPECT_EQ(cudaFree(d_out), cudaSuccess);
+  EXPECT_EQ(cudaFree(d_lanes), cudaSuccess);
 }
 
 TEST(CudaEmu, SyncthreadsOrOverConsecutiveBarriers) {
@@ -104,7 +107,9 @@ TEST(CudaEmu, SyncthreadsOrOverConsecutiveBarriers) {
   int* d_out = device_array(std::vector<int>(256, -1));
   ASSERT_EQ(trainrt_emu::launch(any_of, dim3(1), dim3(256), 0, nullptr, d_flags, d_out),
             cudaSuccess);
-  for (int v : host_copy(d_out, 256)) ASSERT_EQ(v, 110);
+  for (int v : host_copy(d_out, 256)) EXPECT_EQ(v, 110);
+  EXPECT_EQ(cudaFree(d_flags), cudaSuccess);
+  EXPECT_EQ(cudaFree(d_out), cudaSuccess);
 }
 
 TEST(CudaEmu, BadLaunchConfigurations) {
@@ -121,6 +126,7 @@ TEST(CudaEmu, BarrierDivergenceFailsTheLaunchAndEveryLaterCall) {
   EXPECT_EQ(trainrt_emu::launch(split_warp, dim3(1), dim3(64), 0, nullptr), cudaErrorLaunchFailure);
   void* p = nullptr;
   EXPECT_EQ(cudaMalloc(&p, 16), cudaErrorLaunchFailure);  // sticky, as after a kernel fault
+  EXPECT_EQ(p, nullptr);
   trainrt_emu::clear_fault_for_tests();
   EXPECT_EQ(trainrt_emu::launch(shuffle_after_exit, dim3(1), dim3(32), 0, nullptr),
             cudaErrorLaunchFailure);
@@ -184,6 +190,10 @@ TEST(CudaEmu, ACaptureRecordsAndAGraphReplays) {
   want[0] = 11.0f;
   EXPECT_EQ(host_copy(x, 1000), want);
   ASSERT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  EXPECT_EQ(cudaFree(x), cudaSuccess);
+  EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
+  EXPECT_EQ(cudaMemPoolDestroy(pool), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
 }
 
 TEST(CudaEmu, UnsafeCallsInvalidateACapture) {
@@ -215,6 +225,8 @@ TEST(CudaEmu, UnsafeCallsInvalidateACapture) {
   });
   expect_invalidated([&] { return cudaFreeAsync(x, s); });  // allocated before the capture
   EXPECT_EQ(host_copy(x, 4), std::vector<float>(4, 0.0f));  // nothing ran, x still allocated
+  EXPECT_EQ(cudaFree(x), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
 }
 
 }  // namespace
