@@ -85,6 +85,31 @@ if(TARGET test_graph)
     TIMEOUT 60)
 endif()
 
+# ---- test binaries run against a stand-in libtrainrt_cuda.so -------------------------------
+# trainrt_add_module_tests(<prefix> <module dir> MODULE <target> TIMEOUT <s> SPECS
+# "name:binary:gtest_filter"... SUITES <test targets>... [PROPERTIES <test properties>...]):
+# one ctest per spec, plus "<prefix>_<suite>:<target>:*/cuda" for every suite that is built,
+# each with TRAINRT_BACKEND_PATH=<module dir> and failing on a skip.
+function(trainrt_add_module_tests prefix dir)
+  cmake_parse_arguments(ARG "" "MODULE;TIMEOUT" "SPECS;SUITES;PROPERTIES" ${ARGN})
+  set(specs ${ARG_SPECS})
+  foreach(t IN LISTS ARG_SUITES)
+    if(TARGET ${t})
+      string(REPLACE "test_" "" short ${t})
+      list(APPEND specs "${prefix}_${short}:${t}:*/cuda")
+    endif()
+  endforeach()
+  foreach(spec IN LISTS specs)
+    string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
+    add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
+    set_tests_properties(${CMAKE_MATCH_1} PROPERTIES
+      ENVIRONMENT "TRAINRT_BACKEND_PATH=${dir}"
+      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
+      TIMEOUT ${ARG_TIMEOUT} ${ARG_PROPERTIES})
+    add_dependencies(${CMAKE_MATCH_2} ${ARG_MODULE})
+  endforeach()
+endfunction()
+
 # ---- CUDA graphs replayed on a simulated device --------------------------------------------
 # fake_recording_backend.cpp: a "cuda" device with host memory and the CPU backend's kernels
 # (compiled into the module) that records the calls of a capture, with their argument lists
@@ -116,29 +141,18 @@ if(TARGET test_graph AND TARGET test_optim AND TARGET test_clip_amp)
     LIBRARY_OUTPUT_DIRECTORY ${TRAINRT_FAKE_BACKEND_DIR}/recording$<0:>
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON)
-  add_dependencies(test_graph trainrt_fake_backend_recording)
-  set(TRAINRT_RECORDING_TESTS
-    "simulated_device_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice*"
-    "simulated_device_optim:test_optim:*/cuda"
-    "simulated_device_clip_amp:test_clip_amp:*/cuda")
   # The /cuda cases of the other suites that have them, for the core's device paths there
   # (tensor copies and casts, layers, softmax, checkpoints of device tensors, batches on the
   # device). The losses and the CPU/CUDA parity suites stay out: on this device they would
   # only compare the CPU kernels with themselves, slowly.
-  foreach(t test_dtype_tensor test_nn test_softmax test_checkpoint test_data)
-    if(TARGET ${t})
-      string(REPLACE "test_" "" short ${t})
-      list(APPEND TRAINRT_RECORDING_TESTS "simulated_device_${short}:${t}:*/cuda")
-    endif()
-  endforeach()
-  foreach(spec IN LISTS TRAINRT_RECORDING_TESTS)
-    string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
-    add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
-    set_tests_properties(${CMAKE_MATCH_1} PROPERTIES
-      ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_FAKE_BACKEND_DIR}/recording"
-      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
-      TIMEOUT 300)
-  endforeach()
+  trainrt_add_module_tests(simulated_device ${TRAINRT_FAKE_BACKEND_DIR}/recording
+    MODULE trainrt_fake_backend_recording
+    TIMEOUT 300
+    SPECS
+      "simulated_device_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice*"
+      "simulated_device_optim:test_optim:*/cuda"
+      "simulated_device_clip_amp:test_clip_amp:*/cuda"
+    SUITES test_dtype_tensor test_nn test_softmax test_checkpoint test_data)
   target_compile_definitions(test_graph PRIVATE
     TRAINRT_FAKE_RECORDING_MODULE="${TRAINRT_FAKE_BACKEND_DIR}/recording/libtrainrt_cuda.so")
 endif()
@@ -347,33 +361,22 @@ if(TRAINRT_CUDA_EMULATOR AND CUDAToolkit_FOUND AND TARGET test_cuda_parity)
   add_test(NAME test_cuda_emu COMMAND test_cuda_emu)
   set_tests_properties(test_cuda_emu PROPERTIES TIMEOUT 120
     ENVIRONMENT_MODIFICATION "ASAN_OPTIONS=string_append::detect_stack_use_after_return=0")
-  set(TRAINRT_EMU_TESTS
-    # Every run on the emulator is deterministic by construction, so DeterministicOnGpu
-    # would check nothing here.
-    "cuda_emulator_parity:test_cuda_parity:-CudaParity.DeterministicOnGpu"
-    "cuda_emulator_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice*"
-    "cuda_emulator_optim:test_optim:*/cuda:OptimCudaParity.*:OptimDevices.*"
-    "cuda_emulator_clip_amp:test_clip_amp:*/cuda:ClipAmpCudaParity.*:ClipDevices.*:ScalerDevices.*")
-  foreach(t test_dtype_tensor test_nn test_softmax test_losses test_checkpoint test_data
-            test_bad_input test_torch_golden test_train_golden)
-    if(TARGET ${t})
-      string(REPLACE "test_" "" short ${t})
-      list(APPEND TRAINRT_EMU_TESTS "cuda_emulator_${short}:${t}:*/cuda")
-    endif()
-  endforeach()
-  foreach(spec IN LISTS TRAINRT_EMU_TESTS)
-    string(REGEX MATCH "^([^:]+):([^:]+):(.*)$" _ "${spec}")
-    add_test(NAME ${CMAKE_MATCH_1} COMMAND ${CMAKE_MATCH_2} --gtest_filter=${CMAKE_MATCH_3})
-    set_tests_properties(${CMAKE_MATCH_1} PROPERTIES
-      ENVIRONMENT "TRAINRT_BACKEND_PATH=${TRAINRT_EMU_DIR}"
-      # Under ASan (scripts/sanitize.sh): stack-use-after-return detection gives every fiber
-      # a fake stack of its own, mapped and unmapped per kernel thread, which made the
-      # emulator 6x slower; the kernels' frames stay checked for overflows.
-      ENVIRONMENT_MODIFICATION "ASAN_OPTIONS=string_append::detect_stack_use_after_return=0"
-      FAIL_REGULAR_EXPRESSION "SKIPPED;FAILED; 0 tests from"
-      TIMEOUT 900)
-    add_dependencies(${CMAKE_MATCH_2} trainrt_cuda_emu)
-  endforeach()
+  trainrt_add_module_tests(cuda_emulator ${TRAINRT_EMU_DIR}
+    MODULE trainrt_cuda_emu
+    TIMEOUT 900
+    SPECS
+      # Every run on the emulator is deterministic by construction, so DeterministicOnGpu
+      # would check nothing here.
+      "cuda_emulator_parity:test_cuda_parity:-CudaParity.DeterministicOnGpu"
+      "cuda_emulator_graphs:test_graph:CudaGraphCuda.*:CaptureRefusals.*:SimulatedDevice*"
+      "cuda_emulator_optim:test_optim:*/cuda:OptimCudaParity.*:OptimDevices.*"
+      "cuda_emulator_clip_amp:test_clip_amp:*/cuda:ClipAmpCudaParity.*:ClipDevices.*:ScalerDevices.*"
+    SUITES test_dtype_tensor test_nn test_softmax test_losses test_checkpoint test_data
+      test_bad_input test_torch_golden test_train_golden
+    # Under ASan (scripts/sanitize.sh): stack-use-after-return detection gives every fiber a
+    # fake stack of its own, mapped and unmapped per kernel thread, which made the emulator 6x
+    # slower; the kernels' frames stay checked for overflows.
+    PROPERTIES ENVIRONMENT_MODIFICATION "ASAN_OPTIONS=string_append::detect_stack_use_after_return=0")
   target_compile_definitions(test_graph PRIVATE
     TRAINRT_CUDA_EMU_MODULE="${TRAINRT_EMU_DIR}/libtrainrt_cuda.so")
 endif()

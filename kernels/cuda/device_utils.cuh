@@ -65,6 +65,7 @@ bool rows_vectorizable(int64_t cols, std::initializer_list<const void*> bases) {
   return true;
 }
 
+/// The module's one kernel launch site (multi_tensor.cuh's launches come through here too).
 template <class... P, class... Args>
 void launch_checked(const char* file, int line, const char* name, void (*kernel)(P...),
                     int64_t grid, int block, cudaStream_t stream, Args&&... args) {

@@ -201,16 +201,8 @@ template <class Args>
 void mt_launch_checked(const char* file, int line, const char* what, void (*kernel)(Args),
                        const DeviceCtx& ctx, const Args& args) {
   static_assert(sizeof(Args) <= kMtParamBytes, "multi-tensor kernel parameters too large");
-  const int64_t grid = mt_grid(ctx, kernel, args.list.n_chunks);
-  if (grid <= 0) return;
-#if defined(TRAINRT_CUDA_EMULATION)  // tests/cuda_emu: the same sources on the CPU
-  ::trainrt_emu::launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(kMtThreads), 0, ctx.stream,
-                        args);
-#else
-  kernel<<<static_cast<unsigned>(grid), kMtThreads, 0, ctx.stream>>>(args);
-#endif
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail_cuda(e, what, file, line);
+  launch_checked(file, line, what, kernel, mt_grid(ctx, kernel, args.list.n_chunks), kMtThreads,
+                 ctx.stream, args);
 }
 
 /// TRAINRT_MT_LAUNCH("what", kernel<...>, ctx, args)

@@ -793,8 +793,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 cudaError_t cudaFree(void* p) {
   EMU_CHECK_CONTEXT();
   if (refused_in_capture("cudaFree")) return ret(cudaErrorStreamCaptureUnsupported);
-  const cudaError_t e = release(p, nullptr);
-  return e;
+  return release(p, nullptr);
 }
 
 cudaError_t cudaFreeHost(void* p) {
@@ -901,14 +900,14 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
 
 }  // extern "C"
 
-struct CUgraph_st {
+/// A captured graph and its instantiation: the recorded operations, and the memory allocated
+/// during the capture, kept for the replays.
+struct GraphBody {
   std::vector<std::function<void()>> ops;
   std::vector<std::shared_ptr<MemBlock>> memory;
 };
-struct CUgraphExec_st {
-  std::vector<std::function<void()>> ops;
-  std::vector<std::shared_ptr<MemBlock>> memory;
-};
+struct CUgraph_st : GraphBody {};
+struct CUgraphExec_st : GraphBody {};
 
 extern "C" {
 
@@ -921,15 +920,19 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   stream->capture = nullptr;
   t_capture = nullptr;
   std::unique_ptr<Capture> owned(c);
-  if (c->invalidated) return ret(cudaErrorStreamCaptureInvalidated);
-  *graph = new CUgraph_st{std::move(c->ops), std::move(c->memory)};
+  if (c->invalidated) {
+    std::fprintf(stderr, "trainrt CUDA emulator: the capture was invalidated by %s\n",
+                 c->why.c_str());
+    return ret(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = new CUgraph_st{{std::move(c->ops), std::move(c->memory)}};
   return cudaSuccess;
 }
 
 cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t graph,
                                           unsigned long long) {
   if (exec == nullptr || graph == nullptr) return ret(cudaErrorInvalidValue);
-  *exec = new CUgraphExec_st{graph->ops, graph->memory};
+  *exec = new CUgraphExec_st{{graph->ops, graph->memory}};
   return cudaSuccess;
 }
 
