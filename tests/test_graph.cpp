@@ -9,8 +9,10 @@
 // In CI they run on two fake "cuda" devices instead: CaptureRefusals on the host-memory one
 // that computes nothing (ctest graph_capture_refusals), and all of them, with
 // SimulatedDevice*, on the simulated device of tests/fake_recording_backend.cpp, which runs
-// the CPU kernels and records and replays captures (ctest simulated_device_graphs). The CPU
-// cases check that graphs are refused on the CPU. (The capturable step itself is checked
+// the CPU kernels and records and replays captures (ctest simulated_device_graphs); and all
+// of them, with CudaDeferredErrors, on the CUDA module itself run by the CUDA emulator
+// (tests/cuda_emu, ctest cuda_emulator_graphs). The CPU cases check that graphs are refused
+// on the CPU. (The capturable step itself is checked
 // against the ordinary one on every backend in test_optim.cpp and test_clip_amp.cpp.)
 #include <dlfcn.h>
 
@@ -249,6 +251,34 @@ TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
     r.opt->step();  // outside the capture it runs
     EXPECT_EQ(r.opt->step_count(r.params[0]), 1);
   }
+}
+
+// A data error that a kernel recorded before a capture (a class index out of range) is not
+// lost when the read of the record inside the capture fails (a synchronisation cannot be
+// captured): it surfaces at the next synchronize after the capture. For the CUDA module only
+// (on a GPU and the emulator, ctest cuda_emulator_graphs): the simulated device runs the CPU
+// kernels, which report such errors at once.
+TEST(CudaDeferredErrors, ARecordFromBeforeACaptureSurfacesAfterIt) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const Tensor logits = Tensor::from_vector(std::vector<float>(12, 0.25f), {4, 3}, dev);
+  const Tensor bad = Tensor::from_vector(std::vector<std::int64_t>{0, 2, 7, 1}, {4}, dev);
+  const std::string want = "cross_entropy: target 7 is out of bounds for 3 classes (row 2)";
+  (void)trainrt::cross_entropy(logits, bad);  // deferred: the kernel records it
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  try {
+    trainrt::synchronize(dev);
+    ADD_FAILURE() << "a synchronize inside a capture did not fail";
+  } catch (const trainrt::Error& e) {
+    // the failed read, not the record
+    EXPECT_EQ(std::string(e.what()).find("out of bounds"), std::string::npos) << e.what();
+  }
+  expect_error([&] { graph.capture_end(); }, "invalidated");
+  expect_error([&] { trainrt::synchronize(dev); }, want);
+  trainrt::synchronize(dev);  // read once: the record is clear again
+  const Tensor good = Tensor::from_vector(std::vector<std::int64_t>{0, 2, 1, 1}, {4}, dev);
+  EXPECT_NEAR(trainrt::cross_entropy(logits, good).loss.item(), std::log(3.0), 1e-6);
 }
 
 // What cannot be captured is refused with a clear Error before it changes anything (or
