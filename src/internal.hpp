@@ -23,11 +23,12 @@ struct Storage {
   std::size_t bytes = 0;
   Device device;
   const trainrt_backend_v1* api = nullptr;
-  std::uint64_t capture = 0;  // the CudaGraph capture it was allocated in (0: none)
+  std::uint64_t capture = 0;         // the CudaGraph capture it was allocated in (0: none)
+  Storage* next_deferred = nullptr;  // in the list of frees that wait for a capture's end
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
-  ~Storage();
+  ~Storage();  // frees the block
 };
 
 /// CudaGraph captures, as the core tracks them (src/tensor.cpp): capture_started gives a
@@ -37,7 +38,9 @@ struct Storage {
 /// of such a block inside a capture fails and invalidates it, so their frees wait). Blocks
 /// allocated during the capture are freed at once, into it, as CUDA allows. (A capture that
 /// another thread starts between a free's check and the free itself still gets the free: the
-/// device's one stream is shared.)
+/// device's one stream is shared.) A Storage is deleted by release_storage (allocate's
+/// deleter), which keeps a deferred one in an intrusive list: deferring allocates nothing, so
+/// it cannot fail.
 void capture_started(Device device);
 void capture_stopped(Device device) noexcept;
 

@@ -20,11 +20,6 @@ struct ActiveCapture {
   Device device;
   std::uint64_t serial;
 };
-struct DeferredFree {
-  const trainrt_backend_v1* api;
-  Device device;
-  void* ptr;
-};
 std::atomic<int> g_captures_running{0};  // a free checks the lists below only when non-zero
 std::mutex g_capture_mu;
 std::uint64_t g_last_serial = 0;
@@ -33,10 +28,9 @@ std::vector<ActiveCapture>& active_captures() {
   static auto* v = new std::vector<ActiveCapture>();
   return *v;
 }
-std::vector<DeferredFree>& deferred_frees() {
-  static auto* v = new std::vector<DeferredFree>();
-  return *v;
-}
+// The storages whose frees wait for the end of their device's capture, linked through
+// Storage::next_deferred (guarded by g_capture_mu).
+Storage* g_deferred = nullptr;
 
 std::uint64_t active_capture_locked(Device device) {
   for (const ActiveCapture& a : active_captures())
@@ -53,23 +47,27 @@ std::uint64_t active_capture(Device device) {
 }  // namespace
 
 Storage::~Storage() {  // never throws
-  if (ptr == nullptr || api == nullptr) return;
-  if (g_captures_running.load(std::memory_order_acquire) != 0) {
-    // A block from before the capture of its device waits for the capture's end; if even
-    // the list cannot take it, it is leaked rather than freed into the capture.
-    try {
-      std::lock_guard<std::mutex> lock(g_capture_mu);
-      const std::uint64_t now = active_capture_locked(device);
-      if (now != 0 && now != capture) {
-        deferred_frees().push_back({api, device, ptr});
-        return;
-      }
-    } catch (...) {
+  if (ptr != nullptr && api != nullptr) api->free(device.index(), ptr);
+}
+
+namespace {
+
+// The deleter of every Storage: a block from before the capture of its device waits for the
+// capture's end (capture_stopped deletes it then); any other is freed now.
+void release_storage(Storage* s) noexcept {
+  if (s->ptr != nullptr && g_captures_running.load(std::memory_order_acquire) != 0) {
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    const std::uint64_t now = active_capture_locked(s->device);
+    if (now != 0 && now != s->capture) {
+      s->next_deferred = g_deferred;
+      g_deferred = s;
       return;
     }
   }
-  api->free(device.index(), ptr);
+  delete s;
 }
+
+}  // namespace
 
 void capture_started(Device device) {
   std::lock_guard<std::mutex> lock(g_capture_mu);
@@ -78,7 +76,7 @@ void capture_started(Device device) {
 }
 
 void capture_stopped(Device device) noexcept {
-  std::vector<DeferredFree> todo;
+  Storage* todo = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_capture_mu);
     // The newest capture of the device: the one that ends, or the one whose capture_begin
@@ -92,24 +90,29 @@ void capture_stopped(Device device) noexcept {
       }
     }
     if (active_capture_locked(device) != 0) return;
-    std::vector<DeferredFree>& d = deferred_frees();
-    auto keep = std::stable_partition(d.begin(), d.end(),
-                                      [&](const DeferredFree& f) { return !(f.device == device); });
-    try {
-      todo.assign(keep, d.end());
-    } catch (...) {
-      return;  // no memory even for the list: the blocks stay deferred (leaked)
+    for (Storage** link = &g_deferred; *link != nullptr;) {
+      Storage* s = *link;
+      if (s->device == device) {
+        *link = s->next_deferred;
+        s->next_deferred = todo;
+        todo = s;
+      } else {
+        link = &s->next_deferred;
+      }
     }
-    d.erase(keep, d.end());
   }
-  for (const DeferredFree& f : todo) f.api->free(f.device.index(), f.ptr);
+  while (todo != nullptr) {
+    Storage* next = todo->next_deferred;
+    delete todo;
+    todo = next;
+  }
 }
 
 namespace {
 
 std::shared_ptr<Storage> allocate(std::size_t bytes, Device device) {
   const trainrt_backend_v1& api = backend_for(device);
-  auto s = std::make_shared<Storage>();
+  std::shared_ptr<Storage> s(new Storage(), &release_storage);
   s->device = device;
   s->bytes = bytes;
   s->api = &api;
