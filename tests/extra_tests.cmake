@@ -368,7 +368,7 @@ if(TRAINRT_CUDA_EMULATOR AND CUDAToolkit_FOUND AND TARGET test_cuda_parity)
       # Every run on the emulator is deterministic by construction, so DeterministicOnGpu
       # would check nothing here.
       "cuda_emulator_parity:test_cuda_parity:-CudaParity.DeterministicOnGpu"
-      "cuda_emulator_graphs:test_graph:CudaGraphCuda.*:CudaDeferredErrors.*:CaptureRefusals.*:SimulatedDevice*"
+      "cuda_emulator_graphs:test_graph:CudaGraphCuda.*:CudaDeferredErrors.*:CudaCaptureMemory.*:CaptureRefusals.*:SimulatedDevice*"
       "cuda_emulator_optim:test_optim:*/cuda:OptimCudaParity.*:OptimDevices.*"
       "cuda_emulator_clip_amp:test_clip_amp:*/cuda:ClipAmpCudaParity.*:ClipDevices.*:ScalerDevices.*"
     SUITES test_dtype_tensor test_nn test_softmax test_losses test_checkpoint test_data

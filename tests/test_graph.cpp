@@ -577,6 +577,37 @@ TEST_F(SimulatedDeviceSgd, TensorsThatDieDuringACaptureAreFreedAfterIt) {
   EXPECT_FALSE(unused.has_grad());
 }
 
+// A block allocated during a capture that dies in it is freed at once, into the capture, as
+// CUDA allows (the graph owns that memory); a block from before the capture that dies in it
+// waits for the capture's end. For the CUDA module (a GPU, and the emulator, which also counts
+// the frees: ctest cuda_emulator_graphs); the simulated device cannot allocate in a capture.
+TEST(CudaCaptureMemory, OnlyBlocksFromBeforeACaptureWaitForItsEnd) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const SimCountersFn counters = simulated_counters();  // null on a GPU
+  auto frees = [&] { return counters != nullptr ? counters(0).frees : std::int64_t{-1}; };
+  const std::int64_t skip = counters != nullptr ? 1 : 0;  // compare counts on the emulator only
+  Tensor old_block = Tensor::zeros({64}, trainrt::DType::f32, dev);
+  Tensor kept;
+  trainrt::synchronize(dev);
+  const std::int64_t at_start = frees();
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  {
+    const Tensor scratch = Tensor::zeros({256}, trainrt::DType::f32, dev);  // dies here
+  }
+  EXPECT_EQ(skip * (frees() - at_start), skip * 1) << "the capture's own block is freed at once";
+  kept = Tensor::zeros({8}, trainrt::DType::f32, dev);  // outlives the capture
+  old_block = Tensor();                                 // from before the capture: waits
+  EXPECT_EQ(skip * (frees() - at_start), skip * 1);
+  graph.capture_end();  // throws if a free had reached the capture wrongly
+  EXPECT_EQ(skip * (frees() - at_start), skip * 2) << "the old block is freed at the end";
+  graph.replay();
+  graph.replay();
+  trainrt::synchronize(dev);
+  EXPECT_EQ(kept.to_vector<float>(), std::vector<float>(8, 0.0f));
+}
+
 // The graph handle: moves, capture again, reset, a graph destroyed while capturing; and a
 // second capture_begin on a capturing device, which fails without ending the first capture
 // or releasing the frees it defers.
