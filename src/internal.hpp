@@ -18,6 +18,8 @@ namespace trainrt {
 namespace detail {
 
 /// Device memory owned by a Tensor; freed by the backend that allocated it.
+/// Made only by allocate() in src/tensor.cpp, whose shared_ptr deleter (release_storage)
+/// defers the free during a capture; ~Storage frees at once.
 struct Storage {
   void* ptr = nullptr;
   std::size_t bytes = 0;

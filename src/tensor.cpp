@@ -1,6 +1,5 @@
 #include "trainrt/tensor.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <iterator>

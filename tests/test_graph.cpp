@@ -10,10 +10,10 @@
 // that computes nothing (ctest graph_capture_refusals), and all of them, with
 // SimulatedDevice*, on the simulated device of tests/fake_recording_backend.cpp, which runs
 // the CPU kernels and records and replays captures (ctest simulated_device_graphs); and all
-// of them, with CudaDeferredErrors, on the CUDA module itself run by the CUDA emulator
-// (tests/cuda_emu, ctest cuda_emulator_graphs). The CPU cases check that graphs are refused
-// on the CPU. (The capturable step itself is checked
-// against the ordinary one on every backend in test_optim.cpp and test_clip_amp.cpp.)
+// of them, with CudaDeferredErrors and CudaCaptureMemory, on the CUDA module itself run by the CUDA
+// emulator (tests/cuda_emu, ctest cuda_emulator_graphs). The CPU cases check that graphs are
+// refused on the CPU. (The capturable step itself is checked against the ordinary one on every
+// backend in test_optim.cpp and test_clip_amp.cpp.)
 #include <dlfcn.h>
 
 #include <cmath>
