@@ -8,6 +8,7 @@
 #include "trainrt/amp.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "checks.hpp"
 #include "optim_internal.hpp"
@@ -120,6 +121,15 @@ void GradScaler::unscale_(optim::Optimizer& optimizer) {
     fail("GradScaler.unscale_: unscale_() is being called after step()");
   detail::OptimizerImpl& I = detail::OptimizerAccess::impl(optimizer);
   lazy_init(optimizer.device(), "unscale_");
+  if (detail::OptimizerAccess::grads(I).size() == 0) {
+    // PyTorch's unscale_ over no grads unscales and records nothing: grads set afterwards are
+    // used as they are, and step() / update() then find no inf check for this optimizer.
+    I.check_pending = false;
+    I.inf_recorded = false;
+    st.stage = Stage::unscaled;
+    st.found_inf_block = Tensor();
+    return;
+  }
   float* gs = detail::OptimizerAccess::activate_grad_scalars(I);
   const trainrt_backend_v1& api = detail::backend_for(I.device);
   trainrt_amp_args a{};
@@ -153,6 +163,11 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
     fail(
         "GradScaler.step: no inf checks were recorded for this optimizer (none of its "
         "parameters has a grad)");
+  }
+  if (st.stage == Stage::unscaled && !I.check_pending && !I.inf_recorded) {
+    fail(
+        "GradScaler.step: no inf checks were recorded for this optimizer (none of its "
+        "parameters had a grad when unscale_() was called)");
   }
   if (st.stage == Stage::ready) unscale_(optimizer);
   detail::OptimizerAccess::run_pending_check(I, "GradScaler.step");
@@ -279,11 +294,12 @@ void GradScaler::load_state_dict(const StateDict& sd) {
   if (gi != std::floor(gi))
     fail("GradScaler.load_state_dict: growth_interval {} is not an integer", gi);
   check_growth_interval(static_cast<std::int64_t>(gi));
-  if (!(tracker >= 0.0) || tracker != std::floor(tracker) || tracker >= gi) {
-    fail(
-        "GradScaler.load_state_dict: _growth_tracker must be an integer in [0, growth_interval), "
-        "got {}",
-        tracker);
+  // Any count a scaler can reach: set_growth_interval may have put the interval below it, and
+  // then it keeps counting without growth, as torch's does (the device counter is an int32).
+  if (!(tracker >= 0.0) || tracker != std::floor(tracker) ||
+      tracker > static_cast<double>(std::numeric_limits<std::int32_t>::max())) {
+    fail("GradScaler.load_state_dict: _growth_tracker must be an integer in [0, 2^31), got {}",
+         tracker);
   }
   for (const auto& kv : sd.scalars) {
     const std::string& k = kv.first;

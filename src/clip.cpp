@@ -5,6 +5,7 @@
 // error_if_nonfinite asks for the total on the host.
 #include "trainrt/clip.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "checks.hpp"
@@ -32,20 +33,20 @@ struct Grads {
   Device device;
 };
 
-/// The grads of `params` (those that have one), on one device, none with a pending unscale.
+/// The grads of `params` (those that have one), on one device. A grad with an optimizer's
+/// pending 1/scale or clip coefficient (GradScaler::unscale_, clip_grad_norm_(optimizer)) is
+/// settled first: the multipliers go into the grads (one read-write pass, what PyTorch's
+/// unscale_ and clip would already have written) after the pending inf/NaN check, so this
+/// call sees, and its step later uses, what PyTorch's would. Validates everything before it
+/// settles, so a call that fails changes nothing.
 Grads collect(const std::vector<Parameter>& params, const char* op) {
   Grads g;
   bool has_device = false;
+  std::vector<detail::OptimizerImpl*> pending;
   for (std::size_t i = 0; i < params.size(); ++i) {
     if (!params[i].defined()) fail("{}: parameter {} is undefined", op, i);
     const detail::ParameterImpl& p = ParameterAccess::impl(params[i]);
     if (!p.grad.defined()) continue;
-    if (p.pending != nullptr && p.pending->unscale_pending) {
-      fail(
-          "{}: the grad of parameter {} is still scaled: GradScaler::unscale_(optimizer) folds "
-          "1/scale into that optimizer's step; use clip_grad_norm_(optimizer, ...) instead",
-          op, i);
-    }
     if (!is_floating(p.grad.dtype())) {
       fail("{}: the grad of parameter {} must be floating, got {}", op, i,
            dtype_name(p.grad.dtype()));
@@ -59,8 +60,13 @@ Grads collect(const std::vector<Parameter>& params, const char* op) {
           "on one device",
           op, i, p.grad.device().str(), g.device.str());
     }
+    if (p.pending != nullptr &&
+        std::find(pending.begin(), pending.end(), p.pending) == pending.end()) {
+      pending.push_back(p.pending);
+    }
     g.list.add(p.grad);
   }
+  for (detail::OptimizerImpl* o : pending) detail::OptimizerAccess::settle(*o, true, op);
   return g;
 }
 

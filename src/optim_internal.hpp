@@ -26,7 +26,7 @@ struct ParameterImpl {
   /// (clip_grad_norm_(optimizer)) applies to this parameter's grad at its next step, or null.
   /// set_grad / clear_grad settle it first (OptimizerAccess::settle), so a grad set later is
   /// used as it is, as in PyTorch where those calls rewrote the old grads. The
-  /// parameter-list clip functions refuse grads with a pending 1/scale. Cleared by that
+  /// parameter-list clip functions settle it too, so they see what PyTorch's would. Cleared by that
   /// optimizer's step, zero_grad and GradScaler::update.
   OptimizerImpl* pending = nullptr;
 };

@@ -297,6 +297,40 @@ TEST_P(ClipNorm, FusedOptimizerFormEqualsParameterForm) {
   }
 }
 
+TEST_P(ClipNorm, ParameterListCallsSeeAPendingFusedClip) {
+  // After clip_grad_norm_(opt), the parameter-list functions see the clipped grads, as in
+  // PyTorch where the first clip rewrote them: clipping again, clip_grad_value_ and grad_norm
+  // then step as PyTorch's twice-clipped grads would (B: the parameter form both times).
+  for (int second = 0; second < 3; ++second) {
+    SCOPED_TRACE("second call " + std::to_string(second));
+    std::vector<Parameter> pa = {param_with_grad({3, 4}, {2}, DType::f32, dev),
+                                 param_with_grad({0.5, -2, 1}, {3}, DType::f32, dev)};
+    std::vector<Parameter> pb = {param_with_grad({3, 4}, {2}, DType::f32, dev),
+                                 param_with_grad({0.5, -2, 1}, {3}, DType::f32, dev)};
+    trainrt::optim::SGD oa(pa, trainrt::optim::SGDOptions(1.0));
+    trainrt::optim::SGD ob(pb, trainrt::optim::SGDOptions(1.0));
+    EXPECT_EQ(trainrt::clip_grad_norm_(oa, 1.0).item(), trainrt::clip_grad_norm_(pb, 1.0).item());
+    if (second == 0) {
+      EXPECT_EQ(trainrt::clip_grad_norm_(pa, 0.5).item(), trainrt::clip_grad_norm_(pb, 0.5).item());
+    } else if (second == 1) {
+      trainrt::clip_grad_value_(pa, 0.15);
+      trainrt::clip_grad_value_(pb, 0.15);
+    } else {
+      const double n = trainrt::grad_norm(pa).item();
+      EXPECT_EQ(n, trainrt::grad_norm(pb).item());
+      EXPECT_NEAR(n, 1.0, 1e-6);
+    }
+    for (std::size_t i = 0; i < pa.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(pa[i].grad()), host_f32(pb[i].grad()))) << "grad " << i;
+    }
+    oa.step();
+    ob.step();
+    for (std::size_t i = 0; i < pa.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(pa[i].value()), host_f32(pb[i].value()))) << "param " << i;
+    }
+  }
+}
+
 TEST_P(ClipNorm, FusedFormErrorLeavesTheNextStepUnclipped) {
   std::vector<Parameter> pa = {param_with_grad({1, 2, kInf}, {3}, DType::f32, dev)};
   pa[0].value().copy_(make_tensor({1, 1, 1}, {3}, DType::f32, dev));
@@ -922,14 +956,11 @@ TEST_P(Scaler, Misuse) {
   set_scaled_grads(m, 0, 65536.0);
   scaler.unscale_(*m.opt);
   EXPECT_ERROR(scaler.unscale_(*m.opt), "already been called on this optimizer");
-  EXPECT_ERROR(trainrt::clip_grad_norm_(m.params, 1.0), "still scaled");
-  EXPECT_ERROR(trainrt::clip_grad_value_(m.params, 1.0), "still scaled");
   scaler.step(*m.opt);
   EXPECT_ERROR(scaler.step(*m.opt), "step() has already been called");
   EXPECT_ERROR(scaler.unscale_(*m.opt), "after step()");
   scaler.update();
   EXPECT_ERROR(scaler.update(), "no inf checks were recorded");
-  // A new iteration is fine again; the grads of the last one are no longer "still scaled".
   trainrt::clip_grad_norm_(m.params, 1.0);
   set_scaled_grads(m, 1, 65536.0);
   scaler.unscale_(*m.opt);
@@ -1008,10 +1039,115 @@ TEST_P(Scaler, StateDictRoundTrip) {
   StateDict missing = sd;
   missing.scalars.erase("backoff_factor");
   EXPECT_ERROR(c.load_state_dict(missing), "no 'backoff_factor'");
-  StateDict bad = sd;
-  bad.scalars["_growth_tracker"] = 7;
-  EXPECT_ERROR(c.load_state_dict(bad), "_growth_tracker");
+  for (double t : {-1.0, 2.5, 4294967296.0}) {
+    StateDict bad = sd;
+    bad.scalars["_growth_tracker"] = t;
+    EXPECT_ERROR(c.load_state_dict(bad), "_growth_tracker");
+  }
   EXPECT_EQ(c.get_scale(), 65536.0);  // unchanged
+}
+
+TEST_P(Scaler, StateDictLoadsATrackerAboveALoweredInterval) {
+  // set_growth_interval below the current count: the scaler counts on without growing (as
+  // torch's _amp_update_scale_ does), and its own state dict must load.
+  GradScalerOptions o;
+  o.growth_interval = 10;
+  GradScaler a(o);
+  Model m = make_model({{3}}, dev);
+  for (int k = 0; k < 6; ++k) {
+    set_scaled_grads(m, k, a.get_scale());
+    a.step(*m.opt);
+    a.update();
+  }
+  a.set_growth_interval(3);
+  const StateDict sd = a.state_dict();
+  EXPECT_EQ(sd.scalars.at("_growth_tracker"), 6.0);
+  GradScaler b;
+  b.load_state_dict(sd);
+  EXPECT_EQ(b.state_dict().scalars, sd.scalars);
+  a.load_state_dict(sd);
+  for (int k = 6; k < 9; ++k) {
+    set_scaled_grads(m, k, a.get_scale());
+    a.step(*m.opt);
+    a.update();
+  }
+  EXPECT_EQ(a.get_scale(), 65536.0);
+  EXPECT_EQ(a.get_growth_tracker(), 9);
+}
+
+TEST_P(Scaler, UnscaleWithoutGradsRecordsNothing) {
+  // torch: unscale_ over no grads records no inf check; a grad set afterwards is not unscaled,
+  // and step() fails ("No inf checks were recorded for this optimizer"), as does update().
+  GradScaler scaler;
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  scaler.unscale_(opt);
+  p.set_grad(f32_tensor({65536.0f, 131072.0f}, {2}, dev));
+  EXPECT_ERROR(scaler.step(opt), "no inf checks were recorded for this optimizer");
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{1.0f, 2.0f}));
+  EXPECT_EQ(host_f32(p.grad()), (std::vector<float>{65536.0f, 131072.0f}));
+  EXPECT_EQ(opt.step_count(p), 0);
+  EXPECT_ERROR(scaler.update(), "no inf checks were recorded");
+  EXPECT_ERROR(scaler.unscale_(opt), "already been called");  // as torch: update never ran
+}
+
+TEST_P(Scaler, TorchRecipeParameterListClipAfterUnscale) {
+  // PyTorch's recipe: unscale_(opt), clip_grad_norm_(params), step. The parameter-list clip
+  // first multiplies the pending 1/scale into the grads, so it clips unscaled grads, and the
+  // run equals the fused form (clip_grad_norm_(opt)) and an unscaled control, bitwise, through
+  // an overflowing iteration.
+  const std::vector<Shape> shapes = {{3, 4}, {40000}, {17}};
+  for (const char* name : {"Adam", "SGD"}) {
+    SCOPED_TRACE(name);
+    Model control = make_model(shapes, dev, name);
+    Model fused = make_model(shapes, dev, name);
+    Model recipe = make_model(shapes, dev, name);
+    GradScaler sf, sr;
+    for (int k = 0; k < 5; ++k) {
+      SCOPED_TRACE("iteration " + std::to_string(k));
+      const bool overflow = k == 2;
+      for (Model* m : {&fused, &recipe}) {
+        set_scaled_grads(*m, k, sf.get_scale());
+        if (overflow) {
+          Tensor g = m->params[1].grad();
+          std::vector<float> v = host_f32(g);
+          v[7] = std::numeric_limits<float>::infinity();
+          g.copy_(f32_tensor(v, g.shape(), dev));
+        }
+      }
+      sf.unscale_(*fused.opt);
+      const double nf = trainrt::clip_grad_norm_(*fused.opt, 0.5).item();
+      sr.unscale_(*recipe.opt);
+      const double nr = trainrt::clip_grad_norm_(recipe.params, 0.5).item();
+      if (overflow) {
+        EXPECT_FALSE(std::isfinite(nr));
+      } else {
+        EXPECT_EQ(nf, nr);
+      }
+      EXPECT_EQ(sf.step(*fused.opt), !overflow);
+      EXPECT_EQ(sr.step(*recipe.opt), !overflow);
+      sf.update();
+      sr.update();
+      EXPECT_EQ(sf.get_scale(), sr.get_scale());
+      if (!overflow) {
+        set_scaled_grads(control, k, 1.0);
+        trainrt::clip_grad_norm_(control.params, 0.5);
+        for (std::size_t i = 0; i < shapes.size(); ++i) {  // the grads PyTorch's would hold
+          EXPECT_TRUE(
+              same_bits(host_f32(control.params[i].grad()), host_f32(recipe.params[i].grad())))
+              << "grad " << i;
+        }
+        control.opt->step();
+      }
+      for (Model* m : {&control, &fused, &recipe}) m->opt->zero_grad();
+    }
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      const std::vector<float> c = host_f32(control.params[i].value());
+      EXPECT_TRUE(same_bits(c, host_f32(fused.params[i].value()))) << "param " << i;
+      EXPECT_TRUE(same_bits(c, host_f32(recipe.params[i].value()))) << "param " << i;
+      EXPECT_EQ(recipe.opt->step_count(recipe.params[i]), 4);
+    }
+  }
 }
 
 // ---- CUDA parity (skips without a GPU)

@@ -17,9 +17,12 @@
 // pass when clip_grad_norm_(opt, ...) is called, else in step(); the optimizer's fused step
 // multiplies every grad by 1/scale and the clip coefficient as it reads it, and skips itself
 // on the device when an inf/NaN was found. The host learns that a step was skipped from one
-// 4-byte copy per step. The grad tensors themselves keep their scaled values: use the
-// optimizer form of clip_grad_norm_ after unscale_ (the parameter-list form refuses), and
-// write into them in place only before unscale_. Replacing or dropping grads in between
+// 4-byte copy per step. The grad tensors themselves keep their scaled values: clip with the
+// optimizer form after unscale_ (the parameter-list clip_grad_norm_, clip_grad_value_ and
+// grad_norm work too: they first multiply the pending 1/scale into the grads, one more
+// read-write pass), and write into them in place only before unscale_. unscale_ of an
+// optimizer without grads records nothing (step() and update() then fail for it, as in
+// PyTorch), and a grad set afterwards is used as it is. Replacing or dropping grads in between
 // behaves as in PyTorch: zero_grad() drops the pending 1/scale and clip coefficient with the
 // grads (after their inf/NaN check), and Parameter::set_grad multiplies them into the old
 // grads first, so a grad set afterwards is used as it is.

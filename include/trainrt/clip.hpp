@@ -10,9 +10,13 @@
 //   clip_grad_norm_(optimizer, ...)  fused: the coefficient goes into the optimizer's device
 //                                    scalars and its next step() applies it in its own pass;
 //                                    the grad tensors are not rewritten. After
-//                                    GradScaler::unscale_(optimizer) this is the form to use
+//                                    GradScaler::unscale_(optimizer) this is the fast form
 //                                    (it also records the scaler's inf/NaN check in the same
 //                                    pass).
+// The parameter-list functions (clip_grad_norm_(params), clip_grad_value_, grad_norm) see the
+// grads as PyTorch's would: a grad whose optimizer holds a pending 1/scale (unscale_) or clip
+// coefficient (clip_grad_norm_(optimizer)) has them multiplied in first (after the scaler's
+// pending inf/NaN check), one read-write pass over that optimizer's grads.
 #pragma once
 
 #include <vector>
@@ -27,9 +31,9 @@ namespace trainrt {
 /// Clips the grads of `params` (those that have one) so that their total norm is at most
 /// max_norm: coef = min(1, max_norm / (total + 1e-6)), every grad *= coef. norm_type is p > 0
 /// or INFINITY (max |g|). Returns the total norm before clipping (0-d f32 on the grads'
-/// device). Throws for max_norm <= 0, a bad norm_type, grads on different devices, grads of
-/// an optimizer with a pending GradScaler::unscale_, and, when error_if_nonfinite, a
-/// non-finite total (the grads are then unchanged).
+/// device). Throws for max_norm <= 0, a bad norm_type, grads on different devices, and, when
+/// error_if_nonfinite, a non-finite total (the grads then hold what they would hold before
+/// this call in PyTorch: unscaled and clipped by pending multipliers, not by this call).
 TRAINRT_API Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm,
                                    double norm_type = 2.0, bool error_if_nonfinite = false);
 
