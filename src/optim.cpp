@@ -136,6 +136,19 @@ std::vector<bool> needed_states(int algo, const HyperParams& h) {
   }
 }
 
+/// The state lists every step makes, whatever the hyperparameters (a subset of needed_states).
+std::vector<bool> unconditional_states(int kernel_algo, const std::string& name) {
+  switch (kernel_algo) {
+    case TRAINRT_OPTIM_SGD: return {false};
+    case TRAINRT_OPTIM_ADAM: return {true, true, false};
+    case TRAINRT_OPTIM_RMSPROP: return {true, false, false};
+    case TRAINRT_OPTIM_ADAGRAD: return {true};
+    case TRAINRT_OPTIM_RADAM:
+    case TRAINRT_OPTIM_LAMB: return {true, true};
+    default: fail("{}: unknown optimizer kernel {}", name, kernel_algo);
+  }
+}
+
 double state_initial_value(int algo, const HyperParams& h) {
   return algo == kAdagrad ? h.at("initial_accumulator_value") : 0.0;
 }
@@ -1031,8 +1044,13 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     const std::size_t dot = key.find('.', 6);
     if (dot == std::string::npos) return false;
     const std::string num = key.substr(6, dot - 6);
+    // The index as state_dict() writes it: decimal digits, no leading zero (so that no two
+    // keys name one buffer).
     if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos) return false;
-    *idx = static_cast<std::size_t>(std::stoull(num));
+    if (num.size() > 1 && num[0] == '0') return false;
+    // Too many digits for any parameter count: an index past the end (no overflow).
+    *idx = num.size() > 18 ? std::numeric_limits<std::size_t>::max()
+                           : static_cast<std::size_t>(std::stoull(num));
     *rest = key.substr(dot + 1);
     return true;
   };
@@ -1072,6 +1090,22 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     if (!t.defined() || t.dtype() != DType::f32 || t.shape() != v.shape()) {
       fail("{}: '{}' is {} but parameter {} is {}: state buffers are f32 of the parameter's shape",
            op, kv.first, t.str(), k, v.str());
+    }
+  }
+  // A parameter that has stepped has every buffer each step of its algorithm makes (the
+  // optional ones, such as amsgrad's, may be missing: the option may have been switched on
+  // since). Without them its next step would restart them from zero at the old step count.
+  const std::vector<bool> always = detail::unconditional_states(I.spec->kernel_algo, name());
+  for (std::size_t k = 0; k < I.slots.size(); ++k) {
+    if (new_steps[k] == 0) continue;
+    for (std::size_t j = 0; j < always.size(); ++j) {
+      const std::string key = fmt::format("state.{}.{}", k, I.spec->states[j]);
+      if (always[j] && sd.tensors.count(key) == 0) {
+        fail(
+            "{}: parameter {} has stepped {} times but the state dict has no '{}' ({} makes it "
+            "at every step)",
+            op, k, new_steps[k], key, name());
+      }
     }
   }
   for (const auto& kv : sd.tensors) {

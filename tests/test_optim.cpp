@@ -1070,6 +1070,22 @@ TEST_P(OptimBadInput, LoadStateDictMismatchChangesNothing) {
       {"orphan buffer", [&](StateDict& s) { s.scalars.erase("state.2.step"); },
        "has no step count"},
       {"extra string", [](StateDict& s) { s.strings["x"] = "y"; }, "unexpected entry 'x'"},
+      // torch loads these and fails at the next step (KeyError); trainrt's step would restart
+      // the buffer from zero at the old step count.
+      {"missing buffer", [](StateDict& s) { s.tensors.erase("state.1.exp_avg_sq"); },
+       "no 'state.1.exp_avg_sq' (Adam makes it at every step)"},
+      {"huge index", [](StateDict& s) { s.scalars["state.99999999999999999999999.step"] = 1; },
+       "refers to parameter"},
+      {"huge tensor index",
+       [&](StateDict& s) {
+         s.tensors["state.18446744073709551616.exp_avg"] = Tensor::zeros({3}, DType::f32, dev);
+       },
+       "refers to parameter"},
+      {"leading zero", [](StateDict& s) { s.scalars["state.01.step"] = 1; },
+       "unexpected entry 'state.01.step'"},
+      {"leading zero tensor",
+       [&](StateDict& s) { s.tensors["state.00.exp_avg"] = Tensor::zeros({3}, DType::f32, dev); },
+       "unexpected tensor 'state.00.exp_avg'"},
   };
   // Each bad dict is otherwise a valid dict of another state (more steps, other lrs), so an
   // entry applied before the failing check would show in check_unchanged.
@@ -1108,6 +1124,46 @@ TEST_P(OptimBadInput, LoadStateDictMismatchChangesNothing) {
   other.step();
   EXPECT_ERROR(opt.load_state_dict(other.state_dict()), "of the parameter's shape");
   check_unchanged();
+}
+
+TEST_P(OptimBadInput, LoadStateDictAcceptsOptionalBuffersNotMadeYet) {
+  // A buffer that only an option makes (amsgrad's max_exp_avg_sq, RMSprop's momentum and
+  // centered buffers) is missing after the option is switched on until the next step: such a
+  // dict, from state_dict() itself, loads, and the run goes on as the original.
+  using namespace trainrt::optim;
+  struct Case {
+    const char* name;
+    HyperParams h;
+    std::vector<std::pair<const char*, double>> switch_on;
+  };
+  const std::vector<Case> cases = {
+      {"Adam", {{"lr", 0.01}}, {{"amsgrad", 1.0}}},
+      {"AdamW", {{"lr", 0.01}}, {{"amsgrad", 1.0}}},
+      {"RMSprop", {{"lr", 0.01}}, {{"momentum", 0.9}, {"centered", 1.0}}},
+      {"SGD", {{"lr", 0.01}}, {{"momentum", 0.9}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::vector<Parameter> pa = make_params({{3}, {0}, {5}}, dev);
+    std::vector<Parameter> pb = make_params({{3}, {0}, {5}}, dev);
+    auto a = make_optimizer(c.name, {ParamGroup(pa)}, c.h);
+    auto b = make_optimizer(c.name, {ParamGroup(pb)}, c.h);
+    for (int k = 0; k < 2; ++k) {
+      set_grads_k(pa, k);
+      a->step();
+    }
+    for (const auto& kv : c.switch_on) a->set(0, kv.first, kv.second);
+    b->load_state_dict(a->state_dict());
+    for (std::size_t i = 0; i < pa.size(); ++i) pb[i].value().copy_(pa[i].value());
+    for (int k = 2; k < 5; ++k) {
+      set_grads_k(pa, k);
+      set_grads_k(pb, k);
+      a->step();
+      b->step();
+    }
+    for (std::size_t i = 0; i < pa.size(); ++i)
+      EXPECT_TRUE(same_bits(host_f32(pa[i].value()), host_f32(pb[i].value()))) << i;
+  }
 }
 
 }  // namespace

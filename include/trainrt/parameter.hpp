@@ -35,7 +35,8 @@ class TRAINRT_API Parameter {
   bool has_grad() const;
   /// The gradient; undefined when there is none (e.g. after zero_grad()).
   Tensor grad() const;
-  /// Sets the gradient. Throws trainrt::Error unless it has the value's shape, dtype and device.
+  /// Sets the gradient. Throws trainrt::Error unless it has the value's shape, dtype and device;
+  /// an undefined tensor removes the gradient, as clear_grad() (PyTorch's `p.grad = None`).
   void set_grad(const Tensor& grad) const;
   /// Removes the gradient (zero_grad(set_to_none = true) does this).
   void clear_grad() const;
