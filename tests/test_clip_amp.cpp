@@ -396,6 +396,14 @@ Model make_model(const std::vector<Shape>& shapes, Device dev, const char* name 
   return m;
 }
 
+/// Writes +inf into element `at` of p's grad (an f32 grad), in place.
+void put_inf(const Parameter& p, std::size_t at) {
+  Tensor g = p.grad();
+  std::vector<float> v = host_f32(g);
+  v.at(at) = std::numeric_limits<float>::infinity();
+  g.copy_(f32_tensor(v, g.shape(), g.device()));
+}
+
 /// Grads of step k multiplied by `scale` (exact for a power of two).
 void set_scaled_grads(const Model& m, int k, double scale) {
   for (std::size_t i = 0; i < m.params.size(); ++i) {
@@ -548,10 +556,7 @@ TEST_P(Scaler, ScaledRunEqualsUnscaledControl) {
         set_scaled_grads(scaled, k, s);
         const bool overflow = k == 5;  // one iteration overflows: both runs skip it
         if (overflow) {
-          Tensor g = scaled.params[2].grad();
-          std::vector<float> v = host_f32(g);
-          v[123] = std::numeric_limits<float>::infinity();
-          g.copy_(f32_tensor(v, g.shape(), dev));
+          put_inf(scaled.params[2], 123);
         }
         if (clip) {
           scaler.unscale_(*scaled.opt);
@@ -596,10 +601,7 @@ TEST_P(Scaler, LoopSkippingStepsEqualsUnscaledControl) {
       const bool overflow = k == 2 || k == 5;
       const bool own_skip = k == 3;  // finite grads, skipped by the loop without clipping
       if (overflow) {
-        Tensor g = scaled.params[1].grad();
-        std::vector<float> v = host_f32(g);
-        v[7] = std::numeric_limits<float>::infinity();
-        g.copy_(f32_tensor(v, g.shape(), dev));
+        put_inf(scaled.params[1], 7);
       }
       scaler.unscale_(*scaled.opt);
       bool skip = own_skip;
@@ -653,10 +655,7 @@ TEST_P(Scaler, CapturableLoopEqualsOrdinaryLoop) {
         GradScaler& sc = m == &ordinary ? s_ord : s_cap;
         set_scaled_grads(*m, k, sc.get_scale());
         if (overflow) {
-          Tensor g = m->params[1].grad();
-          std::vector<float> v = host_f32(g);
-          v[7] = std::numeric_limits<float>::infinity();
-          g.copy_(f32_tensor(v, g.shape(), dev));
+          put_inf(m->params[1], 7);
         }
         sc.unscale_(*m->opt);
         trainrt::clip_grad_norm_(*m->opt, 0.5);
@@ -705,10 +704,7 @@ TEST_P(Scaler, CapturableSkippedFirstStepThenOrdinary) {
         GradScaler& s = m == &a ? sa : sb;
         set_scaled_grads(*m, k, s.get_scale());
         if (k == 0) {
-          Tensor g = m->params[0].grad();
-          std::vector<float> v = host_f32(g);
-          v[1] = std::numeric_limits<float>::infinity();
-          g.copy_(f32_tensor(v, g.shape(), dev));
+          put_inf(m->params[0], 1);
         }
         s.unscale_(*m->opt);
         EXPECT_EQ(s.step(*m->opt), k != 0);
@@ -766,10 +762,7 @@ TEST_P(Scaler, CapturableSkippedStepsLeaveNoState) {
           if (k == skip_at) m[i].opt->set(0, c.key, c.value);
           set_scaled_grads(m[i], k, sc[i]->get_scale());
           if (k == skip_at) {
-            Tensor g = m[i].params[0].grad();
-            std::vector<float> v = host_f32(g);
-            v[1] = std::numeric_limits<float>::infinity();
-            g.copy_(f32_tensor(v, g.shape(), dev));
+            put_inf(m[i].params[0], 1);
           }
           sc[i]->unscale_(*m[i].opt);
           EXPECT_EQ(sc[i]->step(*m[i].opt), k != skip_at);
@@ -1109,10 +1102,7 @@ TEST_P(Scaler, TorchRecipeParameterListClipAfterUnscale) {
       for (Model* m : {&fused, &recipe}) {
         set_scaled_grads(*m, k, sf.get_scale());
         if (overflow) {
-          Tensor g = m->params[1].grad();
-          std::vector<float> v = host_f32(g);
-          v[7] = std::numeric_limits<float>::infinity();
-          g.copy_(f32_tensor(v, g.shape(), dev));
+          put_inf(m->params[1], 7);
         }
       }
       sf.unscale_(*fused.opt);
