@@ -136,19 +136,6 @@ std::vector<bool> needed_states(int algo, const HyperParams& h) {
   }
 }
 
-/// The state lists every step makes, whatever the hyperparameters (a subset of needed_states).
-std::vector<bool> unconditional_states(int kernel_algo, const std::string& name) {
-  switch (kernel_algo) {
-    case TRAINRT_OPTIM_SGD: return {false};
-    case TRAINRT_OPTIM_ADAM: return {true, true, false};
-    case TRAINRT_OPTIM_RMSPROP: return {true, false, false};
-    case TRAINRT_OPTIM_ADAGRAD: return {true};
-    case TRAINRT_OPTIM_RADAM:
-    case TRAINRT_OPTIM_LAMB: return {true, true};
-    default: fail("{}: unknown optimizer kernel {}", name, kernel_algo);
-  }
-}
-
 double state_initial_value(int algo, const HyperParams& h) {
   return algo == kAdagrad ? h.at("initial_accumulator_value") : 0.0;
 }
@@ -1095,7 +1082,10 @@ void Optimizer::load_state_dict(const StateDict& sd) {
   // A parameter that has stepped has every buffer each step of its algorithm makes (the
   // optional ones, such as amsgrad's, may be missing: the option may have been switched on
   // since). Without them its next step would restart them from zero at the old step count.
-  const std::vector<bool> always = detail::unconditional_states(I.spec->kernel_algo, name());
+  // (needed_states with every option off: only the switches decide the optional ones.)
+  HyperParams off = I.defaults;
+  for (auto& kv : off) kv.second = 0.0;
+  const std::vector<bool> always = detail::needed_states(algo_of(I), off);
   for (std::size_t k = 0; k < I.slots.size(); ++k) {
     if (new_steps[k] == 0) continue;
     for (std::size_t j = 0; j < always.size(); ++j) {
