@@ -31,6 +31,11 @@ void check_max_norm(double max_norm, const char* op) {
 struct Grads {
   TensorList list;
   Device device;
+  /// Some grad is f64: PyTorch's total norm (torch.stack of the per-grad norms promotes) and
+  /// clip coefficient are then f64, and each grad is multiplied by the coefficient rounded to
+  /// its own compute type. Otherwise both are f32.
+  bool any_f64 = false;
+  DType total_dtype() const { return any_f64 ? DType::f64 : DType::f32; }
 };
 
 /// The grads of `params` (those that have one), on one device. A grad with an optimizer's
@@ -64,6 +69,7 @@ Grads collect(const std::vector<Parameter>& params, const char* op) {
         std::find(pending.begin(), pending.end(), p.pending) == pending.end()) {
       pending.push_back(p.pending);
     }
+    if (p.grad.dtype() == DType::f64) g.any_f64 = true;
     g.list.add(p.grad);
   }
   for (detail::OptimizerImpl* o : pending) detail::OptimizerAccess::settle(*o, true, op);
@@ -81,10 +87,11 @@ Tensor zero_norm(const std::vector<Parameter>& params) {
   return Tensor::zeros({}, DType::f32, d);
 }
 
-/// One norm pass. grad_scalars: read for the multipliers and, with max_norm > 0, receives the
-/// clip coefficient; found_inf: optional.
-void norm_pass(const Grads& g, double norm_type, float* grad_scalars, double max_norm, float* total,
-               float* found_inf, const char* op) {
+/// One norm pass into `total` (a 0-d f32 or f64 tensor). grad_scalars: read for the
+/// multipliers and, with max_norm > 0, receives the f32 clip coefficient; coef_f64: optional,
+/// with max_norm > 0 receives the f64 one; found_inf: optional.
+void norm_pass(const Grads& g, double norm_type, float* grad_scalars, double max_norm,
+               Tensor& total, double* coef_f64, float* found_inf, const char* op) {
   const trainrt_backend_v1& api = detail::backend_for(g.device);
   trainrt_multi_tensor_norm_args a{};
   a.n_tensors = static_cast<std::int64_t>(g.list.size());
@@ -94,7 +101,12 @@ void norm_pass(const Grads& g, double norm_type, float* grad_scalars, double max
   a.norm_type = norm_type;
   a.max_norm = max_norm;
   a.grad_scalars = grad_scalars;
-  a.total_norm = total;
+  if (total.dtype() == DType::f64) {
+    a.total_norm_f64 = static_cast<double*>(total.data());
+  } else {
+    a.total_norm = static_cast<float*>(total.data());
+  }
+  a.clip_coef_f64 = coef_f64;
   a.found_inf = found_inf;
   detail::check_backend(api, api.multi_tensor_norm(g.device.index(), &a), op);
 }
@@ -116,8 +128,8 @@ Tensor grad_norm(const std::vector<Parameter>& params, double norm_type) {
   check_norm_type(norm_type, op);
   Grads g = collect(params, op);
   if (g.list.size() == 0) return zero_norm(params);
-  Tensor total = Tensor::empty({}, DType::f32, g.device);
-  norm_pass(g, norm_type, nullptr, 0.0, static_cast<float*>(total.data()), nullptr, op);
+  Tensor total = Tensor::empty({}, g.total_dtype(), g.device);
+  norm_pass(g, norm_type, nullptr, 0.0, total, nullptr, nullptr, op);
   return total;
 }
 
@@ -128,12 +140,19 @@ Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm, do
   check_norm_type(norm_type, op);
   Grads g = collect(params, op);
   if (g.list.size() == 0) return zero_norm(params);
-  // A private grad scalars block {1, 1, 0, 0} receives the coefficient.
-  Tensor block =
-      Tensor::from_vector(std::vector<float>{1.0f, 1.0f, 0.0f, 0.0f}, {TRAINRT_GS_COUNT}, g.device);
-  float* gs = static_cast<float*>(block.data());
-  Tensor total = Tensor::empty({}, DType::f32, g.device);
-  norm_pass(g, norm_type, gs, max_norm, static_cast<float*>(total.data()), nullptr, op);
+  Tensor total = Tensor::empty({}, g.total_dtype(), g.device);
+  // The coefficient: in a private grad scalars block {1, 1, 0, 0} (f32), or an f64 scalar.
+  Tensor coef;
+  if (g.any_f64) {
+    coef = Tensor::empty({}, DType::f64, g.device);
+    norm_pass(g, norm_type, nullptr, max_norm, total, static_cast<double*>(coef.data()), nullptr,
+              op);
+  } else {
+    coef = Tensor::from_vector(std::vector<float>{1.0f, 1.0f, 0.0f, 0.0f}, {TRAINRT_GS_COUNT},
+                               g.device);
+    norm_pass(g, norm_type, static_cast<float*>(coef.data()), max_norm, total, nullptr, nullptr,
+              op);
+  }
   if (error_if_nonfinite) check_finite_total(total, norm_type, op);
   const trainrt_backend_v1& api = detail::backend_for(g.device);
   trainrt_multi_tensor_scale_args s{};
@@ -141,7 +160,11 @@ Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm, do
   s.tensors = g.list.ptrs.data();
   s.dtypes = g.list.dtypes.data();
   s.numels = g.list.numels.data();
-  s.scale = gs + TRAINRT_GS_CLIP_COEF;
+  if (g.any_f64) {
+    s.scale_f64 = static_cast<const double*>(coef.data());
+  } else {
+    s.scale = static_cast<const float*>(coef.data()) + TRAINRT_GS_CLIP_COEF;
+  }
   s.clamp_lo = -INFINITY;
   s.clamp_hi = INFINITY;
   detail::check_backend(api, api.multi_tensor_scale(g.device.index(), &s), op);
@@ -191,7 +214,7 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
   }
   // A pending GradScaler check runs in this same read pass.
   float* found_inf = I.check_pending ? gs + TRAINRT_GS_FOUND_INF : nullptr;
-  norm_pass(g, norm_type, gs, max_norm, static_cast<float*>(total.data()), found_inf, op);
+  norm_pass(g, norm_type, gs, max_norm, total, nullptr, found_inf, op);
   if (error_if_nonfinite) {
     try {
       check_finite_total(total, norm_type, op);

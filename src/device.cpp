@@ -106,6 +106,13 @@ const trainrt_backend_v1* try_module(const std::string& file, int* count, std::s
         sizeof(trainrt_backend_v1));
     return nullptr;
   }
+  if (api->args_revision != TRAINRT_BACKEND_ARGS_REVISION) {
+    *reason = fmt::format(
+        "CUDA module {} was built with backend argument revision {}, expected {}: rebuild the "
+        "module together with libtrainrt",
+        file, api->args_revision, TRAINRT_BACKEND_ARGS_REVISION);
+    return nullptr;
+  }
   std::int32_t n = 0;
   if (api->device_count(&n) != 0) {
     *reason =

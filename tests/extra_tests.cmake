@@ -7,6 +7,7 @@
 set(TRAINRT_FAKE_BACKEND_DIR ${CMAKE_BINARY_DIR}/fake_backends)
 set(TRAINRT_FAKE_BACKENDS
   wrong_version:FAKE_WRONG_VERSION
+  wrong_args:FAKE_WRONG_ARGS
   null_entry:FAKE_NULL_ENTRY
   no_entry:FAKE_NO_ENTRY
   zero_devices:FAKE_ZERO_DEVICES

@@ -1,6 +1,8 @@
 // A fake CUDA backend module for the backend-selection tests (test_device.cpp). Built several
 // times as libtrainrt_cuda.so, each copy in its own directory and with one of these defined:
 //   FAKE_WRONG_VERSION   the entry returns a table whose api_version is 999
+//   FAKE_WRONG_ARGS      a table of the right version and size whose args_revision is 1 (a
+//                        module built before the argument structs last grew)
 //   FAKE_NULL_ENTRY      the entry returns NULL (cannot serve the requested version)
 //   FAKE_NO_ENTRY        no trainrt_backend_entry symbol at all
 //   FAKE_ZERO_DEVICES    a correct table whose device_count reports 0 devices
@@ -152,6 +154,11 @@ trainrt_backend_v1 make_table() {
   t.api_version = TRAINRT_BACKEND_API_VERSION;
 #endif
   t.struct_size = sizeof(trainrt_backend_v1);
+#if defined(FAKE_WRONG_ARGS)
+  t.args_revision = 1;
+#else
+  t.args_revision = TRAINRT_BACKEND_ARGS_REVISION;
+#endif
   t.name = "fake-cuda";
   TRAINRT_FAKE_BACKEND_SLOTS(t);
   return t;

@@ -310,6 +310,7 @@ trainrt_backend_v1 make_table() {
   trainrt_backend_v1 t{};
   t.api_version = TRAINRT_BACKEND_API_VERSION;
   t.struct_size = sizeof(trainrt_backend_v1);
+  t.args_revision = TRAINRT_BACKEND_ARGS_REVISION;
   t.name = "fake-cuda";
   TRAINRT_FAKE_BACKEND_SLOTS(t);
   return t;

@@ -1,19 +1,24 @@
 // Gradient clipping and GradScaler, on every backend (CUDA cases skip without a GPU).
 //
 // clip_grad_norm_: norm types 1, 2, inf, 0.5 and 3 against a float64 reference, f32/f16/bf16/
-// f64 grads, zero-element and multi-chunk tensors; PyTorch's error_if_nonfinite grid (inf, NaN
-// and 2e22, which must never error; 2e200 in f64 that overflows only some norms; f32 values near
-// the f32 maximum), grads unchanged on error; the fused optimizer form equals the parameter
-// form bitwise. GradScaler: PyTorch's scale-update sequence, growth capped at the f32 maximum,
-// inf/NaN injected anywhere skips the step with params, state and step counts bitwise unchanged,
-// a scaled run equals an unscaled control bitwise, misuse errors, state_dict.
+// f64 grads, zero-element and multi-chunk tensors; PyTorch's values for f32, f64 and mixed grads
+// (f64 total and coefficient once a grad is f64; tests/fixtures/torch_clip.txt); PyTorch's
+// error_if_nonfinite grid (inf, NaN and 2e22, which must never error; 2e200 in f64 that overflows
+// only some norms; f32 values near the f32 maximum), grads unchanged on error; the fused optimizer
+// form equals the parameter form bitwise. GradScaler: PyTorch's scale-update sequence, growth
+// capped at the f32 maximum, inf/NaN injected anywhere skips the step with params, state and step
+// counts bitwise unchanged, a scaled run equals an unscaled control bitwise, misuse errors,
+// state_dict.
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
 
+#include "fixture_text.hpp"
 #include "optim_util.hpp"
 #include "test_util.hpp"
 
@@ -73,6 +78,12 @@ float ref_coef(float total, double max_norm) {
   return c > 1.0f ? 1.0f : c;
 }
 
+/// PyTorch's f64 clip coefficient (some grad is f64).
+double ref_coef_f64(double total, double max_norm) {
+  const double c = (1.0 / (total + 1e-6)) * max_norm;
+  return c > 1.0 ? 1.0 : c;
+}
+
 class ClipNorm : public BackendTest {};
 TRAINRT_INSTANTIATE_BACKENDS(ClipNorm);
 
@@ -95,16 +106,18 @@ TEST_P(ClipNorm, MatchesFloat64ReferenceForEveryNormAndDtype) {
         params.push_back(Parameter(Tensor::zeros({5}, dt, dev)));  // no grad: ignored
         const Tensor total = trainrt::clip_grad_norm_(params, max_norm, p);
         ASSERT_EQ(total.dim(), 0);
-        ASSERT_EQ(total.dtype(), DType::f32);
+        // f64 grads: an f64 total and coefficient, as PyTorch's.
+        ASSERT_EQ(total.dtype(), dt == DType::f64 ? DType::f64 : DType::f32);
         ASSERT_EQ(total.device(), dev);
         const double want = ref_norm(grads, p);
-        EXPECT_NEAR(total.item(), want, 2e-6 * want);
+        EXPECT_NEAR(total.item(), want, (dt == DType::f64 ? 1e-13 : 2e-6) * want);
         const float coef = ref_coef(static_cast<float>(total.item()), max_norm);
+        const double coef64 = ref_coef_f64(total.item(), max_norm);
         for (std::size_t i = 0; i < shapes.size(); ++i) {
           std::vector<double> expect(grads[i].size());
           for (std::size_t j = 0; j < expect.size(); ++j) {
             expect[j] = dt == DType::f64
-                            ? grads[i][j] * static_cast<double>(coef)
+                            ? grads[i][j] * coef64
                             : static_cast<double>(static_cast<float>(grads[i][j]) * coef);
           }
           EXPECT_EQ(params[i].grad().to_double_vector(), rounded(expect, dt)) << "tensor " << i;
@@ -248,6 +261,101 @@ TEST_P(ClipNorm, HugeValues) {
   g[0] = 1e10;
   std::vector<Parameter> mixed = {param_with_grad(g, {100001}, DType::f32, dev)};
   EXPECT_FLOAT_EQ(static_cast<float>(trainrt::grad_norm(mixed, 1.0).item()), 1.00001e10f);
+}
+
+// PyTorch's clip_grad_norm_ on f32, f64 and mixed grads (tests/fixtures/torch_clip.txt, from
+// gen_clip_fixtures.py): some f64 grad makes the total and the coefficient f64, every grad is
+// then multiplied by the coefficient rounded to its dtype; f64 norms beyond the f32 range stay
+// finite and non-zero. The values are PyTorch's to rounding (it sums per-grad norms, trainrt one
+// sum of |g|^p); the grads are bitwise what the returned total gives.
+TEST_P(ClipNorm, TorchGoldenF32AndF64Grads) {
+  struct Case {
+    std::string name;
+    double max_norm = 0.0, norm_type = 0.0;
+    std::vector<std::pair<DType, std::vector<double>>> grads;
+    DType total_dtype = DType::f32;
+    double total = 0.0;
+    std::vector<std::vector<double>> clipped;
+  };
+  std::vector<Case> cases;
+  read_fixture("torch_clip.txt", [&](const std::string& tag, std::istringstream& rest) {
+    std::string w;
+    if (tag == "case") {
+      cases.emplace_back();
+      rest >> cases.back().name;
+    } else if (tag == "param") {
+      rest >> w;
+      double& v = w == "max_norm" ? cases.back().max_norm : cases.back().norm_type;
+      rest >> w;
+      v = fixture_number(w);
+    } else if (tag == "grad" || tag == "clipped") {
+      DType dt = DType::f32;
+      if (tag == "grad") {
+        rest >> w;
+        dt = w == "f64" ? DType::f64 : DType::f32;
+      }
+      std::size_t n = 0;
+      rest >> n;
+      std::vector<double> v = fixture_numbers(rest);
+      if (v.size() != n) return false;
+      if (tag == "grad") {
+        cases.back().grads.emplace_back(dt, v);
+      } else {
+        cases.back().clipped.push_back(v);
+      }
+    } else if (tag == "total") {
+      rest >> w;
+      cases.back().total_dtype = w == "f64" ? DType::f64 : DType::f32;
+      rest >> w;
+      cases.back().total = fixture_number(w);
+    } else if (tag != "end") {
+      return false;
+    }
+    return true;
+  });
+  ASSERT_EQ(cases.size(), 35u);
+  int mixed = 0, beyond_f32 = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ASSERT_EQ(c.clipped.size(), c.grads.size());
+    std::vector<Parameter> params;
+    for (const auto& g : c.grads) {
+      params.push_back(
+          param_with_grad(g.second, {static_cast<std::int64_t>(g.second.size())}, g.first, dev));
+    }
+    const Tensor total = trainrt::clip_grad_norm_(params, c.max_norm, c.norm_type);
+    ASSERT_EQ(total.dtype(), c.total_dtype);
+    const bool f64 = c.total_dtype == DType::f64;
+    // PyTorch's norm of an f32 grad is an f32 value even when the total is f64: only with f64
+    // grads alone are its values exact to f64 rounding.
+    bool all_f64 = true;
+    for (const auto& g : c.grads) all_f64 = all_f64 && g.first == DType::f64;
+    const double tol = all_f64 ? 1e-14 : 4e-7;
+    const double t = total.item();
+    EXPECT_NEAR(t, c.total, tol * c.total);
+    if (f64 && !(c.total < 3.4e38 && c.total > 1.2e-38)) ++beyond_f32;
+    bool has_f32 = false;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const bool g64 = c.grads[i].first == DType::f64;
+      has_f32 = has_f32 || !g64;
+      const std::vector<double> got = params[i].grad().to_double_vector();
+      std::vector<double> self(got.size());
+      for (std::size_t j = 0; j < got.size(); ++j) {
+        const double g = c.grads[i].second[j];
+        self[j] = !f64  ? static_cast<double>(static_cast<float>(g) *
+                                             ref_coef(static_cast<float>(t), c.max_norm))
+                  : g64 ? g * ref_coef_f64(t, c.max_norm)
+                        : static_cast<double>(static_cast<float>(g) *
+                                              static_cast<float>(ref_coef_f64(t, c.max_norm)));
+        const double want = c.clipped[i][j];
+        EXPECT_NEAR(got[j], want, tol * std::fabs(want)) << i << " " << j;
+      }
+      EXPECT_EQ(got, self) << "grad " << i;
+    }
+    if (f64 && has_f32) ++mixed;
+  }
+  EXPECT_EQ(mixed, 11);
+  EXPECT_EQ(beyond_f32, 4);
 }
 
 TEST_P(ClipNorm, ClipGradValue) {

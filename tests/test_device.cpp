@@ -141,6 +141,14 @@ TEST(FakeModule, WrongApiVersion) {
   expect_cuda_unusable(reason);
 }
 
+TEST(FakeModule, WrongArgsRevision) {
+  PROBE_OR_SKIP(reason, fake_dir("wrong_args"));
+  EXPECT_TRUE(contains(reason, fake_dir("wrong_args") + "/libtrainrt_cuda.so")) << reason;
+  EXPECT_TRUE(contains(reason, "backend argument revision 1, expected 2")) << reason;
+  EXPECT_TRUE(contains(reason, "rebuild the module")) << reason;
+  expect_cuda_unusable(reason);
+}
+
 TEST(FakeModule, EntryReturnsNull) {
   PROBE_OR_SKIP(reason, fake_dir("null_entry"));
   EXPECT_TRUE(contains(reason, fake_dir("null_entry"))) << reason;

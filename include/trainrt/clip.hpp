@@ -2,7 +2,8 @@
 //
 // The total norm is one deterministic multi-tensor read pass (per-chunk partials reduced in a
 // fixed order; sums of |g|^p accumulate in double, so 2e22 does not overflow an f32 grad's
-// norm), and it stays on the device: the result is a 0-d f32 tensor, read only if you call
+// norm), and it stays on the device: the result is a 0-d tensor (f32, or f64 as PyTorch's when
+// some grad is f64), read only if you call
 // item(). Two forms:
 //   clip_grad_norm_(params, ...)     PyTorch's: the grads are multiplied by the coefficient
 //                                    (a second, read-write pass; skipped when no clipping is
@@ -30,10 +31,13 @@ namespace trainrt {
 
 /// Clips the grads of `params` (those that have one) so that their total norm is at most
 /// max_norm: coef = min(1, max_norm / (total + 1e-6)), every grad *= coef. norm_type is p > 0
-/// or INFINITY (max |g|). Returns the total norm before clipping (0-d f32 on the grads'
-/// device). Throws for max_norm <= 0, a bad norm_type, grads on different devices, and, when
-/// error_if_nonfinite, a non-finite total (the grads then hold what they would hold before
-/// this call in PyTorch: unscaled and clipped by pending multipliers, not by this call).
+/// or INFINITY (max |g|). Returns the total norm before clipping, a 0-d tensor on the grads'
+/// device: f64 when some grad is f64, else f32 (what PyTorch's is; with no grad at all, an
+/// f32 zero). The coefficient is computed in the total's dtype and each grad is multiplied by
+/// it rounded to the grad's compute type (f32 for f32 / f16 / bf16, f64 for f64). Throws for
+/// max_norm <= 0, a bad norm_type, grads on different devices, and, when error_if_nonfinite, a
+/// non-finite total (the grads then hold what they would hold before this call in PyTorch: unscaled
+/// and clipped by pending multipliers, not by this call).
 TRAINRT_API Tensor clip_grad_norm_(const std::vector<Parameter>& params, double max_norm,
                                    double norm_type = 2.0, bool error_if_nonfinite = false);
 
@@ -45,7 +49,7 @@ TRAINRT_API Tensor clip_grad_norm_(const std::vector<Parameter>& params, double 
 TRAINRT_API Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm,
                                    double norm_type = 2.0, bool error_if_nonfinite = false);
 
-/// The total norm of the grads of `params` without clipping.
+/// The total norm of the grads of `params` without clipping (dtype as clip_grad_norm_'s).
 TRAINRT_API Tensor grad_norm(const std::vector<Parameter>& params, double norm_type = 2.0);
 
 /// Clamps every grad element to [-clip_value, clip_value] (NaN stays NaN). clip_value >= 0.

@@ -244,6 +244,12 @@ TRAINRT_HD float clip_coefficient(float total_norm, float max_norm) {
   return c > 1.0f ? 1.0f : c;  // NaN stays NaN, as torch.clamp
 }
 
+/// The same in f64, as PyTorch computes it when the total norm is f64 (some grad is f64).
+TRAINRT_HD double clip_coefficient_f64(double total_norm, double max_norm) {
+  const double c = (1.0 / (total_norm + 1e-6)) * max_norm;
+  return c > 1.0 ? 1.0 : c;
+}
+
 /// torch._amp_update_scale_ on one scale / growth tracker pair (products in double, rounded
 /// to f32, as PyTorch's kernel).
 TRAINRT_HD void amp_update_scale(float& scale, int32_t& tracker, bool found_inf,

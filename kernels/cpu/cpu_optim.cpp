@@ -337,10 +337,9 @@ int lamb_step(const trainrt_optim_step_args* a, const OptimScalars s, const Grad
 
 struct NormPartial {
   double sum;       // sum |x|^p
-  float max;        // max |x| ignoring NaN
+  double max;       // max |x| ignoring NaN (exact: the widening of an f32 or f64 value)
   float nonfinite;  // NaN when some raw value is inf or NaN, else 0
   int32_t has_nan;  // some x is NaN (inf norm only)
-  int32_t pad;
 };
 
 enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 4 };
@@ -354,7 +353,7 @@ enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 
 template <int kKind, bool kScaled, class T>
 NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float clip, double p) {
   using A = typename acc_type<T>::type;
-  NormPartial r{0.0, 0.0f, 0.0f, 0, 0};
+  NormPartial r{0.0, 0.0, 0.0f, 0};
   double sum = 0.0;
   A mx = A(0);
   A nf = A(0);
@@ -378,7 +377,7 @@ NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float cl
     }
   }
   r.sum = sum;
-  r.max = (float)mx;
+  r.max = (double)mx;
   r.nonfinite = (float)nf;
   if (kKind == kNormInf && nf != nf) {  // rare: is some x NaN (not only inf)?
     for (int64_t i = 0; i < n; ++i) {
@@ -491,7 +490,7 @@ NormPartial norm_sum_f32(const float* v, int64_t n, int64_t avail, float inv, fl
     nf += raw - raw;
     sum += kKind == kNormL2 ? (double)x * (double)x : fabs((double)x);
   }
-  NormPartial r{sum, 0.0f, nf, 0, 0};
+  NormPartial r{sum, 0.0, nf, 0};
   return r;
 }
 #pragma GCC diagnostic pop
@@ -546,14 +545,15 @@ bool float_dtype(int32_t d) {
 
 template <class T>
 void scale_chunk(T* v, int64_t n, bool use_gs, float inv, float clip, bool use_s, float sc,
-                 bool clamp, double lo, double hi) {
+                 bool use_d, double sd, bool clamp, double lo, double hi) {
   using A = typename acc_type<T>::type;
-  const A ai = (A)inv, ac = (A)clip, as = (A)sc, alo = (A)lo, ahi = (A)hi;
+  const A ai = (A)inv, ac = (A)clip, as = (A)sc, ad = (A)sd, alo = (A)lo, ahi = (A)hi;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     A x = load<A>(v, i);
     if (use_gs) x = (x * ai) * ac;
     if (use_s) x = x * as;
+    if (use_d) x = x * ad;
     if (clamp) x = x < alo ? alo : (x > ahi ? ahi : x);
     store<A>(v, i, x);
   }
@@ -656,8 +656,7 @@ int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a) {
     default: norm_chunks<kNormP>(a, chunks, n_chunks, total, part); break;
   }
   // Fixed-order reduction of the chunk partials.
-  double sum = 0.0;
-  float mx = 0.0f;
+  double sum = 0.0, mx = 0.0;
   bool nonfinite = false, has_nan = false;
   for (int64_t c = 0; c < n_chunks; ++c) {
     sum += part[c].sum;
@@ -667,20 +666,25 @@ int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a) {
   }
   free(chunks);
   free(part);
-  float total_norm = 0.0f;
+  double norm = 0.0;
   if (kind == kNormInf) {
-    total_norm = has_nan ? NAN : mx;
+    norm = has_nan ? NAN : mx;
   } else if (kind == kNormL1) {
-    total_norm = (float)sum;
+    norm = sum;
   } else if (kind == kNormL2) {
-    total_norm = (float)sqrt(sum);
+    norm = sqrt(sum);
   } else if (kind == kNormP) {
-    total_norm = (float)pow(sum, 1.0 / p);
+    norm = pow(sum, 1.0 / p);
   }
+  const float total_norm = (float)norm;
   if (a->total_norm != nullptr) *a->total_norm = total_norm;
+  if (a->total_norm_f64 != nullptr) *a->total_norm_f64 = norm;
   if (a->found_inf != nullptr && nonfinite) *a->found_inf = 1.0f;
-  if (a->max_norm > 0.0 && a->grad_scalars != nullptr && kind != kNormNone) {
-    a->grad_scalars[TRAINRT_GS_CLIP_COEF] *= clip_coefficient(total_norm, (float)a->max_norm);
+  if (a->max_norm > 0.0 && kind != kNormNone) {
+    if (a->grad_scalars != nullptr) {
+      a->grad_scalars[TRAINRT_GS_CLIP_COEF] *= clip_coefficient(total_norm, (float)a->max_norm);
+    }
+    if (a->clip_coef_f64 != nullptr) *a->clip_coef_f64 = clip_coefficient_f64(norm, a->max_norm);
   }
   return 0;
 }
@@ -692,10 +696,12 @@ int cpu_multi_tensor_scale(const trainrt_multi_tensor_scale_args* a) {
   const bool use_gs = a->grad_scalars != nullptr && (gm.inv_scale != 1.0f || gm.clip_coef != 1.0f);
   const float sc = a->scale != nullptr ? *a->scale : 1.0f;
   const bool use_s = a->scale != nullptr && sc != 1.0f;
+  const double sd = a->scale_f64 != nullptr ? *a->scale_f64 : 1.0;
+  const bool use_d = a->scale_f64 != nullptr && sd != 1.0;
   const bool clamp =
       !(isinf(a->clamp_lo) && a->clamp_lo < 0 && isinf(a->clamp_hi) && a->clamp_hi > 0);
   // Multiplying by exactly 1 changes no value: skip the write pass.
-  if (!use_gs && !use_s && !clamp) return 0;
+  if (!use_gs && !use_s && !use_d && !clamp) return 0;
   int64_t n_chunks = 0, total = 0;
   Chunk* chunks = make_chunks(a->n_tensors, a->numels, &n_chunks, &total);
   if (n_chunks > 0 && chunks == nullptr) return 2;
@@ -706,19 +712,19 @@ int cpu_multi_tensor_scale(const trainrt_multi_tensor_scale_args* a) {
     switch (a->dtypes[ch.tensor]) {
       case TRAINRT_F32:
         scale_chunk((float*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
-                    clamp, a->clamp_lo, a->clamp_hi);
+                    use_d, sd, clamp, a->clamp_lo, a->clamp_hi);
         break;
       case TRAINRT_F64:
         scale_chunk((double*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
-                    clamp, a->clamp_lo, a->clamp_hi);
+                    use_d, sd, clamp, a->clamp_lo, a->clamp_hi);
         break;
       case TRAINRT_F16:
         scale_chunk((f16_t*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
-                    clamp, a->clamp_lo, a->clamp_hi);
+                    use_d, sd, clamp, a->clamp_lo, a->clamp_hi);
         break;
       default:
         scale_chunk((bf16_t*)base + ch.begin, ch.len, use_gs, gm.inv_scale, gm.clip_coef, use_s, sc,
-                    clamp, a->clamp_lo, a->clamp_hi);
+                    use_d, sd, clamp, a->clamp_lo, a->clamp_hi);
         break;
     }
   }

@@ -302,6 +302,7 @@ const trainrt_backend_v1& backend_table() {
     trainrt_backend_v1 t{};
     t.api_version = TRAINRT_BACKEND_API_VERSION;
     t.struct_size = sizeof(trainrt_backend_v1);
+    t.args_revision = TRAINRT_BACKEND_ARGS_REVISION;
     t.name = "cuda";
     t.last_error = &cuda_last_error;
     t.device_count = &cuda_device_count;

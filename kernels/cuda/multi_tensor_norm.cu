@@ -8,11 +8,11 @@
 // of a chunk depends only on its elements and the fixed block size (each thread folds its own packs
 // in order, the block folds warps in order), never on the grid, so the result is the same on every
 // GPU and run. Then one single-block kernel folds the partials in a fixed order and writes, on the
-// device: total_norm (f32), found_inf = 1 when some v is not finite, and the clip coefficient
-// folded into gs[CLIP_COEF]. No float atomics, no host synchronisation. Tensors are grouped by
-// dtype (one kernel per dtype); the partials of each group follow the previous group's.
-// Matches the CPU backend's result to rounding (the CPU sums 16K-element chunks, in another
-// order).
+// device: total_norm (f32, and f64 when asked), found_inf = 1 when some v is not finite, and the
+// clip coefficient folded into gs[CLIP_COEF] (or, in f64, stored in clip_coef_f64). No float
+// atomics, no host synchronisation. Tensors are grouped by dtype (one kernel per dtype); the
+// partials of each group follow the previous group's. Matches the CPU backend's result to rounding
+// (the CPU sums 16K-element chunks, in another order).
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -96,8 +96,9 @@ __global__ void __launch_bounds__(kMtThreads) norm_kernel(const __grid_constant_
 /// One block: folds the n partials in a fixed order, then writes the results.
 template <int kKind>
 __global__ void __launch_bounds__(kFinalThreads)
-    norm_final_kernel(const NormPartial* partial, int64_t n, double p, int clip, float max_norm,
-                      float* grad_scalars, float* total_norm, float* found_inf) {
+    norm_final_kernel(const NormPartial* partial, int64_t n, double p, double max_norm,
+                      float* grad_scalars, float* total_norm, float* found_inf,
+                      double* total_norm_f64, double* clip_coef_f64) {
   double acc = 0.0;
   int nonfinite = 0;
   for (int64_t i = threadIdx.x; i < n; i += kFinalThreads) {
@@ -111,14 +112,20 @@ __global__ void __launch_bounds__(kFinalThreads)
     acc = block_allreduce<kFinalThreads>(acc, SumOp{});
   nonfinite = __syncthreads_or(nonfinite);
   if (threadIdx.x != 0) return;
-  float total = 0.0f;
-  if (kKind == kNormL1 || kKind == kNormInf) total = static_cast<float>(acc);
-  if (kKind == kNormL2) total = static_cast<float>(sqrt(acc));
-  if (kKind == kNormP) total = static_cast<float>(pow(acc, 1.0 / p));
-  if (total_norm != nullptr) *total_norm = total;
+  double total = 0.0;
+  if (kKind == kNormL1 || kKind == kNormInf) total = acc;
+  if (kKind == kNormL2) total = sqrt(acc);
+  if (kKind == kNormP) total = pow(acc, 1.0 / p);
+  const float total_f32 = static_cast<float>(total);
+  if (total_norm != nullptr) *total_norm = total_f32;
+  if (total_norm_f64 != nullptr) *total_norm_f64 = total;
   if (found_inf != nullptr && nonfinite) *found_inf = 1.0f;
-  if (clip && kKind != kNormNone) {
-    grad_scalars[TRAINRT_GS_CLIP_COEF] *= clip_coefficient(total, max_norm);
+  if (max_norm > 0.0 && kKind != kNormNone) {
+    if (grad_scalars != nullptr) {
+      grad_scalars[TRAINRT_GS_CLIP_COEF] *=
+          clip_coefficient(total_f32, static_cast<float>(max_norm));
+    }
+    if (clip_coef_f64 != nullptr) *clip_coef_f64 = clip_coefficient_f64(total, max_norm);
   }
 }
 
@@ -152,10 +159,9 @@ void norm_kind(DeviceCtx& ctx, const trainrt_multi_tensor_norm_args& a) {
           });
     });
   }
-  const bool clip = a.max_norm > 0.0 && a.grad_scalars != nullptr;
   TRAINRT_LAUNCH("multi_tensor_norm final", norm_final_kernel<kKind>, 1, kFinalThreads, ctx.stream,
-                 static_cast<const NormPartial*>(partial), base, a.norm_type, clip ? 1 : 0,
-                 static_cast<float>(a.max_norm), a.grad_scalars, a.total_norm, a.found_inf);
+                 static_cast<const NormPartial*>(partial), base, a.norm_type, a.max_norm,
+                 a.grad_scalars, a.total_norm, a.found_inf, a.total_norm_f64, a.clip_coef_f64);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 // reading and writing every element once, computed in f32 (f64 for f64):
 //   v = (v * gs[INV_SCALE]) * gs[CLIP_COEF]   when a grad scalars block is given,
 //   v = v * *scale                            when a device scale is given,
+//   v = v * *scale_f64                        when a device f64 scale is given (rounded to
+//                                             the compute type),
 //   v = min(max(v, lo), hi)                   unless lo = -inf and hi = inf (NaN stays NaN).
 // As the CPU backend, a multiplier that is exactly 1 is not applied, and when nothing is left
 // to do the kernel returns before its first store (multiplying by 1 changes no value; skipping
@@ -27,6 +29,7 @@ namespace {
 struct ScaleExtra {
   const float* grad_scalars;  // or nullptr
   const float* scale;         // or nullptr
+  const double* scale_f64;    // or nullptr
   double lo, hi;
   int32_t clamp;  // 0: lo = -inf and hi = inf
   int32_t reserved;
@@ -40,10 +43,13 @@ __global__ void __launch_bounds__(kMtThreads) scale_kernel(const __grid_constant
   const bool use_gs = a.x.grad_scalars != nullptr && (gm.inv_scale != 1.0f || gm.clip_coef != 1.0f);
   const float sc = a.x.scale != nullptr ? *a.x.scale : 1.0f;
   const bool use_s = a.x.scale != nullptr && sc != 1.0f;
+  const double sd = a.x.scale_f64 != nullptr ? *a.x.scale_f64 : 1.0;
+  const bool use_d = a.x.scale_f64 != nullptr && sd != 1.0;
   const bool clamp = a.x.clamp != 0;
-  if (!use_gs && !use_s && !clamp) return;
+  if (!use_gs && !use_s && !use_d && !clamp) return;
   const A ai = static_cast<A>(gm.inv_scale), ac = static_cast<A>(gm.clip_coef);
-  const A as = static_cast<A>(sc), lo = static_cast<A>(a.x.lo), hi = static_cast<A>(a.x.hi);
+  const A as = static_cast<A>(sc), ad = static_cast<A>(sd);
+  const A lo = static_cast<A>(a.x.lo), hi = static_cast<A>(a.x.hi);
   mt_for_each_chunk(a.list, [&](int t, int32_t, int64_t start, int n) {
     T* const v = static_cast<T*>(a.list.ptr[0][t]) + start;
     mt_chunk_packs<true>(v, n, a.list.vec[t] != 0, [&](auto& pk) {
@@ -52,6 +58,7 @@ __global__ void __launch_bounds__(kMtThreads) scale_kernel(const __grid_constant
         A x = load<A>(pk.v, e);
         if (use_gs) x = (x * ai) * ac;
         if (use_s) x = x * as;
+        if (use_d) x = x * ad;
         if (clamp) x = x < lo ? lo : (x > hi ? hi : x);
         store<A>(pk.v, e, x);
       }
@@ -82,11 +89,14 @@ void launch_multi_tensor_scale(DeviceCtx& ctx, const trainrt_multi_tensor_scale_
   }
   const bool clamp =
       !(std::isinf(a.clamp_lo) && a.clamp_lo < 0 && std::isinf(a.clamp_hi) && a.clamp_hi > 0);
-  if (a.grad_scalars == nullptr && a.scale == nullptr && !clamp) return;  // nothing to apply
+  if (a.grad_scalars == nullptr && a.scale == nullptr && a.scale_f64 == nullptr && !clamp) {
+    return;  // nothing to apply
+  }
 
   auto args = std::make_unique<ScaleArgs>();  // value-initialised table (32 KB: on the heap)
   args->x.grad_scalars = a.grad_scalars;
   args->x.scale = a.scale;
+  args->x.scale_f64 = a.scale_f64;
   args->x.lo = a.clamp_lo;
   args->x.hi = a.clamp_hi;
   args->x.clamp = clamp ? 1 : 0;

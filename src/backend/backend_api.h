@@ -21,8 +21,9 @@
  *     const trainrt_backend_v1* trainrt_backend_entry(uint32_t requested_api_version);
  * returning NULL if it cannot serve that version. The core also checks api_version and
  * struct_size of the table it gets. Until the first release, new slots are appended at the
- * end of the table under version 1 (struct_size tells a stale module apart); after it, any
- * change to this file bumps the version.
+ * end of the table under version 1 (struct_size tells a stale module apart) and new fields at
+ * the end of an argument struct bump TRAINRT_BACKEND_ARGS_REVISION (the table's
+ * args_revision tells it apart); after it, any change to this file bumps the version.
  */
 #ifndef TRAINRT_BACKEND_API_H
 #define TRAINRT_BACKEND_API_H
@@ -35,6 +36,9 @@ extern "C" {
 #endif
 
 #define TRAINRT_BACKEND_API_VERSION 1u
+/* Bumped whenever an argument struct gains a field (before the first release they grow at
+ * their end under version 1): 2 = the f64 outputs of multi_tensor_norm / multi_tensor_scale. */
+#define TRAINRT_BACKEND_ARGS_REVISION 2u
 #define TRAINRT_BACKEND_ENTRY_SYMBOL "trainrt_backend_entry"
 
 /* Same values as trainrt::DType. */
@@ -303,7 +307,11 @@ enum trainrt_optim_hyper_c {
  *               NaN) as f32; 0 for no elements.
  *   found_inf:  NULL, or set to 1.0f when some v is inf or NaN (never cleared here).
  *   max_norm > 0 (needs grad_scalars): gs[CLIP_COEF] *= min(1, max_norm / (total + 1e-6))
- *               with the clip coefficient computed in f32 as PyTorch does. */
+ *               with the clip coefficient computed in f32 as PyTorch does.
+ * The f64 results (what PyTorch computes when some grad is f64):
+ *   total_norm_f64: NULL, or receives the same total as f64, before any rounding to f32.
+ *   clip_coef_f64:  with max_norm > 0: NULL, or receives (is set to, not multiplied by)
+ *                   min(1, max_norm / (total + 1e-6)) computed in f64 from the f64 total. */
 typedef struct trainrt_multi_tensor_norm_args {
   int64_t n_tensors;
   const void* const* tensors; /* host array of device pointers */
@@ -314,11 +322,15 @@ typedef struct trainrt_multi_tensor_norm_args {
   float* grad_scalars;        /* device grad scalars block, or NULL */
   float* total_norm;          /* device f32 scalar, or NULL */
   float* found_inf;           /* device f32 scalar, or NULL */
+  double* total_norm_f64;     /* device f64 scalar, or NULL */
+  double* clip_coef_f64;      /* device f64 scalar, or NULL */
 } trainrt_multi_tensor_norm_args;
 
 /* In place over a list of tensors (f32, f16, bf16 or f64 each), computed in f32 (f64 for f64):
  *   v = (v * gs[INV_SCALE]) * gs[CLIP_COEF]   when grad_scalars is given,
  *   v = v * *scale                            when scale is given,
+ *   v = v * *scale_f64                        when scale_f64 is given (the factor rounded to
+ *                                             the compute type: f32, or f64 for f64 data),
  *   v = min(max(v, clamp_lo), clamp_hi)       unless clamp_lo = -inf and clamp_hi = inf
  *                                             (NaN stays NaN). */
 typedef struct trainrt_multi_tensor_scale_args {
@@ -329,6 +341,7 @@ typedef struct trainrt_multi_tensor_scale_args {
   const float* grad_scalars; /* device, or NULL */
   const float* scale;        /* device f32 scalar, or NULL */
   double clamp_lo, clamp_hi;
+  const double* scale_f64; /* device f64 scalar, or NULL */
 } trainrt_multi_tensor_scale_args;
 
 enum trainrt_amp_op_c {
@@ -471,6 +484,11 @@ typedef struct trainrt_backend_v1 {
   int (*graph_destroy)(int32_t device, void* graph);
   /* 1 (in *capturing) while the device's stream is being captured, else 0. */
   int (*graph_capturing)(int32_t device, int32_t* capturing);
+
+  /* TRAINRT_BACKEND_ARGS_REVISION: the layout of the argument structs the module was built
+   * with. A module of another revision (or an older one without this field, whose smaller
+   * struct_size shows it) is refused. */
+  uint32_t args_revision;
 } trainrt_backend_v1;
 
 typedef const trainrt_backend_v1* (*trainrt_backend_entry_fn)(uint32_t requested_api_version);

@@ -307,6 +307,7 @@ const trainrt_backend_v1& cpu_backend() {
     trainrt_backend_v1 t{};
     t.api_version = TRAINRT_BACKEND_API_VERSION;
     t.struct_size = sizeof(trainrt_backend_v1);
+    t.args_revision = TRAINRT_BACKEND_ARGS_REVISION;
     t.name = "cpu";
     t.last_error = &cpu_last_error;
     t.device_count = &cpu_device_count;
