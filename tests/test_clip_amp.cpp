@@ -1277,6 +1277,33 @@ TEST(ClipAmpCudaParity, NormsScaleAndSkipMatchTheCpu) {
       }
     }
   }
+  // f64 grads, alone and next to f32 ones: an f64 total and coefficient on both devices.
+  for (bool mixed : {false, true}) {
+    for (double p : {1.0, 2.0, kInf, 0.5}) {
+      SCOPED_TRACE(std::string(mixed ? "f64 + f32" : "f64") + " p " + std::to_string(p));
+      std::vector<Parameter> pc, pg;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const DType dt = mixed && i % 2 == 1 ? DType::f32 : DType::f64;
+        const std::vector<double> g =
+            rounded(uniform(trainrt::shape_numel(shapes[i]), -1, 1, 7 + i), dt);
+        pc.push_back(param_with_grad(g, shapes[i], dt, Device::cpu()));
+        pg.push_back(param_with_grad(g, shapes[i], dt, gpu));
+      }
+      const Tensor tc = trainrt::clip_grad_norm_(pc, 0.5, p);
+      const Tensor tg = trainrt::clip_grad_norm_(pg, 0.5, p);
+      ASSERT_EQ(tc.dtype(), DType::f64);
+      ASSERT_EQ(tg.dtype(), DType::f64);
+      EXPECT_NEAR(tg.item(), tc.item(), 1e-13 * tc.item());
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const double tol = pc[i].grad().dtype() == DType::f64 ? 1e-13 : 1e-6;
+        const std::vector<double> a = pc[i].grad().to_double_vector();
+        const std::vector<double> b = pg[i].grad().to_double_vector();
+        ASSERT_EQ(a.size(), b.size());
+        for (std::size_t j = 0; j < a.size(); ++j)
+          ASSERT_NEAR(b[j], a[j], tol * std::fabs(a[j]) + 1e-300);
+      }
+    }
+  }
   // The same scaled run on both devices: same skips, same scale, same params.
   GradScalerOptions o;
   o.init_scale = 256.0;
