@@ -32,9 +32,11 @@ namespace trainrt {
 /// Clips the grads of `params` (those that have one) so that their total norm is at most
 /// max_norm: coef = min(1, max_norm / (total + 1e-6)), every grad *= coef. norm_type is p > 0
 /// or INFINITY (max |g|). Returns the total norm before clipping, a 0-d tensor on the grads'
-/// device: f64 when some grad is f64, else f32 (what PyTorch's is; with no grad at all, an
-/// f32 zero). The coefficient is computed in the total's dtype and each grad is multiplied by
-/// it rounded to the grad's compute type (f32 for f32 / f16 / bf16, f64 for f64). Throws for
+/// device: f64 when some grad is f64 (as PyTorch's), else f32 (also for f16 / bf16 grads,
+/// where PyTorch's would be of their dtype; with no grad at all, an f32 zero). The total is
+/// the norm of the per-grad norms, each rounded to f32 (f64 for an f64 grad); the coefficient
+/// is computed in the total's dtype and each grad is multiplied by it rounded to the grad's
+/// compute type (f32 for f32 / f16 / bf16, f64 for f64). Throws for
 /// max_norm <= 0, a bad norm_type, grads on different devices, and, when error_if_nonfinite, a
 /// non-finite total (the grads then hold what they would hold before this call in PyTorch: unscaled
 /// and clipped by pending multipliers, not by this call).

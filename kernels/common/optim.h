@@ -244,6 +244,27 @@ TRAINRT_HD float clip_coefficient(float total_norm, float max_norm) {
   return c > 1.0f ? 1.0f : c;  // NaN stays NaN, as torch.clamp
 }
 
+// ---- multi-tensor norms (both backends) ---------------------------------------------------
+/// What a multi-tensor norm computes: none (the non-finite check only), sum |x|, sum x^2,
+/// max |x|, or sum |x|^p.
+enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 4 };
+
+/// (sum)^(1/p) from a sum of |x|^p (the value itself for L1 and for max |x|).
+TRAINRT_HD double norm_root(int kind, double acc, double p) {
+  return kind == kNormL2 ? sqrt(acc) : (kind == kNormP ? pow(acc, 1.0 / p) : acc);
+}
+
+/// The term one tensor adds to the total: PyTorch's clip_grad_norm_ is the norm of the
+/// per-tensor norms, each an f32 value (f64 for f64 data; f16 / bf16 norms are kept in f32,
+/// as SEMANTICS.md asks), so a tensor's norm is rounded to that type first (an f32 tensor
+/// whose norm overflows f32 makes the total inf, as in PyTorch), then raised to p.
+TRAINRT_HD double norm_tensor_term(int kind, double acc, double p, bool f64) {
+  if (kind == kNormInf || kind == kNormNone) return acc;  // max |x|: exact in any type
+  double n = norm_root(kind, acc, p);
+  if (!f64) n = (double)(float)n;
+  return kind == kNormL2 ? n * n : (kind == kNormP ? pow(n, p) : n);
+}
+
 /// The same in f64, as PyTorch computes it when the total norm is f64 (some grad is f64).
 TRAINRT_HD double clip_coefficient_f64(double total_norm, double max_norm) {
   const double c = (1.0 / (total_norm + 1e-6)) * max_norm;

@@ -342,8 +342,6 @@ struct NormPartial {
   int32_t has_nan;  // some x is NaN (inf norm only)
 };
 
-enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 4 };
-
 // kScaled is a template parameter, not a run-time flag: with `scaled ? ... : raw` in the loop
 // GCC vectorized only the scaled version of the loop and left grad_norm() and
 // clip_grad_norm_(params) scalar (9.2 ms instead of 1.2 ms over 16M f32, bench/NOTES.md).
@@ -655,27 +653,28 @@ int cpu_multi_tensor_norm(const trainrt_multi_tensor_norm_args* a) {
     case kNormInf: norm_chunks<kNormInf>(a, chunks, n_chunks, total, part); break;
     default: norm_chunks<kNormP>(a, chunks, n_chunks, total, part); break;
   }
-  // Fixed-order reduction of the chunk partials.
-  double sum = 0.0, mx = 0.0;
+  // Fixed-order reduction: each tensor's chunk partials (consecutive chunks) into its norm,
+  // rounded to its type (norm_tensor_term), then the tensors' terms in tensor order.
+  double acc = 0.0;
   bool nonfinite = false, has_nan = false;
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    sum += part[c].sum;
-    mx = part[c].max > mx ? part[c].max : mx;
-    if (part[c].nonfinite != 0.0f) nonfinite = true;  // NaN != 0
-    if (part[c].has_nan) has_nan = true;
+  for (int64_t c = 0; c < n_chunks;) {
+    const int64_t t = chunks[c].tensor;
+    double sum = 0.0, mx = 0.0;
+    for (; c < n_chunks && chunks[c].tensor == t; ++c) {
+      sum += part[c].sum;
+      mx = part[c].max > mx ? part[c].max : mx;
+      if (part[c].nonfinite != 0.0f) nonfinite = true;  // NaN != 0
+      if (part[c].has_nan) has_nan = true;
+    }
+    if (kind == kNormInf) {
+      acc = mx > acc ? mx : acc;
+    } else if (kind != kNormNone) {
+      acc += norm_tensor_term(kind, sum, p, a->dtypes[t] == TRAINRT_F64);
+    }
   }
   free(chunks);
   free(part);
-  double norm = 0.0;
-  if (kind == kNormInf) {
-    norm = has_nan ? NAN : mx;
-  } else if (kind == kNormL1) {
-    norm = sum;
-  } else if (kind == kNormL2) {
-    norm = sqrt(sum);
-  } else if (kind == kNormP) {
-    norm = pow(sum, 1.0 / p);
-  }
+  const double norm = kind == kNormInf && has_nan ? NAN : norm_root(kind, acc, p);
   const float total_norm = (float)norm;
   if (a->total_norm != nullptr) *a->total_norm = total_norm;
   if (a->total_norm_f64 != nullptr) *a->total_norm_f64 = norm;

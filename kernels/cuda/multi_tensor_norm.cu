@@ -7,12 +7,15 @@
 // double (or max |x|, NaN propagating, for p = inf) and a flag for a non-finite raw v. The partial
 // of a chunk depends only on its elements and the fixed block size (each thread folds its own packs
 // in order, the block folds warps in order), never on the grid, so the result is the same on every
-// GPU and run. Then one single-block kernel folds the partials in a fixed order and writes, on the
-// device: total_norm (f32, and f64 when asked), found_inf = 1 when some v is not finite, and the
-// clip coefficient folded into gs[CLIP_COEF] (or, in f64, stored in clip_coef_f64). No float
-// atomics, no host synchronisation. Tensors are grouped by dtype (one kernel per dtype); the
-// partials of each group follow the previous group's. Matches the CPU backend's result to rounding
-// (the CPU sums 16K-element chunks, in another order).
+// GPU and run. A second kernel per launch, one warp per tensor, folds each tensor's partials in a
+// fixed order into its norm, rounded to its type, and that norm's term of the total (PyTorch's
+// total is the norm of the per-tensor norms; norm_tensor_term in ../common/optim.h). Then one
+// single-block kernel folds the terms in a fixed order and writes, on the device: total_norm (f32,
+// and f64 when asked), found_inf = 1 when some v is not finite, and the clip coefficient folded
+// into gs[CLIP_COEF] (or, in f64, stored in clip_coef_f64). No float atomics, no host
+// synchronisation. Tensors are grouped by dtype (one kernel per dtype); the partials and terms of
+// each group follow the previous group's. Matches the CPU backend's result to rounding (the CPU
+// sums 16K-element chunks, in another order).
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -28,8 +31,7 @@ namespace gpu {
 namespace {
 
 constexpr int kFinalThreads = 1024;
-
-enum NormKind { kNormNone = 0, kNormL1 = 1, kNormL2 = 2, kNormInf = 3, kNormP = 4 };
+constexpr int kTermThreads = 256;  // one warp per tensor
 
 struct NormPartial {
   double acc;         // sum |x|^p, or max |x| (NaN if some x is NaN) for kNormInf
@@ -40,6 +42,7 @@ struct NormPartial {
 struct NormExtra {
   const float* grad_scalars;  // or nullptr: x = v
   NormPartial* partial;       // one per chunk of this launch
+  NormPartial* terms;         // one per tensor of this launch (norm_tensor_kernel)
   double p;                   // kNormP: the exponent
 };
 using NormArgs = MtArgs<1, NormExtra>;
@@ -93,7 +96,37 @@ __global__ void __launch_bounds__(kMtThreads) norm_kernel(const __grid_constant_
   });
 }
 
-/// One block: folds the n partials in a fixed order, then writes the results.
+/// One warp per tensor of the launch: folds the tensor's chunk partials (lane l takes chunks
+/// l, l + 32, ..., then a fixed butterfly), and writes the tensor's term of the total, its
+/// norm rounded to its type first (norm_tensor_term).
+template <int kKind, class T>
+__global__ void __launch_bounds__(kTermThreads)
+    norm_tensor_kernel(const __grid_constant__ NormArgs a) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int t =
+      static_cast<int>(blockIdx.x) * (kTermThreads / 32) + static_cast<int>(threadIdx.x >> 5);
+  if (t >= a.list.n_tensors) return;  // the whole warp
+  const int32_t begin = t == 0 ? 0 : a.list.chunk_end[t - 1];
+  const int32_t end = a.list.chunk_end[t];
+  double acc = 0.0;
+  int nonfinite = 0;
+  for (int32_t c = begin + lane; c < end; c += 32) {
+    const NormPartial q = a.x.partial[c];
+    acc = fold<kKind>(acc, q.acc);
+    nonfinite |= q.nonfinite;
+  }
+  if (kKind == kNormInf)
+    acc = warp_allreduce(acc, MaxNanOp{});
+  else
+    acc = warp_allreduce(acc, SumOp{});
+  nonfinite = warp_allreduce(static_cast<long long>(nonfinite), SumOp{}) != 0 ? 1 : 0;
+  if (lane == 0) {
+    const double term = norm_tensor_term(kKind, acc, a.x.p, sizeof(T) == sizeof(double));
+    a.x.terms[t] = NormPartial{term, nonfinite, 0};
+  }
+}
+
+/// One block: folds the n tensor terms in a fixed order, then writes the results.
 template <int kKind>
 __global__ void __launch_bounds__(kFinalThreads)
     norm_final_kernel(const NormPartial* partial, int64_t n, double p, double max_norm,
@@ -112,10 +145,7 @@ __global__ void __launch_bounds__(kFinalThreads)
     acc = block_allreduce<kFinalThreads>(acc, SumOp{});
   nonfinite = __syncthreads_or(nonfinite);
   if (threadIdx.x != 0) return;
-  double total = 0.0;
-  if (kKind == kNormL1 || kKind == kNormInf) total = acc;
-  if (kKind == kNormL2) total = sqrt(acc);
-  if (kKind == kNormP) total = pow(acc, 1.0 / p);
+  const double total = norm_root(kKind, acc, p);
   const float total_f32 = static_cast<float>(total);
   if (total_norm != nullptr) *total_norm = total_f32;
   if (total_norm_f64 != nullptr) *total_norm_f64 = total;
@@ -137,12 +167,16 @@ template <int kKind>
 void norm_kind(DeviceCtx& ctx, const trainrt_multi_tensor_norm_args& a) {
   const int shift = mt_chunk_shift(mt_total_elements(a.n_tensors, a.numels));
   const int64_t chunks = mt_total_chunks(a.n_tensors, a.numels, shift);
-  Workspace ws(ctx, static_cast<size_t>(chunks) * sizeof(NormPartial));
+  int64_t tensors = 0;  // those with elements: the others add nothing to any norm
+  for (int64_t i = 0; i < a.n_tensors; ++i) tensors += a.numels[i] > 0 ? 1 : 0;
+  Workspace ws(ctx, static_cast<size_t>(chunks + tensors) * sizeof(NormPartial));
   NormPartial* const partial = static_cast<NormPartial*>(ws.get());
+  NormPartial* const terms = partial + chunks;
   auto args = std::make_unique<NormArgs>();  // value-initialised table (32 KB: on the heap)
   args->x.grad_scalars = a.grad_scalars;
   args->x.p = a.norm_type;
-  int64_t base = 0;  // partials written by the previous dtype groups
+  int64_t base = 0;       // partials written by the previous launches
+  int64_t term_base = 0;  // tensor terms written by the previous launches
   for (const int32_t dt : {TRAINRT_F32, TRAINRT_F16, TRAINRT_BF16, TRAINRT_F64}) {
     dispatch_float(dt, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -155,12 +189,17 @@ void norm_kind(DeviceCtx& ctx, const trainrt_multi_tensor_norm_args& a) {
       base += mt_for_each_launch(
           *args, a.n_tensors, a.numels, shift, fill, [&](NormArgs& g, int64_t chunk_base) {
             g.x.partial = partial + base + chunk_base;
+            g.x.terms = terms + term_base;
             TRAINRT_MT_LAUNCH("multi_tensor_norm", norm_kernel<kKind, T>, ctx, g);
+            TRAINRT_LAUNCH("multi_tensor_norm tensors", norm_tensor_kernel<kKind, T>,
+                           ceil_div(g.list.n_tensors, kTermThreads / 32), kTermThreads, ctx.stream,
+                           g);
+            term_base += g.list.n_tensors;
           });
     });
   }
   TRAINRT_LAUNCH("multi_tensor_norm final", norm_final_kernel<kKind>, 1, kFinalThreads, ctx.stream,
-                 static_cast<const NormPartial*>(partial), base, a.norm_type, a.max_norm,
+                 static_cast<const NormPartial*>(terms), term_base, a.norm_type, a.max_norm,
                  a.grad_scalars, a.total_norm, a.found_inf, a.total_norm_f64, a.clip_coef_f64);
 }
 
