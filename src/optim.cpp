@@ -89,6 +89,13 @@ void validate(const AlgoSpec& spec, const HyperParams& defaults, const HyperPara
     if (!std::isfinite(kv.second)) {
       fail("{}: {} must be finite in {}, got {}", n, kv.first, where, kv.second);
     }
+    // The kernels take every hyperparameter as an f32 scalar: one beyond its range would
+    // become inf there (PyTorch refuses it at the step: "cannot be converted to type float
+    // without overflow").
+    if (!std::isfinite(static_cast<float>(kv.second))) {
+      fail("{}: {} must be within the f32 range (|x| <= {}) in {}, got {}", n, kv.first,
+           std::numeric_limits<float>::max(), where, kv.second);
+    }
   }
   for (const auto& d : defaults) {
     if (h.count(d.first) == 0) fail("{}: hyperparameter '{}' is missing in {}", n, d.first, where);
@@ -486,6 +493,9 @@ std::string group_where(std::size_t g) { return fmt::format("param group {}", g)
 Optimizer::Optimizer(int algorithm, std::vector<ParamGroup> groups, HyperParams defaults)
     : impl_(std::make_unique<OptimizerImpl>()) {
   impl_->spec = &detail::spec_of(algorithm);
+  // As torch.optim's "optimizer got an empty parameter list": most likely parameters() of the
+  // wrong model. A group without parameters is accepted (PyTorch's [{'params': []}]).
+  if (groups.empty()) fail("{}: got an empty parameter list", impl_->spec->name);
   detail::validate(*impl_->spec, defaults, defaults, "the defaults");
   impl_->defaults = std::move(defaults);
   for (const ParamGroup& g : groups) add_param_group(g);
@@ -1140,9 +1150,10 @@ void Optimizer::load_state_dict(const StateDict& sd) {
 
 namespace {
 double b(bool v) { return v ? 1.0 : 0.0; }
+// No parameters make no group, which the Optimizer constructor refuses.
 std::vector<ParamGroup> one_group(std::vector<Parameter> params) {
   std::vector<ParamGroup> g;
-  g.emplace_back(std::move(params));
+  if (!params.empty()) g.emplace_back(std::move(params));
   return g;
 }
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -863,7 +864,15 @@ TEST_P(OptimApi, ZeroElementParamsAndNoParams) {
   }
   EXPECT_EQ(opt.step_count(ps[0]), 3);
   EXPECT_EQ(opt.state(ps[1], "exp_avg").numel(), 0);
-  trainrt::optim::SGD empty(std::vector<Parameter>{}, trainrt::optim::SGDOptions(0.1));
+  // As torch.optim: no parameters at all is an error, a group without any is not.
+  expect_error(
+      [] { trainrt::optim::SGD(std::vector<Parameter>{}, trainrt::optim::SGDOptions(0.1)); },
+      "SGD: got an empty parameter list");
+  expect_error(
+      [] { trainrt::optim::AdamW(std::vector<ParamGroup>{}, trainrt::optim::AdamWOptions()); },
+      "AdamW: got an empty parameter list");
+  trainrt::optim::SGD empty(std::vector<ParamGroup>{ParamGroup(std::vector<Parameter>{})},
+                            trainrt::optim::SGDOptions(0.1));
   empty.step();
   EXPECT_EQ(empty.state_dict().scalars.at("param_groups.0.params"), 0.0);
 }
@@ -954,6 +963,12 @@ TEST_P(OptimBadInput, Hyperparameters) {
   std::vector<Parameter> ps = make_params({{3}}, dev);
   EXPECT_ERROR(SGD(ps, SGDOptions(-0.1)), "lr must be >= 0");
   EXPECT_ERROR(SGD(ps, SGDOptions(NAN)), "lr must be finite");
+  // The kernels' scalars are f32: a finite double beyond its range would be inf there.
+  EXPECT_ERROR(SGD(ps, SGDOptions(1e300)), "lr must be within the f32 range");
+  EXPECT_ERROR(SGD(ps, SGDOptions(0.1).weight_decay(3.5e38)), "weight_decay must be within");
+  EXPECT_ERROR(Adagrad(ps, AdagradOptions().initial_accumulator_value(1e39)),
+               "initial_accumulator_value must be within the f32 range");
+  SGD(ps, SGDOptions(std::numeric_limits<float>::max()));  // the largest f32 is accepted
   EXPECT_ERROR(SGD(ps, SGDOptions(0.1).momentum(-0.5)), "momentum must be >= 0");
   EXPECT_ERROR(SGD(ps, SGDOptions(0.1).weight_decay(-1e-4)), "weight_decay must be >= 0");
   EXPECT_ERROR(SGD(ps, SGDOptions(0.1).nesterov(true)), "nesterov momentum requires");
@@ -988,6 +1003,10 @@ TEST_P(OptimBadInput, Hyperparameters) {
   EXPECT_EQ(opt.get(0, "beta1"), 0.9);
   EXPECT_ERROR(opt.set_lr(-1), "lr must be >= 0");
   EXPECT_EQ(opt.lr(), 1e-3);
+  EXPECT_ERROR(opt.set_lr(1e39), "lr must be within the f32 range");
+  EXPECT_ERROR(opt.set(0, "eps", -1e300), "eps must be within the f32 range");
+  EXPECT_EQ(opt.lr(), 1e-3);
+  EXPECT_EQ(opt.get(0, "eps"), 1e-8);
   EXPECT_ERROR(opt.get(3, "lr"), "param group 3 does not exist");
   EXPECT_ERROR(opt.get(0, "momentum"), "unknown hyperparameter");
 }
@@ -1052,6 +1071,8 @@ TEST_P(OptimBadInput, LoadStateDictMismatchChangesNothing) {
       {"missing hyper", [](StateDict& s) { s.scalars.erase("param_groups.1.eps"); },
        "no 'param_groups.1.eps'"},
       {"bad hyper", [](StateDict& s) { s.scalars["param_groups.1.lr"] = -2; }, "lr must be >= 0"},
+      {"hyper beyond f32", [](StateDict& s) { s.scalars["param_groups.0.eps"] = 1e300; },
+       "eps must be within the f32 range"},
       {"unknown scalar", [](StateDict& s) { s.scalars["param_groups.0.momentum"] = 0.9; },
        "unexpected entry"},
       {"bad step", [](StateDict& s) { s.scalars["state.1.step"] = 1.5; }, "step count"},
