@@ -131,9 +131,15 @@ struct SchedulerImpl {
           name, groups(), made_for);
     }
   }
+  /// The lrs a chainable form starts from: the optimizer's, except where this scheduler wrote a
+  /// negative lr as 0 (apply) and the 0 is still there: the chain goes on from the negative
+  /// value, as PyTorch's, which wrote it.
   std::vector<double> group_lrs() const {
     std::vector<double> v;
-    for (std::size_t g = 0; g < groups(); ++g) v.push_back(opt->lr(g));
+    for (std::size_t g = 0; g < groups(); ++g) {
+      const double lr = opt->lr(g);
+      v.push_back(lr == 0.0 && g < last_lr.size() && last_lr[g] < 0.0 ? last_lr[g] : lr);
+    }
     return v;
   }
 
@@ -164,10 +170,20 @@ struct SchedulerImpl {
   virtual bool clamps_negative_lr() const { return false; }
 
   /// Writes lrs (and pending momentum) into the optimizer; all values validated first.
+  /// A chainable form that reaches 0 does so through rounding: LinearLR with end_factor 0, or
+  /// the cosine back to a base lr of 0, gives -1e-18 where the exact value is 0. That is written
+  /// as 0 (get_last_lr() keeps PyTorch's value); a negative lr beyond the rounding of the lrs
+  /// this step starts from is refused.
+  bool rounding_zero(std::size_t g, double lr) const {
+    double ref = std::fabs(opt->lr(g));
+    if (g < base_lrs.size()) ref = std::max(ref, std::fabs(base_lrs[g]));
+    return lr >= -1e-10 * ref;
+  }
+
   void apply(const std::vector<double>& lrs) {
     const bool clamp = clamps_negative_lr();
     for (std::size_t g = 0; g < lrs.size(); ++g) {
-      if (!std::isfinite(lrs[g]) || (!(lrs[g] >= 0.0) && !clamp)) {
+      if (!std::isfinite(lrs[g]) || (!(lrs[g] >= 0.0) && !clamp && !rounding_zero(g, lrs[g]))) {
         fail("{}: the schedule gives param group {} an invalid lr {}", name, g, lrs[g]);
       }
     }
@@ -703,6 +719,16 @@ struct OneCycleLRImpl : SchedulerImpl {
       }
     }
     if (cycle_momentum) {
+      // The last step extrapolates momentum past its bound as it does the lr (below). PyTorch
+      // writes a beta1 >= 1 there; Adam refuses one, so beta1 stops at the bound it passed.
+      if (use_beta1 && step_num == total_steps) {
+        for (std::size_t g = 0; g < moms.size(); ++g) {
+          const double lo = std::min(max_momentums[g], base_momentums[g]);
+          const double hi = std::max(max_momentums[g], base_momentums[g]);
+          if (moms[g] >= 1.0) moms[g] = hi;
+          if (moms[g] < 0.0) moms[g] = lo;
+        }
+      }
       pending_momentum = moms;
       momentum_key = use_beta1 ? "beta1" : "momentum";
     }

@@ -390,6 +390,61 @@ TEST(Schedulers, OneCycleRaisesPastTotalSteps) {
   EXPECT_EQ(opt.get(0, "beta1"), b1);
 }
 
+// A chainable form that reaches 0 does so through rounding (values from torch 1.13): the
+// optimizer gets 0, get_last_lr() PyTorch's value. They used to be refused as negative lrs.
+TEST(Schedulers, ChainableFormsReachingZeroThroughRounding) {
+  std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
+  SGD sgd(p, SGDOptions(0.1));
+  LinearLR linear(sgd, 1.0 / 3, 0.0, 5);
+  for (int k = 0; k < 5; ++k) linear.step();
+  EXPECT_EQ(linear.get_last_lr()[0], -1.480297366166875e-18);
+  EXPECT_EQ(sgd.lr(0), 0.0);
+  linear.step();  // past total_iters: stays at 0
+  EXPECT_EQ(sgd.lr(0), 0.0);
+
+  SGD from_zero(p, SGDOptions(0.0));
+  CosineAnnealingLR cos(from_zero, 3, 0.1);
+  const double torch_lrs[] = {0.024999999999999994, 0.07499999999999998,  0.1,
+                              0.07500000000000001,  0.024999999999999953, -5.551115123125783e-17,
+                              0.02499999999999994,  0.07499999999999996,  0.1,
+                              0.07500000000000001,  0.025000000000000105, 8.326672684688674e-17};
+  for (double want : torch_lrs) {
+    cos.step();
+    EXPECT_EQ(cos.get_last_lr()[0], want);
+    EXPECT_EQ(from_zero.lr(0), std::max(want, 0.0));
+  }
+
+  // A negative lr beyond rounding is still refused: the cosine after the lr was set below
+  // eta_min by hand (PyTorch gives -0.0625 at the second step after it).
+  SGD below(p, SGDOptions(0.1));
+  CosineAnnealingLR c2(below, 3, 0.05);
+  for (int k = 0; k < 3; ++k) c2.step();
+  below.set_lr(0.0);
+  c2.step();
+  const double lr = below.lr(0);
+  EXPECT_NEAR(lr, 0.0125, 1e-17);
+  expect_error([&] { c2.step(); }, "invalid lr -0.0625");
+  EXPECT_EQ(below.lr(0), lr);
+}
+
+// OneCycleLR's last step (last_epoch == total_steps) extrapolates linear annealing past the
+// bounds: PyTorch writes lr -1.43e-4 and beta1 1.0011 there; Adam gets lr 0 and beta1 at the
+// bound it passed (it refuses a beta1 >= 1), so a loop with one step per batch finishes.
+TEST(Schedulers, OneCycleLinearLastStepWithAdam) {
+  std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
+  Adam opt(p, AdamOptions(0.01));
+  OneCycleLR s(opt, OneCycleLROptions(0.01)
+                        .total_steps(100)
+                        .anneal_strategy("linear")
+                        .base_momentum(0.85)
+                        .max_momentum(0.999));
+  for (int k = 0; k < 100; ++k) s.step();
+  EXPECT_NEAR(s.get_last_lr()[0], -0.0001428165714285716, 1e-18);
+  EXPECT_EQ(opt.lr(0), 0.0);
+  EXPECT_EQ(opt.get(0, "beta1"), 0.999);
+  EXPECT_EQ(opt.get(0, "beta2"), 0.999);
+}
+
 TEST(Schedulers, PlateauAccessorsAndStepWithoutMetric) {
   std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
   SGD opt(p, SGDOptions(0.1));
