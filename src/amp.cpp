@@ -30,7 +30,8 @@ void check_growth_interval(std::int64_t v) {
     fail("GradScaler: growth_interval must be a positive 32-bit integer, got {}", v);
   }
 }
-void check_scale(double v, const char* what) {
+void check_scale(double v, const char* what, bool zero_ok = false) {
+  if (zero_ok && v == 0.0) return;
   if (!(v > 0.0) || !std::isfinite(v) || static_cast<float>(v) == 0.0f ||
       !std::isfinite(static_cast<float>(v))) {
     fail("GradScaler: {} must be a positive finite f32 value, got {}", what, v);
@@ -174,6 +175,8 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
   st.recorded = I.inf_recorded;
   optimizer.step();
   st.stage = Stage::stepped;
+  // update() reads found_inf from this block: a fused clip before then must not reset it.
+  I.found_inf_held = st.recorded;
   // During a CUDA graph capture nothing may be read back: whether a replay skipped its step
   // is last_step_skipped() after the replay.
   if (I.capturable && detail::device_capturing(I.device)) return true;
@@ -183,8 +186,10 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
 void GradScaler::release_unstepped(const char* op) {
   for (auto& kv : per_optimizer_) {
     PerOptimizer& st = kv.second;
-    if (st.stage != Stage::unscaled || st.alive.expired()) continue;
+    if (st.alive.expired()) continue;
     detail::OptimizerImpl& I = detail::OptimizerAccess::impl(*kv.first);
+    if (st.stage == Stage::stepped) I.found_inf_held = false;  // read (or dropped) by now
+    if (st.stage != Stage::unscaled) continue;
     detail::OptimizerAccess::settle(I, true, op);
     I.gs_active = false;
     I.check_pending = false;
@@ -288,7 +293,9 @@ void GradScaler::load_state_dict(const StateDict& sd) {
   };
   const double scale = get("scale"), gf = get("growth_factor"), bf = get("backoff_factor");
   const double gi = get("growth_interval"), tracker = get("_growth_tracker");
-  check_scale(scale, "scale");
+  // 0 too: a scale that backoff underflowed to 0 is what state_dict() saves then (PyTorch
+  // loads any value).
+  check_scale(scale, "scale", true);
   check_growth_factor(gf);
   check_backoff_factor(bf);
   if (gi != std::floor(gi))

@@ -35,11 +35,25 @@ enum Algo : int { kSGD = 0, kAdam, kAdamW, kRMSprop, kAdagrad, kRAdam, kLAMB };
 
 using optim::HyperParams;
 
+/// Up to three names; trivially destructible, so that the table below outlives every
+/// optimizer, also one in a global destroyed at exit (ctest scheduler_destroyed_at_exit).
+struct NameList {
+  const char* v[3] = {};
+  std::size_t n = 0;
+  NameList(std::initializer_list<const char*> l) {
+    for (const char* x : l) v[n++] = x;
+  }
+  const char* const* begin() const { return v; }
+  const char* const* end() const { return v + n; }
+  std::size_t size() const { return n; }
+  const char* operator[](std::size_t i) const { return v[i]; }
+};
+
 struct AlgoSpec {
   const char* name;
   std::int32_t kernel_algo;
-  std::vector<const char*> flags;   // hyperparameters that are 0/1 flags
-  std::vector<const char*> states;  // state buffer names, by kernel list index ("" = unused)
+  NameList flags;   // hyperparameters that are 0/1 flags
+  NameList states;  // state buffer names, by kernel list index ("" = unused)
 };
 
 const AlgoSpec& spec_of(int algo) {
@@ -307,8 +321,9 @@ std::int64_t slot_step(const OptimizerImpl& o, const ParamSlot& s) {
 
 float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
   // Checked before anything is made: memory allocated during a capture belongs to the graph.
-  const bool needs_host =
-      !o.grad_scalars.defined() || (!o.gs_active && (!o.capturable || !o.gs_init.defined()));
+  const bool swap = !o.gs_active && o.found_inf_held;
+  const bool needs_host = !o.grad_scalars.defined() || (swap && !o.gs_spare.defined()) ||
+                          (!o.gs_active && (!o.capturable || !o.gs_init.defined()));
   if (needs_host && device_capturing(o.device)) {
     fail("{}: {} during a CUDA graph capture; {}", o.spec->name,
          o.capturable ? "the first GradScaler unscale_ or fused clip of a capturable optimizer runs"
@@ -318,6 +333,14 @@ float* OptimizerAccess::activate_grad_scalars(OptimizerImpl& o) {
   }
   if (!o.grad_scalars.defined())
     o.grad_scalars = Tensor::empty({TRAINRT_GS_COUNT}, DType::f32, o.device);
+  if (swap) {
+    // GradScaler.step recorded this block's found_inf and its update() has not read it yet
+    // (a fused clip between step and update): the scaler keeps the block, the optimizer goes
+    // on with its spare (two blocks in turn; the spare is made once).
+    if (!o.gs_spare.defined()) o.gs_spare = Tensor::empty({TRAINRT_GS_COUNT}, DType::f32, o.device);
+    std::swap(o.grad_scalars, o.gs_spare);
+    o.found_inf_held = false;
+  }
   float* gs = static_cast<float*>(o.grad_scalars.data());
   if (!o.gs_active) {
     const float init[TRAINRT_GS_COUNT] = {1.0f, 1.0f, 0.0f, 0.0f};
@@ -509,8 +532,9 @@ Optimizer::~Optimizer() {
 }
 
 const std::string& Optimizer::name() const {
-  static const std::string names[] = {"SGD",     "Adam",  "AdamW", "RMSprop",
-                                      "Adagrad", "RAdam", "LAMB"};
+  // Never destroyed: an optimizer in a global may be used by destructors at exit.
+  static const std::string* const names =
+      new std::string[7]{"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "RAdam", "LAMB"};
   return names[algo_of(*impl_)];
 }
 
@@ -670,7 +694,7 @@ Tensor Optimizer::state(const Parameter& p, const std::string& state_name) const
   // (A capturable step that made state and was skipped drops it here, as the ordinary step.)
   detail::resolve_skipped_states(const_cast<OptimizerImpl&>(*impl_));
   const ParamSlot& s = find_slot(*impl_, p, name());
-  const std::vector<const char*>& names = impl_->spec->states;
+  const detail::NameList& names = impl_->spec->states;
   for (std::size_t j = 0; j < names.size(); ++j)
     if (state_name == names[j]) return s.state[j];
   return Tensor();
@@ -709,8 +733,31 @@ void Optimizer::step() {
     I.clip_pending = false;
   };
   if (active.empty()) {
+    // Nothing to step. A GradScaler's recorded inf/NaN check still makes it a skipped step,
+    // as PyTorch's scaler.step() skips optimizer.step() on it: the grads may have gone since
+    // unscale_ (zero_grad, clear_grad).
     I.last_skipped = false;
     I.skip_on_device = false;
+    if (gs_on && I.inf_recorded) {
+      const float* found = static_cast<const float*>(I.grad_scalars.data()) + TRAINRT_GS_FOUND_INF;
+      if (I.capturable) {
+        detail::resolve_skipped_states(I);  // what the last step made, against its own flag
+        if (!I.skip_flag.defined()) {
+          if (detail::device_capturing(I.device)) {
+            fail(
+                "{}: the first step with a GradScaler or fused clip runs during a CUDA graph "
+                "capture; run one iteration before capturing",
+                op);
+          }
+          I.skip_flag = Tensor::zeros({}, DType::f32, I.device);
+        }
+        detail::device_copy(I.device, I.skip_flag.data(), found, sizeof(float), TRAINRT_COPY_D2D,
+                            op.c_str());
+        I.skip_on_device = true;
+      } else {
+        I.last_skipped = detail::read_device_float(I.device, found) != 0.0f;
+      }
+    }
     finish();
     return;
   }

@@ -73,6 +73,10 @@ struct OptimizerImpl {
   bool inf_recorded = false;     // found_inf holds the check of this iteration's grads
   bool unscale_pending = false;  // INV_SCALE may differ from 1
   bool clip_pending = false;     // CLIP_COEF may differ from 1
+  /// GradScaler.step recorded the block's found_inf for its update(): the next activation
+  /// (a fused clip before that update) swaps in gs_spare instead of resetting the block.
+  bool found_inf_held = false;
+  Tensor gs_spare;
   /// Expires with the optimizer: a GradScaler keeps a weak_ptr to it.
   std::shared_ptr<char> alive = std::make_shared<char>('\0');
   bool last_skipped = false;

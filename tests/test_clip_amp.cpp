@@ -1033,6 +1033,63 @@ TEST_P(Scaler, ParamGroupAddedAfterUnscale) {
   EXPECT_EQ(host_f32(b.value())[0], -3.0f);
 }
 
+// A fused clip between scaler.step() and scaler.update() (clipping grads already stepped, as a
+// loop may): update() still sees the inf the step found and backs off, as PyTorch's. The clip
+// used to reset the block the scaler reads found_inf from, so the scale grew instead.
+TEST_P(Scaler, FusedClipBetweenStepAndUpdateKeepsTheFoundInf) {
+  GradScaler scaler;  // 65536
+  Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  for (int round = 0; round < 3; ++round) {  // the second and third use the spare block
+    p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 1.0f}, {2}, dev));
+    EXPECT_FALSE(scaler.step(opt));
+    trainrt::clip_grad_norm_(opt, 1.0);
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), 65536.0 / std::ldexp(1.0, round + 1)) << round;
+    EXPECT_EQ(scaler.get_growth_tracker(), 0);
+    opt.zero_grad();
+  }
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.0f, 0.0f}));
+  // Finite grads after it: the step runs (nothing stale in either block) and the tracker counts.
+  const float s = static_cast<float>(scaler.get_scale());
+  p.set_grad(f32_tensor({3.0f * s, 4.0f * s}, {2}, dev));
+  EXPECT_TRUE(scaler.step(opt));
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1.0).item(), 5.0 * s);  // the grads stay scaled
+  scaler.update();
+  EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  opt.zero_grad();
+  p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+  opt.step();  // neither skipped nor clipped by the dropped coefficient
+  EXPECT_FALSE(opt.last_step_skipped());
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-4.0f, -5.0f}));
+}
+
+// Grads dropped after unscale_ found an inf in them: scaler.step() still skips (PyTorch skips
+// optimizer.step() on the recorded check) and says so.
+TEST_P(Scaler, StepWithoutGradsAfterAnInfWasFoundIsSkipped) {
+  for (bool capturable : {false, true}) {
+    GradScaler scaler;
+    Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+    trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    opt.set_capturable(capturable);
+    p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 1.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    opt.zero_grad();  // set to none
+    EXPECT_FALSE(scaler.step(opt)) << capturable;
+    EXPECT_TRUE(opt.last_step_skipped());
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), 32768.0);
+    // Finite grads dropped the same way: not skipped.
+    p.set_grad(f32_tensor({1.0f, 1.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    p.clear_grad();
+    EXPECT_TRUE(scaler.step(opt)) << capturable;
+    EXPECT_FALSE(opt.last_step_skipped());
+    scaler.update();
+    EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  }
+}
+
 // A step that fails for want of grads records nothing: update() then fails too (PyTorch:
 // "No inf checks were recorded prior to update"), as after unscale_ of an optimizer without
 // grads.
@@ -1164,6 +1221,18 @@ TEST_P(Scaler, StateDictRoundTrip) {
     EXPECT_ERROR(c.load_state_dict(bad), "_growth_tracker");
   }
   EXPECT_EQ(c.get_scale(), 65536.0);  // unchanged
+
+  // A scale that backoff underflowed to 0 is saved as 0 and loads (PyTorch's loads anything).
+  StateDict zero = sd;
+  zero.scalars["scale"] = 0.0;
+  c.load_state_dict(zero);
+  EXPECT_EQ(c.get_scale(), 0.0);
+  EXPECT_EQ(c.state_dict().scalars, zero.scalars);
+  for (double v : {-1.0, 1e-46, 1e39}) {
+    StateDict bad = sd;
+    bad.scalars["scale"] = v;
+    EXPECT_ERROR(c.load_state_dict(bad), "scale must be a positive finite f32 value");
+  }
 }
 
 TEST_P(Scaler, StateDictLoadsATrackerAboveALoweredInterval) {
