@@ -469,6 +469,94 @@ TEST_P(LossTest, NonFiniteInputsPropagate) {
   }
 }
 
+// Cases a differential fuzz against torch 1.13 found (2026-12-03); values from torch, the
+// f64 ones from torch in float64.
+TEST_P(LossTest, EdgeCasesFoundByTheTorchFuzz) {
+  const Tensor none_w;
+  // Label smoothing at large logits: the smoothing sum was sum w z - max sum w, which
+  // cancels (16777218 vs 16777216 gave 1.127 for 0.627). f32 now matches float64 to rounding.
+  struct Smooth {
+    std::vector<double> x;
+    std::vector<std::int64_t> y;
+    double eps;
+    std::vector<double> w;
+    double loss64;
+  };
+  const std::vector<Smooth> smooth = {
+      {{16777218.0, 16777216.0}, {0}, 0.5, {}, 0.6269280110429727},
+      {{1e6 + 0.0625, 1e6 + 1, 1e6 - 0.5}, {0}, 1.0, {}, 1.2916713438017413},
+      {{1e6 + 0.0625, 1e6 + 1, 1e6 - 0.5, 3e5, 3e5 + 2, 3e5 - 1},
+       {0, 2},
+       0.3,
+       {0.5, 2.0, 1.0},
+       2.3591721741302125}};
+  for (const Smooth& c : smooth) {
+    const std::int64_t C = c.y.size() == 1 ? static_cast<std::int64_t>(c.x.size()) : 3;
+    const std::int64_t N = static_cast<std::int64_t>(c.y.size());
+    for (DType t : {DType::f32, DType::f64}) {
+      SCOPED_TRACE(std::string(trainrt::dtype_name(t)) + " eps " + std::to_string(c.eps));
+      trainrt::CrossEntropyOptions o;
+      o.label_smoothing = c.eps;
+      if (!c.w.empty()) o.weight = make_tensor(c.w, {C}, t, dev);
+      const Tensor x = make_tensor(c.x, {N, C}, t, dev);
+      const double l = trainrt::cross_entropy(x, Tensor::from_vector(c.y, {N}, dev), o).loss.item();
+      EXPECT_NEAR(l, c.loss64, (t == DType::f32 ? 2e-7 : 1e-15) * c.loss64);
+    }
+  }
+
+  // Zero total class weight with mean: PyTorch's 0/0 is NaN for the loss and the counted rows'
+  // gradients, with or without smoothing (smoothing gave inf); ignored rows stay 0.
+  for (double eps : {0.0, 0.1}) {
+    SCOPED_TRACE(eps);
+    trainrt::CrossEntropyOptions o;
+    o.label_smoothing = eps;
+    o.weight = make_tensor({1.0, 0.0, 1.0}, {3}, DType::f32, dev);
+    const LossResult r = trainrt::cross_entropy(
+        make_tensor({1, 2, 3, 0.5, 0, 1}, {2, 3}, DType::f32, dev),
+        Tensor::from_vector(std::vector<std::int64_t>{1, -100}, {2}, dev), o);
+    EXPECT_TRUE(std::isnan(r.loss.item()));
+    const std::vector<double> g = r.grad.to_double_vector();
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isnan(g[i])) << i;
+    for (int i = 3; i < 6; ++i) EXPECT_EQ(g[i], 0.0) << i;
+  }
+
+  // A reduced element-wise loss: the CPU sums in double (an f32 running sum over a 16K chunk
+  // gave 1638.147 for 16384 x 0.1f, whose exact sum is an f32); CUDA's f32 tree is within a
+  // few ulps, as PyTorch's pairwise sum (1638.40027, 1.5e-7 off).
+  {
+    const Tensor a = Tensor::from_vector(std::vector<float>(16384, 0.1f), {16384}, dev);
+    const Tensor z = Tensor::zeros({16384}, DType::f32, dev);
+    trainrt::LossOptions o;
+    o.reduction = Reduction::sum;
+    const double rel = dev.is_cpu() ? 0.0 : 4e-7;
+    const double l1 = 16384.0 * static_cast<double>(0.1f);
+    EXPECT_NEAR(trainrt::l1_loss(a, z, o).loss.item(), l1, rel * l1);
+    const double sq = static_cast<double>(0.1f * 0.1f);  // each term as the kernel rounds it
+    EXPECT_NEAR(trainrt::mse_loss(a, z).loss.item(), static_cast<double>(static_cast<float>(sq)),
+                rel * sq);
+  }
+
+  // MSE's gradient is (x - y) * (2 / numel), as PyTorch: 2 (x - y) overflowed first.
+  {
+    const LossResult r = trainrt::mse_loss(make_tensor({1e38, 1, 0, 0}, {4}, DType::f32, dev),
+                                           make_tensor({-0.9e38, 0, 0, 0}, {4}, DType::f32, dev));
+    EXPECT_EQ(r.grad.to_double_vector(),
+              (std::vector<double>{static_cast<double>(9.5e37f), 0.5, 0.0, 0.0}));
+  }
+
+  // Focal loss with gamma 0 is alpha-weighted BCE: at +-inf logits the gradient is torch's
+  // (0.75, -0.25, 0, 0), not NaN from ce * 0.
+  {
+    trainrt::FocalOptions o;
+    o.gamma = 0.0;
+    o.reduction = Reduction::none;
+    const LossResult r =
+        trainrt::sigmoid_focal_loss(make_tensor({kInf, -kInf, kInf, -kInf}, {4}, DType::f32, dev),
+                                    make_tensor({0, 1, 1, 0}, {4}, DType::f32, dev), o);
+    EXPECT_EQ(r.grad.to_double_vector(), (std::vector<double>{0.75, -0.25, 0.0, 0.0}));
+  }
+}
+
 TEST_P(LossTest, DeterministicBitwise) {
   auto bits_equal = [](const LossResult& a, const LossResult& b) {
     const std::vector<double> la = a.loss.to_double_vector(), lb = b.loss.to_double_vector();

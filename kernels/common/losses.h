@@ -79,16 +79,21 @@ struct PointwiseParams {
   int log_target;
 };
 
+// g is dl/dx up to the factor kGradFactor, which the kernels fold into the reduction's
+// coefficient (MSE: 2 (x - y) computed as (x - y) * (2 / numel), as PyTorch, so it does not
+// overflow where the result is finite).
 struct MseOp {
+  static constexpr double kGradFactor = 2.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>&, A& l, A& g) {
     const A d = x - y;
     l = d * d;
-    g = A(2) * d;
+    g = d;
   }
 };
 
 struct L1Op {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>&, A& l, A& g) {
     const A d = x - y;
@@ -98,6 +103,7 @@ struct L1Op {
 };
 
 struct SmoothL1Op {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>& p, A& l, A& g) {
     const A d = x - y;
@@ -114,6 +120,7 @@ struct SmoothL1Op {
 };
 
 struct HuberOp {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>& p, A& l, A& g) {
     const A d = x - y;
@@ -140,6 +147,7 @@ TRAINRT_HD bool bce_input_ok(A x) {
 /// Input is a probability in [0, 1] (the backends check with bce_input_ok); logs clamped at
 /// -100 as PyTorch.
 struct BceOp {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>&, A& l, A& g) {
     const A lp = max_acc(log_acc(x), A(-100));
@@ -151,6 +159,7 @@ struct BceOp {
 };
 
 struct BceLogitsOp {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A pw, const PointwiseParams<A>&, A& l, A& g) {
     const A e = exp_nonpos(-abs_acc(x));
@@ -163,6 +172,7 @@ struct BceLogitsOp {
 
 /// torchvision.ops.sigmoid_focal_loss.
 struct FocalOp {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>& p, A& l, A& g) {
     const A e = exp_nonpos(-abs_acc(x));
@@ -173,9 +183,15 @@ struct FocalOp {
     const A dq = -sig * (A(1) - sig) * (A(2) * y - A(1));      // d(1 - p_t)/dx
     const A gamma = p.param;
     A mod, dmod;
-    if (gamma == A(0)) {
-      mod = A(1);
-      dmod = A(0);
+    if (gamma == A(0)) {  // plain BCE: no modulating term (its ce * 0 is NaN at ce = inf)
+      l = ce;
+      g = dce;
+      if (p.alpha >= A(0)) {
+        const A at = p.alpha * y + (A(1) - p.alpha) * (A(1) - y);
+        l *= at;
+        g *= at;
+      }
+      return;
     } else if (gamma == A(1)) {
       mod = q;
       dmod = dq;
@@ -198,6 +214,7 @@ struct FocalOp {
 
 /// Input holds log-probabilities x; target y (probabilities) or t = log y with log_target.
 struct KlDivOp {
+  static constexpr double kGradFactor = 1.0;
   template <class A>
   TRAINRT_HD static void eval(A x, A y, A, const PointwiseParams<A>& p, A& l, A& g) {
     if (p.log_target) {

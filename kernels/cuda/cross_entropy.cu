@@ -101,13 +101,18 @@ __global__ void __launch_bounds__(kPrepThreads)
       err->op = op;
       err->index = bad;
       err->limit = cols;
-      err->value = static_cast<double>(target_at(target, target_i64, bad));
+      err->target = static_cast<int64_t>(target_at(target, target_i64, bad));
       err->code = kDataErrTargetRange;
     }
     const double denom = prob ? static_cast<double>(rows) : d;
     const double scale = static_cast<double>(upstream_scale<A>(grad_scale, grad_scale_ptr));
     out->denom = denom;
-    out->coef = static_cast<A>(mean ? scale / denom : scale);
+    // A zero denominator: every row ignored (loss 0/0 = NaN, their gradient rows zeroed), or
+    // counted rows whose class weights are all 0: PyTorch's 0/0 makes the loss and those
+    // rows' gradients NaN (as the CPU backend).
+    out->coef = static_cast<A>(!mean          ? scale
+                               : denom == 0.0 ? static_cast<double>(NAN)
+                                              : scale / denom);
     out->W = w != nullptr ? wsum : static_cast<A>(cols);
   }
 }
@@ -287,7 +292,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   }
   s = block_allreduce<kFinalizeThreads>(s, SumOp{});
   if (threadIdx.x == 0) {
-    if (mean) s /= prep->denom;
+    if (mean) s = prep->denom == 0.0 ? static_cast<double>(NAN) : s / prep->denom;
     store<double>(loss, 0, s);
   }
 }

@@ -47,7 +47,8 @@ template <class Op, class T>
 __global__ void __launch_bounds__(kThreads) pointwise_kernel(PwParams<T> p) {
   using A = typename acc_type<T>::type;
   const double scale = static_cast<double>(upstream_scale<A>(p.grad_scale, p.grad_scale_ptr));
-  const A coef = static_cast<A>(p.mean ? scale / p.divisor : scale);
+  // Op::kGradFactor (MSE's 2) in the coefficient, as PyTorch's 2 / numel (see MseOp).
+  const A coef = static_cast<A>((p.mean ? scale / p.divisor : scale) * Op::kGradFactor);
   A acc = A(0);
   long long bad = LLONG_MAX;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
