@@ -7,7 +7,10 @@
 //   ceiling_read     a read-only sum (CPU only)
 // so each result reads as a fraction of the ceiling. Bytes counted (PERF.md): cross-entropy
 // fwd+bwd reads the logits once and writes the gradient once (8 bytes per f32 logit, 4 per
-// bf16); softmax forward reads and writes each element once (likewise).
+// bf16); softmax forward reads and writes each element once (likewise);
+// cross_entropy_ls_fwd_bwd is cross-entropy with label smoothing 0.1 (the same bytes, one more
+// pass over each row while it is in cache); mse_fwd_bwd is mse_loss (mean, with gradient) over
+// the same buffers: reads input and target, writes the gradient (12 bytes per f32 element).
 //
 // Inputs are random (never zeros) and each benchmark rotates among several input buffers
 // whose total exceeds the last-level cache (TRAINRT_BENCH_ROTATE_MIB overrides the total).
@@ -223,6 +226,44 @@ void bm_cross_entropy(benchmark::State& state, Device device, DType dtype, Shape
   }
 }
 
+/// Cross-entropy with label smoothing 0.1: one more pass over each row (sum w (z - max)).
+void bm_cross_entropy_ls(benchmark::State& state, Device device, DType dtype, Shape2 s) {
+  try {
+    Pool& pool = get_pool(device, dtype, s);
+    const std::size_t n = pool.x.size();
+    trainrt::CrossEntropyOptions opts;
+    opts.label_smoothing = 0.1;
+    trainrt::LossResult last;
+    run_loop(state, device, [&](std::size_t i) {
+      trainrt::LossResult r = trainrt::cross_entropy(pool.x[i % n], pool.target[i % n], opts);
+      benchmark::DoNotOptimize(r.grad.data());
+      if (i % n == 0) last = std::move(r);
+    });
+    state.counters["loss"] = last.loss.item();
+    set_common(state, pool, 2.0 * static_cast<double>(pool.x.front().nbytes()));
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+/// An element-wise loss, mean with gradient: reads input and target, writes the gradient.
+void bm_mse(benchmark::State& state, Device device, DType dtype, Shape2 s) {
+  try {
+    Pool& pool = get_pool(device, dtype, s);
+    const std::size_t n = pool.x.size();
+    trainrt::LossResult last;
+    run_loop(state, device, [&](std::size_t i) {
+      trainrt::LossResult r = trainrt::mse_loss(pool.x[i % n], pool.x[(i + 1) % n]);
+      benchmark::DoNotOptimize(r.grad.data());
+      if (i % n == 0) last = std::move(r);
+    });
+    state.counters["loss"] = last.loss.item();
+    set_common(state, pool, 3.0 * static_cast<double>(pool.x.front().nbytes()));
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
 void bm_softmax(benchmark::State& state, Device device, DType dtype, Shape2 s) {
   try {
     Pool& pool = get_pool(device, dtype, s);
@@ -345,8 +386,12 @@ void register_device(const Device& device) {
       }
       regs.push_back(benchmark::RegisterBenchmark(("cross_entropy_fwd_bwd" + suffix).c_str(),
                                                   bm_cross_entropy, device, dt, s));
+      regs.push_back(benchmark::RegisterBenchmark(("cross_entropy_ls_fwd_bwd" + suffix).c_str(),
+                                                  bm_cross_entropy_ls, device, dt, s));
       regs.push_back(benchmark::RegisterBenchmark(("softmax_fwd" + suffix).c_str(), bm_softmax,
                                                   device, dt, s));
+      regs.push_back(
+          benchmark::RegisterBenchmark(("mse_fwd_bwd" + suffix).c_str(), bm_mse, device, dt, s));
       for (auto* b : regs) {
         b->Unit(benchmark::kMillisecond);
         if (cuda) {
