@@ -4,7 +4,10 @@
 Times, on one device (cpu or cuda):
   cross_entropy_fwd_bwd  F.cross_entropy(x, t) (reduction mean) and its input gradient
                          (torch.autograd.grad, a fresh gradient tensor, as trainrt returns)
+  cross_entropy_ls_fwd_bwd  the same with label_smoothing=0.1
   softmax_fwd            torch.softmax(x, -1) under no_grad
+  mse_fwd_bwd            F.mse_loss(x, y) (mean) and its input gradient, y another buffer
+                         (torch 1.13 has no bf16 mse_loss on the CPU: n/a there)
 at logits 4096x1000 and 512x32000, f32 and bf16, on random data, rotating among input
 buffers whose total exceeds the last-level cache (the same total bench_losses uses). It runs
 the bench_losses executable (--benchmark_format=json) in each round, alternating with the
@@ -13,7 +16,8 @@ trainrt ms, torch ms, speedup (torch/trainrt), trainrt GB/s, ceiling GB/s (the f
 bench_losses' ceiling_copy and ceiling_copy_nt over the same bytes, measured in the same run)
 and the fraction of it. Times are
 medians over all repetitions of all rounds (PyTorch: after warm-up). Bytes per call follow
-docs/PERF.md: read the logits once and write one output of the same size.
+docs/PERF.md: read the logits once and write one output of the same size (mse_fwd_bwd: read
+input and target, write the gradient: three times the buffer).
 
 CPU (Debian's python3-torch 1.13; use /usr/bin/python3, not a python3 without torch):
   /usr/bin/python3 bench/compare_torch.py build/bin/bench_losses --out bench/results/DATE-cpu.md
@@ -34,7 +38,7 @@ import time
 
 SHAPES = [(4096, 1000), (512, 32000)]
 DTYPES = ["f32", "bf16"]
-OPS = ["cross_entropy_fwd_bwd", "softmax_fwd"]
+OPS = ["cross_entropy_fwd_bwd", "cross_entropy_ls_fwd_bwd", "softmax_fwd", "mse_fwd_bwd"]
 DTYPE_BYTES = {"f32": 4, "bf16": 2}
 CUDA_BATCH = 32  # calls per timed batch on CUDA, as bench_losses
 CE_TARGET_SPEEDUP = {"cpu": 4.0, "cuda": 2.0}  # docs/PERF.md targets for cross-entropy
@@ -234,9 +238,15 @@ class TorchTimer:
             self.pools[key] = (xs, ts)
         return self.pools[key]
 
-    def call(self, op, x, t):
+    def call(self, op, x, t, y):
         if op == "cross_entropy_fwd_bwd":
             (g,) = self.torch.autograd.grad(self.F.cross_entropy(x, t), x)
+            return g
+        if op == "cross_entropy_ls_fwd_bwd":
+            (g,) = self.torch.autograd.grad(self.F.cross_entropy(x, t, label_smoothing=0.1), x)
+            return g
+        if op == "mse_fwd_bwd":  # y: another buffer of the pool, as bench_losses' target
+            (g,) = self.torch.autograd.grad(self.F.mse_loss(x, y.detach()), x)
             return g
         with self.torch.no_grad():
             return self.torch.softmax(x, -1)
@@ -244,20 +254,25 @@ class TorchTimer:
     def measure(self, op, dtype, shape):
         xs, ts = self.pool(dtype, shape)
         n = len(xs)
-        out = self.times.setdefault((op, dtype, shape), [])
         torch = self.torch
+        try:
+            self.call(op, xs[0], ts[0], xs[1 % n])
+        except RuntimeError as e:  # e.g. torch 1.13 has no bf16 mse_loss on the CPU
+            print(f"  torch {op} {dtype}: {str(e).splitlines()[0]} (n/a)", file=sys.stderr, flush=True)
+            return
+        out = self.times.setdefault((op, dtype, shape), [])
         i = 0
         if self.device == "cpu":
             for _ in range(3):  # warm-up
-                self.call(op, xs[i % n], ts[i % n])
+                self.call(op, xs[i % n], ts[i % n], xs[(i + 1) % n])
                 i += 1
             start = time.perf_counter()
             runs = 0
             while runs < self.min_runs or time.perf_counter() - start < self.min_seconds:
-                x, t = xs[i % n], ts[i % n]
+                x, t, y = xs[i % n], ts[i % n], xs[(i + 1) % n]
                 c0 = time.thread_time()
                 t0 = time.perf_counter()
-                r = self.call(op, x, t)
+                r = self.call(op, x, t, y)
                 wall = time.perf_counter() - t0
                 out.append(wall * 1e3)
                 self.shares.setdefault((op, dtype, shape), []).append((time.thread_time() - c0) / wall)
@@ -266,7 +281,7 @@ class TorchTimer:
                 runs += 1
         else:
             for _ in range(CUDA_BATCH):  # warm-up
-                self.call(op, xs[i % n], ts[i % n])
+                self.call(op, xs[i % n], ts[i % n], xs[(i + 1) % n])
                 i += 1
             torch.cuda.synchronize()
             e0 = torch.cuda.Event(enable_timing=True)
@@ -276,7 +291,7 @@ class TorchTimer:
             while runs < self.min_runs or time.perf_counter() - start < self.min_seconds:
                 e0.record()
                 for _ in range(CUDA_BATCH):
-                    self.call(op, xs[i % n], ts[i % n])
+                    self.call(op, xs[i % n], ts[i % n], xs[(i + 1) % n])
                     i += 1
                 e1.record()
                 e1.synchronize()
