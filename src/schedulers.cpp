@@ -174,28 +174,45 @@ struct SchedulerImpl {
   /// the cosine back to a base lr of 0, gives -1e-18 where the exact value is 0. That is written
   /// as 0 (get_last_lr() keeps PyTorch's value); a negative lr beyond the rounding of the lrs
   /// this step starts from is refused.
-  bool rounding_zero(std::size_t g, double lr) const {
+  bool rounding_zero(std::size_t g, double lr) const { return lr >= -1e-10 * lr_scale(g); }
+  /// The magnitude of the lrs group g's schedule works with: its rounding errors scale with it.
+  virtual double lr_scale(std::size_t g) const {
     double ref = std::fabs(opt->lr(g));
     if (g < base_lrs.size()) ref = std::max(ref, std::fabs(base_lrs[g]));
-    return lr >= -1e-10 * ref;
+    return ref;
   }
 
   void apply(const std::vector<double>& lrs) {
     const bool clamp = clamps_negative_lr();
+    // Everything the optimizer would refuse is refused here first, so that a failed step
+    // changes no group: negative (beyond rounding) or non-finite, also as the f32 the
+    // optimizer keeps (PyTorch writes an lr above 3.4e38; its step then fails).
     for (std::size_t g = 0; g < lrs.size(); ++g) {
-      if (!std::isfinite(lrs[g]) || (!(lrs[g] >= 0.0) && !clamp && !rounding_zero(g, lrs[g]))) {
+      if (!std::isfinite(static_cast<float>(lrs[g])) ||
+          (!(lrs[g] >= 0.0) && !clamp && !rounding_zero(g, lrs[g]))) {
         fail("{}: the schedule gives param group {} an invalid lr {}", name, g, lrs[g]);
       }
     }
     for (std::size_t g = 0; g < pending_momentum.size(); ++g) {
       const double m = pending_momentum[g];
-      if (!std::isfinite(m) || m < 0.0 || (momentum_key == "beta1" && m >= 1.0)) {
+      if (!std::isfinite(static_cast<float>(m)) || m < 0.0 ||
+          (momentum_key == "beta1" && m >= 1.0)) {
         fail("{}: the schedule gives param group {} an invalid {} {}", name, g, momentum_key, m);
       }
     }
-    for (std::size_t g = 0; g < lrs.size(); ++g) opt->set(g, "lr", std::max(lrs[g], 0.0));
-    for (std::size_t g = 0; g < pending_momentum.size(); ++g) {
-      opt->set(g, momentum_key, pending_momentum[g]);
+    std::vector<double> old_lrs, old_m;
+    for (std::size_t g = 0; g < lrs.size(); ++g) old_lrs.push_back(opt->lr(g));
+    for (std::size_t g = 0; g < pending_momentum.size(); ++g)
+      old_m.push_back(opt->get(g, momentum_key));
+    try {
+      for (std::size_t g = 0; g < lrs.size(); ++g) opt->set(g, "lr", std::max(lrs[g], 0.0));
+      for (std::size_t g = 0; g < pending_momentum.size(); ++g) {
+        opt->set(g, momentum_key, pending_momentum[g]);
+      }
+    } catch (...) {  // whatever else the optimizer refuses: the groups as they were
+      for (std::size_t g = 0; g < old_lrs.size(); ++g) opt->set(g, "lr", old_lrs[g]);
+      for (std::size_t g = 0; g < old_m.size(); ++g) opt->set(g, momentum_key, old_m[g]);
+      throw;
     }
     pending_momentum.clear();
     last_lr = lrs;
@@ -449,6 +466,9 @@ struct CosineAnnealingLRImpl : SchedulerImpl {
   double eta_min;
   CosineAnnealingLRImpl(Optimizer& o, std::int64_t t, double e)
       : SchedulerImpl("CosineAnnealingLR", o), T_max(t), eta_min(e) {}
+  double lr_scale(std::size_t g) const override {
+    return std::max(SchedulerImpl::lr_scale(g), eta_min);
+  }
   void check() const override {
     if (T_max <= 0) fail("CosineAnnealingLR: T_max must be > 0, got {}", T_max);
     if (!(eta_min >= 0.0) || !std::isfinite(eta_min)) {

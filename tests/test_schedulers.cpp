@@ -414,6 +414,17 @@ TEST(Schedulers, ChainableFormsReachingZeroThroughRounding) {
     EXPECT_EQ(from_zero.lr(0), std::max(want, 0.0));
   }
 
+  // Rounding grows with the period: two periods of T_max 63 end at -7.5e-15 (torch 1.13), past
+  // a tolerance taken from the lrs alone (then 6e-5) but not from eta_min.
+  SGD long_zero(p, SGDOptions(0.0));
+  CosineAnnealingLR long_cos(long_zero, 63, 0.1);
+  for (int k = 0; k < 126; ++k) long_cos.step();
+  EXPECT_LT(long_cos.get_last_lr()[0], 0.0);
+  EXPECT_GT(long_cos.get_last_lr()[0], -1e-13);
+  EXPECT_EQ(long_zero.lr(0), 0.0);
+  for (int k = 0; k < 10; ++k) long_cos.step();
+  EXPECT_GT(long_zero.lr(0), 0.0);
+
   // A negative lr beyond rounding is still refused: the cosine after the lr was set below
   // eta_min by hand (PyTorch gives -0.0625 at the second step after it).
   SGD below(p, SGDOptions(0.1));
@@ -425,6 +436,20 @@ TEST(Schedulers, ChainableFormsReachingZeroThroughRounding) {
   EXPECT_NEAR(lr, 0.0125, 1e-17);
   expect_error([&] { c2.step(); }, "invalid lr -0.0625");
   EXPECT_EQ(below.lr(0), lr);
+}
+
+// A step the optimizer would refuse in one group changes no group: an lr past the f32 range
+// (PyTorch writes 1e39, and its step then fails) is refused by the scheduler first.
+TEST(Schedulers, StepRefusedInOneGroupChangesNoGroup) {
+  std::vector<Parameter> a = {formula_param({3}, 0, Device::cpu())};
+  std::vector<Parameter> b = {formula_param({3}, 1, Device::cpu())};
+  SGD opt({ParamGroup(a, {{"lr", 1.0}}), ParamGroup(b, {{"lr", 1e38}})}, SGDOptions(0.1));
+  ExponentialLR s(opt, 10.0);
+  expect_error([&] { s.step(); }, "ExponentialLR: the schedule gives param group 1 an invalid lr");
+  EXPECT_EQ(opt.lr(0), 1.0);
+  EXPECT_EQ(opt.lr(1), 1e38);
+  EXPECT_EQ(s.get_last_lr(), (std::vector<double>{1.0, 1e38}));
+  EXPECT_EQ(s.last_epoch(), 0);
 }
 
 // OneCycleLR's last step (last_epoch == total_steps) extrapolates linear annealing past the

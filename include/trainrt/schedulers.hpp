@@ -28,10 +28,10 @@
 // increasing, factor >= 1, ...), OneCycleLR stepped past total_steps, a state dict of another
 // scheduler or another number of groups, a step after the optimizer gained a param group
 // (make the scheduler after add_param_group), and a step whose schedule gives a negative or
-// non-finite lr (PyTorch writes it; e.g. the chainable cosine after the lr was set below
-// eta_min by hand). A negative lr within rounding of 0 (a chainable form reaching 0, as
-// LinearLR with end_factor 0 does) is written as 0, with get_last_lr() keeping PyTorch's value.
-// A step that throws changes nothing.
+// non-finite lr, or one beyond the f32 range the optimizer keeps (PyTorch writes it; e.g. the
+// chainable cosine after the lr was set below eta_min by hand). A negative lr within rounding of 0
+// (a chainable form reaching 0, as LinearLR with end_factor 0 does) is written as 0, with
+// get_last_lr() keeping PyTorch's value. A step that throws changes nothing.
 #pragma once
 
 #include <cstdint>
