@@ -452,6 +452,34 @@ TEST(Schedulers, StepRefusedInOneGroupChangesNoGroup) {
   EXPECT_EQ(s.last_epoch(), 0);
 }
 
+// A value the optimizer itself refuses after the scheduler's own checks passed (here momentum 0
+// with nesterov, which SGD refuses in any group): the lrs already written are put back, so a
+// failed step changes no group.
+TEST(Schedulers, StepRefusedByTheOptimizerChangesNoGroup) {
+  std::vector<Parameter> a = {formula_param({3}, 0, Device::cpu())};
+  std::vector<Parameter> b = {formula_param({3}, 1, Device::cpu())};
+  SGD opt({ParamGroup(a), ParamGroup(b)}, SGDOptions(0.1).momentum(0.9).nesterov(true));
+  // Linear warm-up over steps 0..2: the lr rises to 0.1 while the momentum falls to 0.
+  OneCycleLR s(opt, OneCycleLROptions(0.1)
+                        .total_steps(10)
+                        .pct_start(0.3)
+                        .anneal_strategy("linear")
+                        .base_momentum(0.0)
+                        .max_momentum(0.9));
+  s.step();
+  const double lr0 = opt.lr(0), lr1 = opt.lr(1), m0 = opt.get(0, "momentum");
+  EXPECT_NEAR(lr0, 0.052, 1e-15);
+  EXPECT_NEAR(m0, 0.45, 1e-15);
+  const std::vector<double> last = s.get_last_lr();
+  expect_error([&] { s.step(); }, "nesterov momentum requires a momentum > 0");
+  EXPECT_EQ(opt.lr(0), lr0);
+  EXPECT_EQ(opt.lr(1), lr1);
+  EXPECT_EQ(opt.get(0, "momentum"), m0);
+  EXPECT_EQ(opt.get(1, "momentum"), m0);
+  EXPECT_EQ(s.get_last_lr(), last);
+  EXPECT_EQ(s.last_epoch(), 1);
+}
+
 // OneCycleLR's last step (last_epoch == total_steps) extrapolates linear annealing past the
 // bounds: PyTorch writes lr -1.43e-4 and beta1 1.0011 there; Adam gets lr 0 and beta1 at the
 // bound it passed (it refuses a beta1 >= 1), so a loop with one step per batch finishes.
