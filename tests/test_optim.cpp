@@ -909,6 +909,32 @@ TEST(OptimDefaults, LambDefaultsAreApexFusedLamb) {
   }
 }
 
+// An inf or NaN grad makes the tensor's norms NaN, and NaN is not zero: its trust ratio is NaN
+// and the whole tensor becomes NaN, as in Apex FusedLAMB (SEMANTICS.md's "both > 0, else 1"
+// would spoil only the NaN elements; DESIGN-NOTES, LAMB). An inf grad makes the global norm
+// inf, so the other tensors' grads divide to 0 and only the decoupled decay acts: u = wd·q,
+// trust 1/wd, q -= lr·q.
+TEST(OptimLamb, NonFiniteGradMakesItsTensorNaN) {
+  Parameter p(Tensor::from_vector(std::vector<float>{1, 2, 3, 4}, {4}));
+  Parameter q(Tensor::from_vector(std::vector<float>{1, 2}, {2}));
+  trainrt::optim::LAMB opt(std::vector<Parameter>{p, q},
+                           trainrt::optim::LAMBOptions().lr(0.1).weight_decay(0.01));
+  p.set_grad(Tensor::from_vector(std::vector<float>{0.5f, INFINITY, -0.5f, 1.0f}, {4}));
+  q.set_grad(Tensor::from_vector(std::vector<float>{0.25f, -0.5f}, {2}));
+  opt.step();
+  for (float x : p.value().to_vector<float>()) EXPECT_TRUE(std::isnan(x)) << x;
+  const std::vector<float> qv = q.value().to_vector<float>();
+  EXPECT_NEAR(qv[0], 0.9f, 1e-6f);
+  EXPECT_NEAR(qv[1], 1.8f, 2e-6f);
+
+  Parameter r(Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}));
+  trainrt::optim::LAMB one(std::vector<Parameter>{r},
+                           trainrt::optim::LAMBOptions().lr(0.1).max_grad_norm(1e6));
+  r.set_grad(Tensor::from_vector(std::vector<float>{0.5f, NAN, -0.5f}, {3}));
+  one.step();
+  for (float x : r.value().to_vector<float>()) EXPECT_TRUE(std::isnan(x)) << x;
+}
+
 // ---- CUDA parity (skips without a GPU) ------------------------------------------------------
 
 TEST(OptimCudaParity, EveryAlgorithmMatchesTheCpu) {
