@@ -131,6 +131,13 @@ void GradScaler::unscale_(optim::Optimizer& optimizer) {
     st.found_inf_block = Tensor();
     return;
   }
+  // A fused clip before unscale_ (of the scaled grads) is PyTorch's clip_grad_norm_ rewriting
+  // them: PyTorch then unscales (g * coef) * inv, where one folded step would compute
+  // (g * inv) * coef, a different rounding (an overflow where 1/scale is large). The coefficient
+  // goes into the grads first, as PyTorch's clip wrote it.
+  if (I.gs_active && I.clip_pending && !I.unscale_pending) {
+    detail::OptimizerAccess::settle(I, true, "GradScaler.unscale_");
+  }
   float* gs = detail::OptimizerAccess::activate_grad_scalars(I);
   const trainrt_backend_v1& api = detail::backend_for(I.device);
   trainrt_amp_args a{};
@@ -173,7 +180,14 @@ bool GradScaler::step(optim::Optimizer& optimizer) {
   if (st.stage == Stage::ready) unscale_(optimizer);
   detail::OptimizerAccess::run_pending_check(I, "GradScaler.step");
   st.recorded = I.inf_recorded;
-  optimizer.step();
+  {
+    struct InScalerStep {  // reset also when the step throws
+      bool& flag;
+      explicit InScalerStep(bool& f) : flag(f) { flag = true; }
+      ~InScalerStep() { flag = false; }
+    } in_step(I.in_scaler_step);
+    optimizer.step();
+  }
   st.stage = Stage::stepped;
   // update() reads found_inf from this block: a fused clip before then must not reset it.
   I.found_inf_held = st.recorded;

@@ -196,6 +196,10 @@ Tensor clip_grad_norm_(optim::Optimizer& optimizer, double max_norm, double norm
     }
   }
   if (g.list.size() == 0) return zero_norm(detail::OptimizerAccess::params(I));
+  // A second clip before the step: PyTorch's first clip rewrote the grads, and the second
+  // multiplies what it wrote ((g * c1) * c2, where one folded coefficient would round
+  // g * (c1 * c2)). The pending multipliers go into the grads first, as PyTorch's passes did.
+  if (I.gs_active && I.clip_pending) detail::OptimizerAccess::settle(I, true, op);
   const bool was_active = I.gs_active;
   float* gs = detail::OptimizerAccess::activate_grad_scalars(I);
   float saved[TRAINRT_GS_COUNT] = {1.0f, 1.0f, 0.0f, 0.0f};

@@ -723,8 +723,18 @@ void Optimizer::step() {
     }
     active.push_back(k);
   }
-  const bool gs_on = I.gs_active;
+  // step() called directly after a GradScaler's unscale_ (not through GradScaler::step) is
+  // PyTorch's optimizer.step() on the grads unscale_ (and a clip) rewrote: it never skips, and
+  // the scaler's update() still reads the inf check unscale_ made. So the check runs, the
+  // pending multipliers go into the grads (the write pass PyTorch's unscale_ made), the step
+  // runs without the grad scalars block, and the block stays active, holding found_inf for
+  // update() (or for a GradScaler::step that follows). A fused clip alone (no scaler) keeps
+  // its folded coefficient: its step never skips either, the block's found_inf stays 0.
+  const bool direct =
+      I.gs_active && !I.in_scaler_step && (I.unscale_pending || I.check_pending || I.inf_recorded);
+  const bool gs_on = I.gs_active && !direct;
   auto finish = [&]() {
+    if (direct) return;  // settled below; the block keeps found_inf for the scaler
     detail::OptimizerAccess::mark_pending(I, false);
     I.gs_active = false;
     I.check_pending = false;
@@ -812,6 +822,8 @@ void Optimizer::step() {
       I.tensor_scalars = Tensor::empty({need_ts}, DType::f32, I.device);
     }
   }
+
+  if (direct) detail::OptimizerAccess::settle(I, true, op.c_str());
 
   // LAMB: the global norm of every grad as the step sees it.
   if (algo == detail::kLAMB) {

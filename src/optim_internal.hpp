@@ -77,6 +77,8 @@ struct OptimizerImpl {
   /// (a fused clip before that update) swaps in gs_spare instead of resetting the block.
   bool found_inf_held = false;
   Tensor gs_spare;
+  /// GradScaler::step is running this optimizer's step (else step() was called directly).
+  bool in_scaler_step = false;
   /// Expires with the optimizer: a GradScaler keeps a weak_ptr to it.
   std::shared_ptr<char> alive = std::make_shared<char>('\0');
   bool last_skipped = false;

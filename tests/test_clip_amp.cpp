@@ -1338,6 +1338,154 @@ TEST_P(Scaler, TorchRecipeParameterListClipAfterUnscale) {
 // ---- CUDA parity (skips without a GPU)
 // -----------------------------------------------------------
 
+// Found by a differential fuzz against PyTorch (2026-12-04): the fused forms round as
+// PyTorch's separate passes do, also where a step folds more than one multiplier.
+
+GradScalerOptions with_init_scale(double s) {
+  GradScalerOptions o;
+  o.init_scale = s;
+  return o;
+}
+
+/// Grads of step k times `mul`, for parameters made by formula_param.
+void set_formula_grads_times(const std::vector<Parameter>& ps, int k, float mul) {
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    const Tensor v = ps[i].value();
+    std::vector<float> g = formula_values(v.shape(), static_cast<int>(i), k, true);
+    for (float& x : g) x *= mul;
+    ps[i].set_grad(f32_tensor(g, v.shape(), v.device()));
+  }
+}
+
+TEST_P(ClipNorm, TwoFusedClipsRoundAsTwoPasses) {
+  // PyTorch's second clip multiplies the grads its first clip wrote: (g * c1) * c2, not
+  // g * (c1 * c2). A: the fused form twice; B: the parameter form twice.
+  const std::vector<Shape> shapes = {{1000}, {17}, {3, 4}};
+  std::vector<Parameter> pa, pb;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+    pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+  }
+  trainrt::optim::SGD oa(pa, trainrt::optim::SGDOptions(1.0));
+  trainrt::optim::SGD ob(pb, trainrt::optim::SGDOptions(1.0));
+  for (int k = 0; k < 3; ++k) {
+    set_formula_grads_times(pa, k, 37.0f);
+    set_formula_grads_times(pb, k, 37.0f);
+    for (double max_norm : {3.0, 0.7}) {
+      EXPECT_EQ(trainrt::clip_grad_norm_(oa, max_norm).item(),
+                trainrt::clip_grad_norm_(pb, max_norm).item());
+    }
+    oa.step();
+    ob.step();
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(pa[i].value()), host_f32(pb[i].value()))) << i;
+    }
+  }
+}
+
+TEST_P(Scaler, FusedClipBeforeUnscaleRoundsAsPyTorch) {
+  // A clip of the still scaled grads, then scaler.step: PyTorch's clip writes g * coef and the
+  // unscale multiplies that by 1/scale, (g * coef) * inv. Folding both into the step as
+  // (g * inv) * coef rounds differently, and overflows where 1/scale is large.
+  {
+    GradScaler sa(with_init_scale(3.0)), sb(with_init_scale(3.0));
+    const std::vector<Shape> shapes = {{1000}, {17}};
+    std::vector<Parameter> pa, pb;
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+      pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+    }
+    trainrt::optim::SGD oa(pa, trainrt::optim::SGDOptions(1.0));
+    trainrt::optim::SGD ob(pb, trainrt::optim::SGDOptions(1.0));
+    set_formula_grads_times(pa, 1, 111.0f);
+    set_formula_grads_times(pb, 1, 111.0f);
+    EXPECT_EQ(trainrt::clip_grad_norm_(oa, 2.0).item(), trainrt::clip_grad_norm_(pb, 2.0).item());
+    EXPECT_TRUE(sa.step(oa));
+    EXPECT_TRUE(sb.step(ob));
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_TRUE(same_bits(host_f32(pa[i].value()), host_f32(pb[i].value()))) << i;
+    }
+  }
+  GradScaler scaler(with_init_scale(1e-20));
+  Parameter p(f32_tensor({0.0f}, {1}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  p.set_grad(f32_tensor({1e19f}, {1}, dev));
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1.0).item(), static_cast<double>(1e19f));
+  EXPECT_TRUE(scaler.step(opt));
+  const volatile float clipped = 1e19f * ref_coef(1e19f, 1.0);
+  const volatile float unscaled =
+      clipped * static_cast<float>(1.0 / static_cast<double>(static_cast<float>(1e-20)));
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-unscaled}));
+  EXPECT_TRUE(std::isfinite(unscaled));
+}
+
+TEST_P(Scaler, FusedInfNormSeesTheNaNsOfTheUnscale) {
+  // 1/scale overflows f32 (a scale of 1e-40): unscaling [1, 0] gives [inf, NaN], whose inf norm
+  // is NaN, as PyTorch's and the parameter form's; the max alone ignored the NaN (gave inf).
+  for (bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "parameter list");
+    GradScaler scaler(with_init_scale(1e-40));
+    Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+    trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    p.set_grad(f32_tensor({1.0f, 0.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    const double n = fused ? trainrt::clip_grad_norm_(opt, 1.0, kInf).item()
+                           : trainrt::clip_grad_norm_({p}, 1.0, kInf).item();
+    EXPECT_TRUE(std::isnan(n)) << n;
+  }
+  // A NaN made by a clip coefficient of 0 (inf * 0), seen by a second clip.
+  GradScaler scaler(with_init_scale(0.5));
+  Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  p.set_grad(f32_tensor({3e38f, 1.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1.0).item(), kInf);
+  EXPECT_TRUE(std::isnan(trainrt::clip_grad_norm_(opt, 1.0, kInf).item()));
+  // PyTorch's inf check reads the raw grads, which are finite: the step runs, with the NaN
+  // coefficient of the NaN norm.
+  EXPECT_TRUE(scaler.step(opt));
+  for (float x : host_f32(p.value())) EXPECT_TRUE(std::isnan(x)) << x;
+}
+
+TEST_P(Scaler, DirectStepAfterUnscaleIsPyTorchsOptimizerStep) {
+  // optimizer.step() called directly after scaler.unscale_ (not scaler.step) applies the
+  // unscaled (and clipped) grads whatever they hold, and update() still reads the inf check of
+  // unscale_ (it threw "no inf checks were recorded", and unscale_ then stayed refused).
+  for (int clip = 0; clip < 3; ++clip) {  // none, the parameter form, the fused form
+    SCOPED_TRACE("clip " + std::to_string(clip));
+    GradScaler scaler;  // 65536
+    Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+    trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 65536.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    if (clip == 1) EXPECT_EQ(trainrt::clip_grad_norm_({p}, 1e30).item(), kInf);
+    if (clip == 2) EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1e30).item(), kInf);
+    opt.step();
+    EXPECT_FALSE(opt.last_step_skipped());
+    EXPECT_EQ(opt.step_count(p), 1);
+    const std::vector<float> v = host_f32(p.value()), g = host_f32(p.grad());
+    if (clip == 0) {  // grads [inf, 1]
+      EXPECT_EQ(v, (std::vector<float>{-std::numeric_limits<float>::infinity(), 1.0f}));
+      EXPECT_EQ(g, (std::vector<float>{std::numeric_limits<float>::infinity(), 1.0f}));
+    } else {  // coefficient 0: grads [NaN, 0]
+      EXPECT_TRUE(std::isnan(v[0]));
+      EXPECT_EQ(v[1], 2.0f);
+      EXPECT_TRUE(std::isnan(g[0]));
+      EXPECT_EQ(g[1], 0.0f);
+    }
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), 32768.0);
+    opt.zero_grad();
+    // The next iteration, finite: unscale_ is allowed again and the tracker counts.
+    p.set_grad(f32_tensor({32768.0f, -32768.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    opt.step();
+    scaler.update();
+    EXPECT_EQ(scaler.get_growth_tracker(), 1);
+    EXPECT_EQ(host_f32(p.value())[1], clip == 0 ? 2.0f : 3.0f);
+  }
+}
+
 TEST(ClipAmpCudaParity, NormsScaleAndSkipMatchTheCpu) {
   std::string why;
   if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;

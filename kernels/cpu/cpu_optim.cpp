@@ -355,6 +355,7 @@ NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float cl
   double sum = 0.0;
   A mx = A(0);
   A nf = A(0);
+  A nx = A(0);  // inf norm: NaN once some x is inf or NaN (x may be NaN from finite raw values)
   const A ai = (A)inv, ac = (A)clip;
   const int64_t blk = avail > 0 ? kPfBlock : n;
   for (int64_t i0 = 0; i0 < n; i0 += blk) {  // kPrefetch
@@ -362,12 +363,13 @@ NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float cl
     const int64_t hi = i1 + kNormPfDist < avail ? i1 + kNormPfDist : avail;
     for (int64_t k = i0 + kNormPfDist; k < hi; k += 64 / (int64_t)sizeof(T))
       __builtin_prefetch(v + k, 0, 3);
-#pragma omp simd reduction(+ : sum, nf) reduction(max : mx)
+#pragma omp simd reduction(+ : sum, nf, nx) reduction(max : mx)
     for (int64_t i = i0; i < i1; ++i) {
       const A raw = load<A>(v, i);
       const A x = kScaled ? (raw * ai) * ac : raw;
       const A ax = x < A(0) ? -x : x;
       nf += raw - raw;
+      if (kKind == kNormInf && kScaled) nx += x - x;
       if (kKind == kNormL1) sum += (double)ax;
       if (kKind == kNormL2) sum += (double)ax * (double)ax;
       if (kKind == kNormP) sum += pow((double)ax, p);
@@ -377,7 +379,9 @@ NormPartial norm_chunk(const T* v, int64_t n, int64_t avail, float inv, float cl
   r.sum = sum;
   r.max = (double)mx;
   r.nonfinite = (float)nf;
-  if (kKind == kNormInf && nf != nf) {  // rare: is some x NaN (not only inf)?
+  // Rare: is some x NaN (not only inf)? The max ignores NaN. A scaled x is NaN also where the
+  // raw value is finite: 0 * (1/scale = inf), or inf * (clip coefficient 0).
+  if (kKind == kNormInf && (nf != nf || nx != nx)) {
     for (int64_t i = 0; i < n; ++i) {
       const A raw = load<A>(v, i);
       const A x = kScaled ? (raw * ai) * ac : raw;
