@@ -1451,11 +1451,14 @@ TEST_P(Scaler, DirectStepAfterUnscaleIsPyTorchsOptimizerStep) {
   // optimizer.step() called directly after scaler.unscale_ (not scaler.step) applies the
   // unscaled (and clipped) grads whatever they hold, and update() still reads the inf check of
   // unscale_ (it threw "no inf checks were recorded", and unscale_ then stayed refused).
-  for (int clip = 0; clip < 3; ++clip) {  // none, the parameter form, the fused form
-    SCOPED_TRACE("clip " + std::to_string(clip));
+  for (int run = 0; run < 6; ++run) {
+    const int clip = run % 3;  // none, the parameter form, the fused form
+    const bool capturable = run >= 3;
+    SCOPED_TRACE("clip " + std::to_string(clip) + (capturable ? " capturable" : ""));
     GradScaler scaler;  // 65536
     Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
     trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    opt.set_capturable(capturable);
     p.set_grad(f32_tensor({std::numeric_limits<float>::infinity(), 65536.0f}, {2}, dev));
     scaler.unscale_(opt);
     if (clip == 1) EXPECT_EQ(trainrt::clip_grad_norm_({p}, 1e30).item(), kInf);
