@@ -314,6 +314,9 @@ void GradScaler::load_state_dict(const StateDict& sd) {
   check_backoff_factor(bf);
   if (gi != std::floor(gi))
     fail("GradScaler.load_state_dict: growth_interval {} is not an integer", gi);
+  if (!(std::fabs(gi) <= 2147483647.0)) {  // before the conversion (undefined beyond int64)
+    fail("GradScaler: growth_interval must be a positive 32-bit integer, got {}", gi);
+  }
   check_growth_interval(static_cast<std::int64_t>(gi));
   // Any count a scaler can reach: set_growth_interval may have put the interval below it, and
   // then it keeps counting without growth, as torch's does (the device counter is an int32).
@@ -328,6 +331,12 @@ void GradScaler::load_state_dict(const StateDict& sd) {
         k != "_growth_tracker") {
       fail("GradScaler.load_state_dict: unexpected entry '{}'", k);
     }
+  }
+  if (!sd.strings.empty()) {
+    fail("GradScaler.load_state_dict: unexpected entry '{}'", sd.strings.begin()->first);
+  }
+  if (!sd.tensors.empty()) {
+    fail("GradScaler.load_state_dict: unexpected tensor '{}'", sd.tensors.begin()->first);
   }
   options_.init_scale = scale;
   options_.growth_factor = gf;

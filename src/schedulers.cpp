@@ -342,8 +342,51 @@ struct SchedulerImpl {
     }
     load_children(sd, pre, used);
     check();
+    loaded();
   }
   virtual void load_children(const StateDict&, const std::string&, std::set<std::string>&) {}
+  /// Recomputes what the fields determine (OneCycleLR's phases) after a load or a restore.
+  virtual void loaded() {}
+
+  /// Every field's value, copied, and restored as it was without validation: a failed load
+  /// always undoes itself (reloading the scheduler's own state dict could fail too: counts past
+  /// 2^53, a param group added since).
+  struct Raw {
+    std::vector<std::int64_t> ints;
+    std::vector<double> reals;
+    std::vector<bool> flags;
+    std::vector<std::string> strs;
+    std::vector<std::vector<double>> vecs;
+    std::vector<std::vector<std::int64_t>> ivecs;
+    std::vector<Raw> children;
+  };
+  Raw raw() {
+    Fields f;
+    fields(f);
+    Raw r;
+    for (auto& kv : f.ints) r.ints.push_back(*kv.second);
+    for (auto& kv : f.reals) r.reals.push_back(*kv.second);
+    for (auto& kv : f.flags) r.flags.push_back(*kv.second);
+    for (auto& kv : f.strs) r.strs.push_back(*kv.second);
+    for (auto& v : f.vecs) r.vecs.push_back(*std::get<1>(v));
+    for (auto& kv : f.ivecs) r.ivecs.push_back(*kv.second);
+    raw_children(r.children);
+    return r;
+  }
+  void restore(const Raw& r) {
+    Fields f;
+    fields(f);
+    for (std::size_t i = 0; i < f.ints.size(); ++i) *f.ints[i].second = r.ints[i];
+    for (std::size_t i = 0; i < f.reals.size(); ++i) *f.reals[i].second = r.reals[i];
+    for (std::size_t i = 0; i < f.flags.size(); ++i) *f.flags[i].second = r.flags[i];
+    for (std::size_t i = 0; i < f.strs.size(); ++i) *f.strs[i].second = r.strs[i];
+    for (std::size_t i = 0; i < f.vecs.size(); ++i) *std::get<1>(f.vecs[i]) = r.vecs[i];
+    for (std::size_t i = 0; i < f.ivecs.size(); ++i) *f.ivecs[i].second = r.ivecs[i];
+    restore_children(r.children);
+    loaded();
+  }
+  virtual void raw_children(std::vector<Raw>&) {}
+  virtual void restore_children(const std::vector<Raw>&) {}
 };
 
 struct SchedulerAccess {
@@ -601,6 +644,12 @@ struct SequentialLRImpl : SchedulerImpl {
     f.ivecs.emplace_back("_milestones", &milestones);
     f.vecs.emplace_back("_last_lr", &last_lr, true);
   }
+  void raw_children(std::vector<Raw>& r) override {
+    for (std::size_t i = 0; i < scheds.size(); ++i) r.push_back(sub(i).raw());
+  }
+  void restore_children(const std::vector<Raw>& r) override {
+    for (std::size_t i = 0; i < scheds.size(); ++i) sub(i).restore(r[i]);
+  }
   void save_children(StateDict& sd, const std::string& pre) override {
     sd.scalars[pre + "_schedulers"] = static_cast<double>(scheds.size());
     for (std::size_t i = 0; i < scheds.size(); ++i) {
@@ -655,6 +704,7 @@ struct OneCycleLRImpl : SchedulerImpl {
 
   OneCycleLRImpl(Optimizer& o) : SchedulerImpl("OneCycleLR", o) {}
 
+  void loaded() override { make_phases(); }
   void make_phases() {
     const double T = static_cast<double>(total_steps);
     if (three_phase) {
@@ -681,6 +731,12 @@ struct OneCycleLRImpl : SchedulerImpl {
       }
     }
     if (cycle_momentum) {
+      // As the constructor chose (a loaded dict may say otherwise): beta1 where the optimizer
+      // has betas, else momentum.
+      if (use_beta1 != (momentum_key_of(*opt, true, "OneCycleLR") == "beta1")) {
+        fail("OneCycleLR: use_beta1 is {} but optimizer {} {}", use_beta1, opt->name(),
+             use_beta1 ? "has no betas" : "has betas (cycle beta1)");
+      }
       if (max_momentums.size() != groups() || base_momentums.size() != groups()) {
         fail("OneCycleLR: momentum bounds for {} groups, the optimizer has {}",
              max_momentums.size(), groups());
@@ -799,6 +855,7 @@ struct CyclicLRImpl : SchedulerImpl {
       }
     }
     if (cycle_momentum) {
+      (void)momentum_key_of(*opt, false, "CyclicLR");
       if (base_momentums.size() != groups() || max_momentums.size() != groups()) {
         fail("CyclicLR: momentum bounds for {} groups, the optimizer has {}", max_momentums.size(),
              groups());
@@ -979,7 +1036,7 @@ StateDict LRScheduler::state_dict() const {
 }
 
 void LRScheduler::load_state_dict(const StateDict& state) {
-  const StateDict snapshot = state_dict();
+  const detail::SchedulerImpl::Raw snapshot = impl_->raw();
   std::set<std::string> used;
   try {
     impl_->load(state, "", used);
@@ -996,8 +1053,7 @@ void LRScheduler::load_state_dict(const StateDict& state) {
                    state.tensors.begin()->first);
     }
   } catch (...) {
-    std::set<std::string> ignored;
-    impl_->load(snapshot, "", ignored);
+    impl_->restore(snapshot);
     throw;
   }
 }

@@ -1220,6 +1220,19 @@ TEST_P(Scaler, StateDictRoundTrip) {
     bad.scalars["_growth_tracker"] = t;
     EXPECT_ERROR(c.load_state_dict(bad), "_growth_tracker");
   }
+  for (double gi : {kInf, -kInf, 1e300, 0.0, 2147483648.0}) {
+    StateDict bad = sd;
+    bad.scalars["growth_interval"] = gi;
+    EXPECT_ERROR(c.load_state_dict(bad), "growth_interval must be a positive 32-bit integer");
+  }
+  {
+    StateDict bad = sd;
+    bad.strings["optimizer"] = "AdamW";  // found by a fuzz: extra strings and tensors loaded
+    EXPECT_ERROR(c.load_state_dict(bad), "unexpected entry 'optimizer'");
+    bad = sd;
+    bad.tensors["state.0.exp_avg"] = Tensor::zeros({1}, DType::f32, Device::cpu());
+    EXPECT_ERROR(c.load_state_dict(bad), "unexpected tensor 'state.0.exp_avg'");
+  }
   EXPECT_EQ(c.get_scale(), 65536.0);  // unchanged
 
   // A scale that backoff underflowed to 0 is saved as 0 and loads (PyTorch's loads anything).

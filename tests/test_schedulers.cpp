@@ -517,6 +517,92 @@ TEST(Schedulers, PlateauAccessorsAndStepWithoutMetric) {
 
 // ---- state dicts: PyTorch's contents, validation, all-or-nothing -------------------------------
 
+// Found by a state_dict fuzz (2026-12-04). OneCycleLR's phases follow from total_steps,
+// pct_start and three_phase: a load into a scheduler made with other settings recomputes them
+// (PyTorch saves them), so the resumed schedule is the saved one.
+TEST(Schedulers, OneCycleLoadFollowsTheLoadedSchedule) {
+  Parameter p = formula_param({3}, 0, Device::cpu()), q = formula_param({3}, 0, Device::cpu());
+  SGD o1({p}, SGDOptions(0.1).momentum(0.9)), o2({q}, SGDOptions(0.1).momentum(0.9));
+  OneCycleLR s1(o1, OneCycleLROptions(1.0).total_steps(100).pct_start(0.5));
+  for (int i = 0; i < 10; ++i) s1.step();
+  OneCycleLR s2(o2, OneCycleLROptions(1.0).total_steps(20).pct_start(0.1).three_phase(true));
+  o2.load_state_dict(o1.state_dict());
+  s2.load_state_dict(s1.state_dict());
+  for (int i = 0; i < 60; ++i) {
+    s1.step();
+    s2.step();
+    if (i == 0) EXPECT_NEAR(o2.lr(0), 0.15450593998281548, 1e-15);  // PyTorch 1.13's
+    ASSERT_EQ(o2.lr(0), o1.lr(0)) << i;
+    ASSERT_EQ(o2.get(0, "momentum"), o1.get(0, "momentum")) << i;
+  }
+  EXPECT_EQ(s2.state_dict().scalars, s1.state_dict().scalars);
+}
+
+// A failed load puts every field back as it was, also where the scheduler's own state dict
+// would not load: counts past 2^53, or a param group added since the scheduler was made (it
+// used to restore by loading its own dict, which then failed half-way and left the bad dict's
+// values, with an error about its own dict).
+TEST(Schedulers, FailedLoadRestoresEvenWhereItsOwnDictWouldNotLoad) {
+  {
+    Parameter p = formula_param({3}, 0, Device::cpu());
+    SGD o({p}, SGDOptions(0.1));
+    StepLR s(o, 3, 0.5);
+    StateDict big = s.state_dict();
+    big.scalars["last_epoch"] = 9007199254740992.0;  // 2^53
+    s.load_state_dict(big);
+    s.step();
+    s.step();
+    const StateDict before = s.state_dict();
+    expect_error([&] { s.load_state_dict(before); }, "'last_epoch' must be an integer");
+    StateDict other = before;
+    other.scalars["last_epoch"] = 1;
+    other.scalars["gamma"] = 0.25;
+    other.scalars["step_size"] = 0;
+    expect_error([&] { s.load_state_dict(other); }, "step_size must be > 0");
+    EXPECT_EQ(s.state_dict().scalars, before.scalars);
+  }
+  Parameter a = formula_param({3}, 0, Device::cpu()), b = formula_param({2}, 1, Device::cpu());
+  SGD o({a}, SGDOptions(0.1));
+  StepLR s(o, 3, 0.5);
+  s.step();
+  o.add_param_group(ParamGroup({b}));
+  const StateDict before = s.state_dict();
+  StateDict two = before;
+  two.scalars["base_lrs"] = 2;
+  two.scalars["base_lrs.1"] = 0.1;
+  two.scalars["_last_lr"] = 2;
+  two.scalars["_last_lr.1"] = 0.1;
+  two.scalars["gamma"] = -1;
+  expect_error([&] { s.load_state_dict(two); }, "gamma must be > 0");
+  EXPECT_EQ(s.state_dict().scalars, before.scalars);
+  EXPECT_EQ(s.base_lrs().size(), 1u);
+  EXPECT_EQ(s.get_last_lr().size(), 1u);
+}
+
+// The momentum a loaded dict says to cycle must be one the optimizer has, as the constructor
+// requires (the load used to pass and the next step failed).
+TEST(Schedulers, LoadRefusesAMomentumTheOptimizerLacks) {
+  Parameter p = formula_param({3}, 0, Device::cpu());
+  Adam adam({p}, AdamOptions(0.1));
+  {
+    OneCycleLR s(adam, OneCycleLROptions(0.1).total_steps(10));
+    StateDict sd = s.state_dict();
+    sd.scalars["use_beta1"] = 0;
+    expect_error([&] { s.load_state_dict(sd); }, "use_beta1 is false but optimizer Adam has betas");
+    EXPECT_EQ(s.state_dict().scalars.at("use_beta1"), 1.0);
+    s.step();
+  }
+  CyclicLR s(adam, CyclicLROptions(0.01, 0.1).cycle_momentum(false));
+  StateDict sd = s.state_dict();
+  sd.scalars["cycle_momentum"] = 1;
+  sd.scalars["base_momentums"] = 1;
+  sd.scalars["base_momentums.0"] = 0.8;
+  sd.scalars["max_momentums"] = 1;
+  sd.scalars["max_momentums.0"] = 0.9;
+  expect_error([&] { s.load_state_dict(sd); }, "has no momentum hyperparameter");
+  s.step();
+}
+
 TEST(Schedulers, StateDictContentsAndValidation) {
   std::vector<Parameter> p = {formula_param({3}, 0, Device::cpu())};
   SGD opt(p, SGDOptions(0.1));

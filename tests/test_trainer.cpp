@@ -420,6 +420,76 @@ TEST(Trainer, LoadRejectsEditedTrainerState) {
   }
 }
 
+// The optimizer, scheduler and GradScaler sections are checked as they load, after the weights
+// are in: a failed load puts everything back (found by a fuzz: loading an SGD trainer's
+// checkpoint into an AdamW trainer threw, with the weights already overwritten).
+TEST(Trainer, FailedLoadOfAStateSectionChangesNothing) {
+  const std::string dir = tmp_dir("failed_section");
+  auto cfg = base_config();
+  cfg.max_steps = 3;
+  cfg.scheduler = "cosine";
+  cfg.amp = "fp16";
+  auto l = loader(blobs(64, 4), 32, true);
+  Trainer a(mlp(3), cfg);
+  a.fit(l);
+  a.save(dir + "/ck");
+  auto sgd = cfg;
+  sgd.optimizer = "sgd";
+  Trainer b(mlp(3), sgd);
+  b.fit(l);
+  b.save(dir + "/sgd");
+  const trainrt::CheckpointContents good = trainrt::load_checkpoint(dir + "/ck");
+  struct Edit {
+    const char* what;
+    std::function<void(trainrt::CheckpointContents&)> edit;
+    const char* needle;
+  };
+  const std::vector<Edit> edits = {
+      {"optimizer buffer", [](auto& c) { c.states["optimizer"].tensors.erase("state.0.exp_avg"); },
+       "exp_avg"},
+      {"scheduler field", [](auto& c) { c.states["scheduler"].scalars["T_max"] = -1; }, "T_max"},
+      {"scaler scale", [](auto& c) { c.states["scaler"].scalars["scale"] = -1; }, "scale"},
+  };
+  for (int k = 0; k <= static_cast<int>(edits.size()); ++k) {
+    const bool other_optimizer = k == static_cast<int>(edits.size());
+    SCOPED_TRACE(other_optimizer ? "an SGD checkpoint" : edits[static_cast<std::size_t>(k)].what);
+    std::string path = dir + "/sgd";
+    if (!other_optimizer) {
+      trainrt::CheckpointContents c = good;
+      edits[static_cast<std::size_t>(k)].edit(c);
+      path = dir + "/bad";
+      trainrt::save_checkpoint(path, c);
+    }
+    Trainer t(mlp(4), cfg);  // other weights than the checkpoint's, and so other moments
+    t.fit(l);                // some state of its own: steps, moments, a scheduled lr
+    const auto before = weights(t.model());
+    const trainrt::StateDict opt_before = t.optimizer().state_dict();
+    const trainrt::StateDict sched_before = t.scheduler()->state_dict();
+    const trainrt::StateDict scaler_before = t.scaler()->state_dict();
+    const double lr_before = t.current_lr();
+    try {
+      t.load(path);
+      ADD_FAILURE() << "load accepted it";
+    } catch (const Error& err) {
+      const char* needle =
+          other_optimizer ? "from a SGD optimizer" : edits[static_cast<std::size_t>(k)].needle;
+      EXPECT_NE(std::string(err.what()).find(needle), std::string::npos) << err.what();
+    }
+    EXPECT_TRUE(bitwise_equal(before, weights(t.model())));
+    const trainrt::StateDict opt_after = t.optimizer().state_dict();
+    EXPECT_EQ(opt_after.scalars, opt_before.scalars);
+    ASSERT_EQ(opt_after.tensors.size(), opt_before.tensors.size());
+    for (const auto& kv : opt_before.tensors) {
+      EXPECT_EQ(kv.second.to_vector<float>(), opt_after.tensors.at(kv.first).to_vector<float>())
+          << kv.first;
+    }
+    EXPECT_EQ(t.scheduler()->state_dict().scalars, sched_before.scalars);
+    EXPECT_EQ(t.scaler()->state_dict().scalars, scaler_before.scalars);
+    EXPECT_EQ(t.current_lr(), lr_before);
+    EXPECT_EQ(t.global_step(), 3);
+  }
+}
+
 // An output_dir or checkpoint dir that cannot be made (a file is in the way) is an Error.
 TEST(Trainer, DirectoriesThatCannotBeMadeAreErrors) {
   const std::string dir = tmp_dir("blocked_dirs");
