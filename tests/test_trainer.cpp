@@ -628,6 +628,22 @@ TEST(Trainer, LrFindSweepsAndRestores) {
   EXPECT_THROW(t.lr_find(tl, 1.0, 0.1), Error);
 }
 
+// With amp, lr_find's clip sees the unscaled grads, as fit()'s does (it clipped the scaled
+// grads, scale times their norm, and so shrank every step; found by a review). A grad_clip above
+// the true norms clips nothing: the sweep equals the one without a clip.
+TEST(Trainer, LrFindWithAmpClipsTheUnscaledGrads) {
+  auto cfg = base_config();
+  cfg.amp = "fp16";
+  auto tl = loader(blobs(256, 12), 32, true);
+  auto clipped = cfg;
+  clipped.grad_clip = 1000.0;  // well above these grads' norms, well below 65536 times them
+  Trainer a(mlp(8), cfg), b(mlp(8), clipped);
+  const LRFindResult ra = a.lr_find(tl, 1e-4, 1.0, 20);
+  const LRFindResult rb = b.lr_find(tl, 1e-4, 1.0, 20);
+  ASSERT_GE(ra.losses.size(), 10u);
+  EXPECT_EQ(ra.losses, rb.losses);
+}
+
 // ---- mixed precision through the layers (amp) --------------------------------------------
 
 namespace {

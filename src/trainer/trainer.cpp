@@ -377,6 +377,8 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
     const double loss = compute_loss(out, y, true, 1.0, &grad, nullptr);
     if (!std::isfinite(loss)) break;
     model_->backward(grad);
+    // As in fit(): the clip sees the unscaled grads (it clipped scale times their norm).
+    if (scaler_) scaler_->unscale_(*optimizer_);
     if (config_.grad_clip > 0) clip_grad_norm_(*optimizer_, config_.grad_clip);
     if (scaler_) {
       scaler_->step(*optimizer_);
