@@ -1502,6 +1502,155 @@ TEST_P(Scaler, DirectStepAfterUnscaleIsPyTorchsOptimizerStep) {
   }
 }
 
+// More direct-step sequences (from a review of the change, 2026-12-04): PyTorch's
+// optimizer.step() after unscale_, then scaler.step in the same iteration (steps again, or
+// skips on the recorded inf); two optimizers under one scaler; a clip after the direct step;
+// a non-power-of-two scale; LAMB, whose global norm reads the grad scalars block.
+const float kFInf = std::numeric_limits<float>::infinity();
+
+TEST_P(Scaler, DirectStepThenScalerStepInOneIteration) {
+  for (int run = 0; run < 4; ++run) {
+    const bool inf = run % 2 == 1, cap = run >= 2;
+    SCOPED_TRACE(std::to_string(run));
+    GradScaler scaler(with_init_scale(4.0));
+    Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+    trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    opt.set_capturable(cap);
+    p.set_grad(f32_tensor({inf ? kFInf : 4.0f, 8.0f}, {2}, dev));
+    scaler.unscale_(opt);
+    opt.step();
+    EXPECT_EQ(scaler.step(opt), !inf);
+    EXPECT_EQ(opt.last_step_skipped(), inf);
+    const std::vector<float> v = host_f32(p.value());
+    if (!inf) {
+      EXPECT_EQ(v, (std::vector<float>{-1.0f, -2.0f}));
+      EXPECT_EQ(opt.step_count(p), 2);
+    } else {
+      EXPECT_EQ(v[1], 0.0f);
+      EXPECT_EQ(opt.step_count(p), 1);
+    }
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), inf ? 2.0 : 4.0);
+    EXPECT_EQ(scaler.get_growth_tracker(), inf ? 0 : 1);
+    // next iteration through the scaler
+    opt.zero_grad();
+    const float s = static_cast<float>(scaler.get_scale());
+    p.set_grad(f32_tensor({s, s}, {2}, dev));
+    const std::vector<float> before = host_f32(p.value());
+    EXPECT_TRUE(scaler.step(opt));
+    const std::vector<float> after = host_f32(p.value());
+    EXPECT_EQ(after[1], before[1] - 1.0f);
+    scaler.update();
+  }
+}
+
+// Two optimizers, one scaler: opt1 stepped directly, opt2 through scaler.step; update reads both.
+TEST_P(Scaler, TwoOptimizersOneSteppedDirectly) {
+  for (int which = 0; which < 3; ++which) {  // inf in: none, opt1, opt2
+    SCOPED_TRACE(which);
+    GradScaler scaler(with_init_scale(2.0));
+    Parameter a(f32_tensor({0.0f}, {1}, dev)), b(f32_tensor({0.0f}, {1}, dev));
+    trainrt::optim::SGD o1({a}, trainrt::optim::SGDOptions(1.0));
+    trainrt::optim::SGD o2({b}, trainrt::optim::SGDOptions(1.0));
+    a.set_grad(f32_tensor({which == 1 ? kFInf : 2.0f}, {1}, dev));
+    b.set_grad(f32_tensor({which == 2 ? kFInf : 2.0f}, {1}, dev));
+    scaler.unscale_(o1);
+    o1.step();
+    EXPECT_EQ(scaler.step(o2), which != 2);
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), which == 0 ? 2.0 : 1.0);
+    EXPECT_EQ(host_f32(b.value())[0], which == 2 ? 0.0f : -1.0f);
+    // order reversed
+    o1.zero_grad();
+    o2.zero_grad();
+    const float s = static_cast<float>(scaler.get_scale());
+    a.set_grad(f32_tensor({s}, {1}, dev));
+    b.set_grad(f32_tensor({which == 1 ? kFInf : s}, {1}, dev));
+    EXPECT_TRUE(scaler.step(o1));
+    scaler.unscale_(o2);
+    o2.step();
+    scaler.update();
+    EXPECT_EQ(scaler.get_scale(), which == 1 ? s / 2.0 : s);
+  }
+}
+
+// Direct step, then a fused clip before update, then update, then a normal iteration.
+TEST_P(Scaler, DirectStepThenFusedClipThenUpdate) {
+  GradScaler scaler(with_init_scale(2.0));
+  Parameter p(f32_tensor({0.0f, 0.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+  p.set_grad(f32_tensor({6.0f, 8.0f}, {2}, dev));
+  scaler.unscale_(opt);
+  opt.step();
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-3.0f, -4.0f}));
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 1.0).item(), 5.0);  // of the unscaled grads
+  scaler.update();
+  EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  // PyTorch: the clip rewrote the grads to [0.6, 0.8]
+  std::vector<float> g = host_f32(p.grad());
+  EXPECT_NEAR(g[0], 0.6f, 1e-6);
+  EXPECT_NEAR(g[1], 0.8f, 1e-6);
+  opt.zero_grad();
+  p.set_grad(f32_tensor({2.0f, 2.0f}, {2}, dev));
+  EXPECT_TRUE(scaler.step(opt));
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{-4.0f, -5.0f}));
+  scaler.update();
+  EXPECT_EQ(scaler.get_growth_tracker(), 2);
+}
+
+// A non-power-of-two scale: the direct step applies PyTorch's g * f32(1/scale), then the clip
+// coefficient, each rounded in f32.
+TEST_P(Scaler, DirectStepRoundsAsPyTorchWithAnyScale) {
+  for (int clip = 0; clip < 2; ++clip) {
+    GradScaler scaler(with_init_scale(3.0));
+    const std::vector<float> g0 = uniform_f32(1000, -5, 5, 7);
+    Parameter p(f32_tensor(std::vector<float>(1000, 0.0f), {1000}, dev));
+    trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(1.0));
+    p.set_grad(f32_tensor(g0, {1000}, dev));
+    scaler.unscale_(opt);
+    double total = 0;
+    if (clip) total = trainrt::clip_grad_norm_(opt, 1.0).item();
+    opt.step();
+    const float inv = static_cast<float>(1.0 / 3.0);
+    const float c = clip ? ref_coef(static_cast<float>(total), 1.0) : 1.0f;
+    std::vector<float> want(1000);
+    for (int i = 0; i < 1000; ++i) {
+      volatile float u = g0[i] * inv;
+      volatile float w = clip ? u * c : u;
+      want[i] = -w;
+    }
+    EXPECT_TRUE(same_bits(host_f32(p.value()), want)) << clip;
+    scaler.update();
+  }
+}
+
+TEST_P(Scaler, DirectStepLambEqualsUnscaledControl) {
+  for (bool cap : {false, true}) {
+    for (bool clip : {false, true}) {
+      SCOPED_TRACE(std::string(cap ? "cap " : "") + (clip ? "clip" : ""));
+      Model a = make_model({{300}, {7}}, dev, "LAMB");
+      Model b = make_model({{300}, {7}}, dev, "LAMB");
+      a.opt->set_capturable(cap);
+      GradScaler scaler(with_init_scale(1024.0));
+      for (int k = 0; k < 3; ++k) {
+        set_scaled_grads(a, k, 1024.0);
+        set_scaled_grads(b, k, 1.0);
+        scaler.unscale_(*a.opt);
+        if (clip) {
+          trainrt::clip_grad_norm_(*a.opt, 0.5);
+          trainrt::clip_grad_norm_(b.params, 0.5);
+        }
+        a.opt->step();
+        b.opt->step();
+        scaler.update();
+        for (std::size_t i = 0; i < a.params.size(); ++i)
+          EXPECT_TRUE(same_bits(host_f32(a.params[i].value()), host_f32(b.params[i].value())))
+              << k << " " << i;
+      }
+    }
+  }
+}
+
 TEST(ClipAmpCudaParity, NormsScaleAndSkipMatchTheCpu) {
   std::string why;
   if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;
