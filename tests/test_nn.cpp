@@ -409,6 +409,49 @@ std::string error_of(F&& f) {
 }
 }  // namespace
 
+// Non-finite values go through as in PyTorch (found by a differential fuzz, 2026-12-04): ReLU's
+// backward is threshold_backward (0 where relu(x) <= 0, else dy), so a NaN x passes dy; dropout
+// multiplies by the mask value, so a dropped inf or NaN is NaN, not 0, forward and backward.
+TEST_P(NnTest, NonFiniteValuesThroughReluAndDropoutAsPyTorch) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    SCOPED_TRACE(trainrt::dtype_name(dt));
+    nn::ReLU relu;
+    relu.to(dev);
+    const Vec y = relu.forward(make_tensor({nan, 1, 0, -1}, {4}, dt, dev)).to_double_vector();
+    EXPECT_TRUE(std::isnan(y[0]));
+    EXPECT_EQ(Vec(y.begin() + 1, y.end()), (Vec{1, 0, 0}));
+    EXPECT_EQ(relu.backward(make_tensor(Vec(4, 0.5), {4}, dt, dev)).to_double_vector(),
+              (Vec{0.5, 0.5, 0, 0}));
+
+    Vec x(64);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = i % 4 == 0 ? inf : i % 4 == 1 ? nan : i % 4 == 2 ? -inf : 1.0;
+    nn::Dropout ones(0.5, 1), d(0.5, 1), one(1.0, 1);
+    for (nn::Dropout* m : {&ones, &d, &one}) m->to(dev);
+    const Vec kept = ones.forward(make_tensor(Vec(64, 1.0), {64}, dt, dev)).to_double_vector();
+    const Vec out = d.forward(make_tensor(x, {64}, dt, dev)).to_double_vector();
+    const Vec back = d.backward(make_tensor(Vec(64, nan), {64}, dt, dev)).to_double_vector();
+    const Vec all = one.forward(make_tensor(x, {64}, dt, dev)).to_double_vector();
+    int dropped_nonfinite = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const bool keep = kept[i] != 0.0;
+      if (keep) {
+        EXPECT_TRUE(std::isnan(x[i]) ? std::isnan(out[i]) : out[i] == 2.0 * x[i]) << i;
+      } else if (!std::isfinite(x[i])) {
+        EXPECT_TRUE(std::isnan(out[i])) << i << " " << out[i];
+        ++dropped_nonfinite;
+      } else {
+        EXPECT_EQ(out[i], 0.0) << i;
+      }
+      EXPECT_TRUE(std::isnan(back[i])) << i;
+      EXPECT_TRUE(std::isfinite(x[i]) ? all[i] == 0.0 : std::isnan(all[i])) << i;
+    }
+    EXPECT_GT(dropped_nonfinite, 0);
+  }
+}
+
 TEST_P(NnTest, DropoutSeedAndOffsetAreExtraStateForCheckpoints) {
   const Tensor ones = make_tensor(Vec(96, 1.0), {96}, DType::f32, dev);
   auto make = [&](std::uint64_t seed) {

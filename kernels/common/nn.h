@@ -51,6 +51,13 @@ TRAINRT_HD bool dropout_keep(uint32_t w, float p) {
   return (float)(w >> 8) * (1.0f / 16777216.0f) >= p;
 }
 
+/// v times the mask value, 0 or 1/(1-p), as PyTorch multiplies: a dropped inf or NaN is NaN
+/// (inf * 0), not 0, so an overflow is not hidden by where the mask fell.
+template <class A>
+TRAINRT_HD A dropout_apply(A v, bool keep, A scale) {
+  return v * (keep ? scale : A(0));
+}
+
 TRAINRT_HD float erf_acc(float x) { return erff(x); }
 TRAINRT_HD double erf_acc(double x) { return erf(x); }
 TRAINRT_HD float nn_exp(float x) { return expf(x); }
@@ -62,9 +69,10 @@ template <class A>
 TRAINRT_HD A relu_fwd(A x) {
   return x > A(0) ? x : (x != x ? x : A(0));  // NaN propagates, as torch.relu
 }
+/// PyTorch's threshold_backward: 0 where relu(x) <= 0, else dy; so a NaN x passes dy.
 template <class A>
 TRAINRT_HD A relu_bwd(A x, A dy) {
-  return x > A(0) ? dy : A(0);
+  return x <= A(0) ? A(0) : dy;
 }
 
 // GELU, erf form (PyTorch's default approximate='none'): x * 0.5 * (1 + erf(x / sqrt 2)).

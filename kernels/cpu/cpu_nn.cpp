@@ -101,7 +101,7 @@ void dropout(const trainrt_nn_pointwise_args* a) {
     for (int j = 0; j < 4; ++j) {
       const int64_t i = g * 4 + j;
       if (i >= n) break;
-      store(out, i, dropout_keep(w.v[j], p) ? load<A>(in, i) * scale : A(0));
+      store(out, i, dropout_apply(load<A>(in, i), dropout_keep(w.v[j], p), scale));
     }
   }
 }

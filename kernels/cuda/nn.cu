@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) dropout_kernel(trainrt_nn_pointwise_
     for (int j = 0; j < 4; ++j) {
       const int64_t i = g * 4 + j;
       if (i >= a.numel) break;
-      store(out, i, dropout_keep(w.v[j], p) ? load<A>(in, i) * scale : A(0));
+      store(out, i, dropout_apply(load<A>(in, i), dropout_keep(w.v[j], p), scale));
     }
   }
 }
