@@ -202,7 +202,22 @@ void GradScaler::release_unstepped(const char* op) {
     PerOptimizer& st = kv.second;
     if (st.alive.expired()) continue;
     detail::OptimizerImpl& I = detail::OptimizerAccess::impl(*kv.first);
-    if (st.stage == Stage::stepped) I.found_inf_held = false;  // read (or dropped) by now
+    if (st.stage == Stage::stepped) {
+      I.found_inf_held = false;  // read (or dropped) by now
+      // A fused clip after the step (of grads already stepped) left its coefficient pending on
+      // the spare block. PyTorch's clip rewrote those grads, and the iteration ends here: the
+      // coefficient goes into them and the block is released. Left active, it carried into the
+      // next iteration unreset: new grads copied in place were multiplied by the stale
+      // coefficient (a stale found_inf skipped their step), and a captured iteration, which
+      // reset only the blocks it activated, compounded the coefficient on every replay.
+      if (I.gs_active) {
+        detail::OptimizerAccess::settle(I, true, op);
+        I.gs_active = false;
+        I.check_pending = false;
+        I.inf_recorded = false;
+      }
+      continue;
+    }
     if (st.stage != Stage::unscaled) continue;
     detail::OptimizerAccess::settle(I, true, op);
     I.gs_active = false;

@@ -1651,6 +1651,36 @@ TEST_P(Scaler, DirectStepLambEqualsUnscaledControl) {
   }
 }
 
+// A fused clip between scaler.step and update (of grads already stepped) ends with the
+// iteration: update() multiplies its coefficient into the grads, as PyTorch's clip rewrote them,
+// and releases the block. Left active, it reached the next iteration's grads copied in place:
+// a stale found_inf skipped their step (found by a fuzz of captured iterations, 2026-12-04).
+TEST_P(Scaler, FusedClipAfterTheStepEndsWithTheIteration) {
+  GradScaler scaler(with_init_scale(1.0));
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.1));
+  p.set_grad(f32_tensor({std::numeric_limits<float>::quiet_NaN(), 1.0f}, {2}, dev));
+  EXPECT_FALSE(scaler.step(opt));
+  EXPECT_TRUE(std::isnan(trainrt::clip_grad_norm_(opt, 1.0).item()));
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 0.5);
+  Tensor g = p.grad();
+  g.copy_(f32_tensor({0.5f, 0.5f}, {2}, dev));  // new grads in place, scaled by 0.5
+  EXPECT_TRUE(scaler.step(opt));
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.9f, 1.9f}));
+  const float total = static_cast<float>(std::sqrt(0.5));
+  EXPECT_EQ(trainrt::clip_grad_norm_(opt, 0.1).item(), static_cast<double>(total));
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 0.5);
+  EXPECT_EQ(scaler.get_growth_tracker(), 1);
+  const float c = ref_coef(total, 0.1);
+  EXPECT_EQ(host_f32(p.grad()), (std::vector<float>{0.5f * c, 0.5f * c}));  // clipped
+  g.copy_(f32_tensor({1.0f, -1.0f}, {2}, dev));
+  EXPECT_TRUE(scaler.step(opt));  // neither clipped nor skipped by what came before
+  EXPECT_EQ(host_f32(p.value()), (std::vector<float>{0.9f - 0.2f, 1.9f + 0.2f}));
+  scaler.update();
+}
+
 TEST(ClipAmpCudaParity, NormsScaleAndSkipMatchTheCpu) {
   std::string why;
   if (!trainrt::cuda_available(&why)) GTEST_SKIP() << "no CUDA: " << why;

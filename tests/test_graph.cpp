@@ -222,6 +222,59 @@ TEST(CudaGraphCuda, CapturedScalerIterationEqualsEagerIteration) {
   }
 }
 
+// The same iteration with a fused clip between scaler.step and update (and, in the second
+// form, zero_grad(false) at its end): the clip activates the spare block, which update() settles
+// and releases, so every replay resets and uses the same blocks as the eager iterations (the
+// coefficient compounded from replay to replay; found by a fuzz on the CUDA emulator).
+TEST(CudaGraphCuda, CapturedIterationWithAClipAfterTheStepEqualsEager) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  const int N = 8;
+  for (bool zero : {false, true}) {
+    for (const Config& c : configs()) {
+      SCOPED_TRACE(std::string(c.name) + (zero ? " zero_grad" : ""));
+      OptRun eager = make_run(c, dev);
+      OptRun graphed = make_run(c, dev);
+      graphed.opt->set_capturable(true);
+      eager.opt->set_capturable(true);
+      trainrt::GradScalerOptions so;
+      so.init_scale = 4.0;
+      so.growth_interval = 2;
+      trainrt::GradScaler s_eager(so), s_graph(so);
+      auto iteration = [zero](OptRun& r, trainrt::GradScaler& s) {
+        s.unscale_(*r.opt);
+        trainrt::clip_grad_norm_(*r.opt, 1e-3);  // both clips clip (the grads' norms are larger)
+        s.step(*r.opt);
+        trainrt::clip_grad_norm_(*r.opt, 5e-4);
+        s.update();
+        if (zero) r.opt->zero_grad(false);
+      };
+      CudaGraph graph;
+      for (int k = 0; k < N; ++k) {
+        SCOPED_TRACE("iteration " + std::to_string(k));
+        const bool inf = k == 4;
+        fill_grads(eager, k, s_eager.get_scale(), inf);
+        iteration(eager, s_eager);
+        fill_grads(graphed, k, s_graph.get_scale(), inf);
+        if (k == 0) {
+          iteration(graphed, s_graph);  // warm-up
+        } else {
+          if (k == 1) {
+            graph.capture_begin(dev);
+            iteration(graphed, s_graph);
+            graph.capture_end();
+          }
+          graph.replay();
+        }
+        EXPECT_EQ(graphed.opt->last_step_skipped(), inf);
+        EXPECT_EQ(eager.opt->last_step_skipped(), inf);
+        EXPECT_EQ(s_graph.get_scale(), s_eager.get_scale());
+      }
+      expect_same(eager, graphed);
+    }
+  }
+}
+
 // Steps that would need a host transfer are refused during a capture, before anything
 // changes: an ordinary optimizer's step, and a capturable one's first step.
 TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
