@@ -391,16 +391,20 @@ TEST_P(ClipNorm, ClipGradValue) {
   EXPECT_EQ(params[1].grad().to_double_vector(), (std::vector<double>{0, 0, 0}));
 }
 
+/// formula_param for each shape (parameter i uses formula i).
+std::vector<Parameter> formula_params(const std::vector<Shape>& shapes, Device dev) {
+  std::vector<Parameter> ps;
+  for (std::size_t i = 0; i < shapes.size(); ++i)
+    ps.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
+  return ps;
+}
+
 TEST_P(ClipNorm, FusedOptimizerFormEqualsParameterForm) {
   const std::vector<Shape> shapes = {{3, 4}, {0}, {17}, {40000}, {16385}};
   for (double p : {2.0, 1.0, kInf, 0.5}) {
     for (double max_norm : {0.3, 1e9}) {
       SCOPED_TRACE("p " + std::to_string(p) + " max_norm " + std::to_string(max_norm));
-      std::vector<Parameter> pa, pb;
-      for (std::size_t i = 0; i < shapes.size(); ++i) {
-        pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-        pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-      }
+      std::vector<Parameter> pa = formula_params(shapes, dev), pb = formula_params(shapes, dev);
       trainrt::optim::AdamW oa(pa, trainrt::optim::AdamWOptions(0.01));
       trainrt::optim::AdamW ob(pb, trainrt::optim::AdamWOptions(0.01));
       for (int k = 0; k < 3; ++k) {
@@ -1374,11 +1378,7 @@ TEST_P(ClipNorm, TwoFusedClipsRoundAsTwoPasses) {
   // PyTorch's second clip multiplies the grads its first clip wrote: (g * c1) * c2, not
   // g * (c1 * c2). A: the fused form twice; B: the parameter form twice.
   const std::vector<Shape> shapes = {{1000}, {17}, {3, 4}};
-  std::vector<Parameter> pa, pb;
-  for (std::size_t i = 0; i < shapes.size(); ++i) {
-    pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-    pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-  }
+  std::vector<Parameter> pa = formula_params(shapes, dev), pb = formula_params(shapes, dev);
   trainrt::optim::SGD oa(pa, trainrt::optim::SGDOptions(1.0));
   trainrt::optim::SGD ob(pb, trainrt::optim::SGDOptions(1.0));
   for (int k = 0; k < 3; ++k) {
@@ -1403,11 +1403,7 @@ TEST_P(Scaler, FusedClipBeforeUnscaleRoundsAsPyTorch) {
   {
     GradScaler sa(with_init_scale(3.0)), sb(with_init_scale(3.0));
     const std::vector<Shape> shapes = {{1000}, {17}};
-    std::vector<Parameter> pa, pb;
-    for (std::size_t i = 0; i < shapes.size(); ++i) {
-      pa.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-      pb.push_back(formula_param(shapes[i], static_cast<int>(i), dev));
-    }
+    std::vector<Parameter> pa = formula_params(shapes, dev), pb = formula_params(shapes, dev);
     trainrt::optim::SGD oa(pa, trainrt::optim::SGDOptions(1.0));
     trainrt::optim::SGD ob(pb, trainrt::optim::SGDOptions(1.0));
     set_formula_grads_times(pa, 1, 111.0f);

@@ -372,6 +372,13 @@ TEST(Trainer, LoadRejectsACheckpointWithoutTheModelsDropoutState) {
 // A checkpoint edited into nonsense (its CRCs recomputed by save_checkpoint) is refused with
 // an Error before anything changes: a NaN or huge epoch used to make training endless, a
 // missing optimizer state crashed, a bad history leaked nlohmann's exceptions.
+/// An edit of a saved checkpoint that Trainer::load must refuse, and a word of its message.
+struct CheckpointEdit {
+  const char* what;
+  std::function<void(trainrt::CheckpointContents&)> edit;
+  const char* needle;
+};
+
 TEST(Trainer, LoadRejectsEditedTrainerState) {
   const std::string dir = tmp_dir("edited_state");
   auto cfg = base_config();
@@ -381,13 +388,8 @@ TEST(Trainer, LoadRejectsEditedTrainerState) {
   a.fit(l);
   a.save(dir + "/ck");
   const trainrt::CheckpointContents good = trainrt::load_checkpoint(dir + "/ck");
-  struct Edit {
-    const char* what;
-    std::function<void(trainrt::CheckpointContents&)> edit;
-    const char* needle;
-  };
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  const std::vector<Edit> edits = {
+  const std::vector<CheckpointEdit> edits = {
       {"nan epoch", [&](auto& c) { c.states["trainer"].scalars["epoch"] = nan; },
        "epoch must be a whole number >= 0"},
       {"huge epoch", [](auto& c) { c.states["trainer"].scalars["epoch"] = 1e300; },
@@ -402,7 +404,7 @@ TEST(Trainer, LoadRejectsEditedTrainerState) {
       {"history not array", [](auto& c) { c.states["trainer"].strings["history"] = "{\"a\":1}"; },
        "the saved history is not valid"},
   };
-  for (const Edit& e : edits) {
+  for (const CheckpointEdit& e : edits) {
     SCOPED_TRACE(e.what);
     trainrt::CheckpointContents c = good;
     e.edit(c);
@@ -439,12 +441,7 @@ TEST(Trainer, FailedLoadOfAStateSectionChangesNothing) {
   b.fit(l);
   b.save(dir + "/sgd");
   const trainrt::CheckpointContents good = trainrt::load_checkpoint(dir + "/ck");
-  struct Edit {
-    const char* what;
-    std::function<void(trainrt::CheckpointContents&)> edit;
-    const char* needle;
-  };
-  const std::vector<Edit> edits = {
+  const std::vector<CheckpointEdit> edits = {
       {"optimizer buffer", [](auto& c) { c.states["optimizer"].tensors.erase("state.0.exp_avg"); },
        "exp_avg"},
       {"scheduler field", [](auto& c) { c.states["scheduler"].scalars["T_max"] = -1; }, "T_max"},
