@@ -688,18 +688,16 @@ void Trainer::load(const std::string& path) {
     throw Error("Trainer::load: " + path + ": the scheduler in the file does not match the config");
   if ((st("scaler") != nullptr) != (scaler_ != nullptr))
     throw Error("Trainer::load: " + path + ": the GradScaler in the file does not match amp");
-  // The optimizer, scheduler and GradScaler check their own sections as they load them, after
-  // the weights are in: what a failed load changed is put back from snapshots taken here, so a
-  // failed load leaves the trainer as it was (each of those loads is itself all or nothing).
+  // The optimizer, scheduler and GradScaler check their own sections as they load them (each
+  // load is all or nothing), so they load before the weights, which cannot fail any more (their
+  // names and shapes were checked above); when one fails, the states already loaded are put
+  // back from snapshots taken here, and the trainer is as it was.
   const StateDict modules_before = model_->extra_states();
   const StateDict optimizer_before = optimizer_->state_dict();
   const bool had_scheduler = scheduler_ != nullptr;
   const StateDict scheduler_before = had_scheduler ? scheduler_->state_dict() : StateDict();
   const StateDict scaler_before = scaler_ ? scaler_->state_dict() : StateDict();
   const std::int64_t spe_before = steps_per_epoch_;
-  std::vector<Tensor> weights_before;
-  for (const auto& [name, p] : named) weights_before.push_back(p.value().clone());
-  bool weights_written = false;
   try {
     // Dropout seeds and offsets: it checks the structure and changes nothing on error.
     const StateDict* modules = st("modules");
@@ -712,18 +710,10 @@ void Trainer::load(const std::string& path) {
     // (with the lr it had) and the scheduler's state are loaded over it.
     if (!scheduler_ && config_.scheduler != "none") build_scheduler(spe > 0 ? spe : 1);
     steps_per_epoch_ = spe;
-    weights_written = true;
-    for (const auto& [name, p] : named) p.value().copy_(c.model.at(name));
-    sync_model_copies();  // the f16/bf16 copies are derived from the masters, not saved
     optimizer_->load_state_dict(*st("optimizer"));
     if (scheduler_) scheduler_->load_state_dict(*st("scheduler"));
     if (scaler_) scaler_->load_state_dict(*st("scaler"));
   } catch (...) {
-    if (weights_written) {
-      std::size_t i = 0;
-      for (const auto& [name, p] : named) p.value().copy_(weights_before[i++]);
-      sync_model_copies();
-    }
     optimizer_->load_state_dict(optimizer_before);
     if (had_scheduler) {
       scheduler_->load_state_dict(scheduler_before);
@@ -735,6 +725,8 @@ void Trainer::load(const std::string& path) {
     steps_per_epoch_ = spe_before;
     throw;
   }
+  for (const auto& [name, p] : named) p.value().copy_(c.model.at(name));
+  sync_model_copies();  // the f16/bf16 copies are derived from the masters, not saved
   pending_loader_ = st("loader") ? *st("loader") : StateDict();
   epoch_accum_ = st("epoch_accum") ? *st("epoch_accum") : StateDict();
   epoch_ = epoch;
