@@ -306,6 +306,47 @@ TEST(CudaGraphCuda, StepsThatCannotBeCapturedAreRefused) {
   }
 }
 
+// A step refused inside GradScaler::step (here: an lr changed during a capture) leaves the
+// optimizer knowing it is not in a scaler step: after the capture's replay (its unscale_), a
+// direct opt.step() is PyTorch's optimizer.step() on the unscaled grads, which it writes
+// (with the scaler-step mark left set, the step would be a scaler step: grads left scaled,
+// an inf skipping it).
+TEST(CudaGraphCuda, AStepRefusedInsideScalerStepLeavesNoScalerStepBehind) {
+  Device dev;
+  CUDA_DEVICE_OR_SKIP(dev);
+  Parameter p(f32_tensor({1.0f, 2.0f}, {2}, dev));
+  trainrt::optim::SGD opt({p}, trainrt::optim::SGDOptions(0.5));
+  opt.set_capturable(true);
+  trainrt::GradScalerOptions so;
+  so.init_scale = 4.0;
+  trainrt::GradScaler scaler(so);
+  p.set_grad(f32_tensor({4.0f, 8.0f}, {2}, dev));
+  scaler.unscale_(opt);  // warm-up iteration: [1, 2] - 0.5 * [1, 2]
+  ASSERT_TRUE(scaler.step(opt));
+  scaler.update();
+  ASSERT_EQ(host_f32(p.value()), (std::vector<float>{0.5f, 1.0f}));
+  Tensor g = p.grad();
+  g.copy_(f32_tensor({4.0f, std::numeric_limits<float>::infinity()}, {2}, dev));
+
+  CudaGraph graph;
+  graph.capture_begin(dev);
+  scaler.unscale_(opt);
+  opt.set_lr(0.25);
+  expect_error([&] { scaler.step(opt); }, "the hyperparameters changed during a CUDA graph");
+  opt.set_lr(0.5);
+  graph.capture_end();
+  graph.replay();  // the unscale_ and its inf check
+
+  opt.step();  // direct: applies the unscaled grads, never skips
+  EXPECT_FALSE(opt.last_step_skipped());
+  const std::vector<float> v = host_f32(p.value()), gv = host_f32(p.grad());
+  EXPECT_EQ(v[0], 0.0f);  // 0.5 - 0.5 * 1
+  EXPECT_TRUE(std::isinf(v[1]) && v[1] < 0) << v[1];
+  EXPECT_EQ(gv[0], 1.0f);  // unscaled in place, as PyTorch's unscale_ writes them
+  EXPECT_EQ(opt.step_count(p), 2);
+  scaler.update();  // reads the recorded inf: backs off
+  EXPECT_EQ(scaler.get_scale(), 2.0);
+}
 // A data error that a kernel recorded before a capture (a class index out of range) is not
 // lost when the read of the record inside the capture fails (a synchronisation cannot be
 // captured): it surfaces at the next synchronize after the capture. For the CUDA module only
