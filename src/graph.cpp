@@ -50,6 +50,9 @@ CudaGraph& CudaGraph::operator=(CudaGraph&& o) noexcept {
 void CudaGraph::capture_begin(Device device) {
   if (capturing_) detail::fail("CudaGraph.capture_begin: this graph is capturing already");
   const trainrt_backend_v1& api = graph_backend(device, "capture_begin");
+  // An upload of another thread (a DataLoader's prefetch) in flight ends first; later ones
+  // see the capture and leave their copies to the thread that uses the batch.
+  const auto uploads = detail::block_uploads();
   detail::capture_started(device);
   const int rc = api.graph_begin(device.index());
   if (rc != 0) detail::capture_stopped(device);

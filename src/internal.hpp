@@ -5,7 +5,10 @@
 #include <spdlog/logger.h>
 
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 
 #include "backend/backend_api.h"
@@ -45,6 +48,16 @@ struct Storage {
 /// it cannot fail.
 void capture_started(Device device);
 void capture_stopped(Device device) noexcept;
+
+/// Uploads from a thread that does not capture (the DataLoader's prefetch thread): runs
+/// `upload` (an allocation and host-to-device copy on `device`) and returns true, unless a
+/// capture of `device` is running, when it returns false and runs nothing (the caller does the
+/// upload later, on the thread that uses the data). On CUDA such work would go into the
+/// captured stream and invalidate the capture. CudaGraph::capture_begin holds UploadGate's
+/// lock (exclusive) while it starts the capture, so an upload in flight ends first.
+bool upload_unless_capturing(Device device, const std::function<void()>& upload);
+/// CudaGraph::capture_begin's hold on the uploads of other threads.
+std::unique_lock<std::shared_mutex> block_uploads();
 
 /// The named logger "trainrt" (created on first use unless the application registered it).
 spdlog::logger& log();

@@ -5,6 +5,7 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "internal.hpp"
@@ -105,6 +106,24 @@ void capture_stopped(Device device) noexcept {
     delete todo;
     todo = next;
   }
+}
+
+namespace {
+std::shared_mutex& upload_gate() {
+  static auto* m = new std::shared_mutex();  // leaked: loaders may run at exit
+  return *m;
+}
+}  // namespace
+
+bool upload_unless_capturing(Device device, const std::function<void()>& upload) {
+  std::shared_lock<std::shared_mutex> lock(upload_gate());
+  if (active_capture(device) != 0) return false;
+  upload();
+  return true;
+}
+
+std::unique_lock<std::shared_mutex> block_uploads() {
+  return std::unique_lock<std::shared_mutex>(upload_gate());
 }
 
 namespace {

@@ -22,6 +22,7 @@
 
 #include "test_util.hpp"
 #include "trainrt/data.hpp"
+#include "trainrt/graph.hpp"
 
 namespace {
 
@@ -892,6 +893,36 @@ TEST(DataLoader, DestroyMidEpochJoinsThePrefetchThread) {
   DataLoader moved(std::move(a));
   ASSERT_TRUE(moved.next(b));
   EXPECT_EQ(b.labels.to_vector<std::int64_t>(), (std::vector<std::int64_t>{5, 6, 7, 8, 9}));
+}
+
+// A capture of the device while the prefetch thread prepares the next batch: the thread
+// leaves its copy to the device (an allocation and a copy into the captured stream, which
+// would invalidate the capture) to the next() that takes the batch. On a GPU, the CUDA
+// emulator and the simulated device; the CPU has no graphs.
+TEST_P(DataLoaderTest, APrefetchDuringACaptureLeavesTheCaptureAlone) {
+  if (dev.is_cpu()) GTEST_SKIP() << "CUDA graphs need a CUDA device";
+  for (int sleep_ms : {0, 5}) {  // the prefetch done before the capture, and in it
+    SCOPED_TRACE(sleep_ms);
+    DataLoaderOptions opt;
+    opt.batch_size = 4;
+    opt.device = dev;
+    DataLoader loader(std::make_shared<SlowDataset>(12, -1, sleep_ms), opt);
+    Batch b;
+    ASSERT_TRUE(loader.next(b));
+    trainrt::CudaGraph graph;
+    graph.capture_begin(dev);
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));  // the prefetch ends here
+    graph.capture_end();  // nothing was recorded into the capture: it was not invalidated
+    EXPECT_TRUE(graph.captured());
+    for (std::int32_t first : {4, 8}) {
+      ASSERT_TRUE(loader.next(b));
+      EXPECT_EQ(b.features.device(), dev);
+      EXPECT_EQ(b.labels.to(Device::cpu()).to_vector<std::int32_t>(),
+                (std::vector<std::int32_t>{first, first + 1, first + 2, first + 3}));
+      EXPECT_EQ(b.features.to(Device::cpu()).to_vector<double>()[3], first + 1.0);
+    }
+    EXPECT_FALSE(loader.next(b));
+  }
 }
 
 }  // namespace

@@ -183,7 +183,10 @@ struct Batch {
 /// With prefetch, one background thread gathers the next batch (and, on CUDA, copies it to the
 /// device) while the caller uses the current one; an exception there is rethrown by the next()
 /// that wanted the batch. The thread is joined by the destructor, even mid-epoch. On CUDA the
-/// batch is staged in a reused host buffer and copied on the device's stream.
+/// batch is staged in a reused host buffer and copied on the device's stream. While a CudaGraph
+/// capture of the device runs, the thread does not touch the device (its copy would go into
+/// the capture and invalidate it): the batch it prepared then is copied by the next() that
+/// takes it, and a capture_begin waits for a copy in flight.
 class TRAINRT_API DataLoader {
  public:
   DataLoader(std::shared_ptr<const Dataset> dataset, const DataLoaderOptions& options);

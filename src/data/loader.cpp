@@ -74,7 +74,15 @@ struct DataLoader::Impl {
   Job busy_job;
   bool has_result = false;
   Job result_job;
-  Batch result;
+  // The made batch. A batch for a CUDA target that the prefetch thread could not upload (a
+  // capture of the device was running) holds its host staging instead, and next() uploads it.
+  struct Made {
+    Batch batch;
+    bool staged = false;
+    Shape fs, ls;
+    std::vector<unsigned char> f, l;
+  };
+  Made result;
   std::exception_ptr result_error;
   std::thread worker;
 
@@ -103,7 +111,16 @@ struct DataLoader::Impl {
     return order;
   }
 
-  Batch make(const Job& job) {
+  void upload(Made& m) const {
+    m.batch.features = Tensor::from_host(m.f.data(), m.fs, feature_dtype, opt.device);
+    m.batch.labels = Tensor::from_host(m.l.data(), m.ls, label_dtype, opt.device);
+    m.staged = false;
+  }
+
+  // Makes the batch of `job`. On the prefetch thread (`worker`) the upload to a CUDA target is
+  // left to next() while a capture of the device runs: a copy into the captured stream would
+  // invalidate the capture.
+  Made make(const Job& job, bool worker) {
     const std::vector<std::int64_t>& ord = order_for(job.epoch);
     const std::int64_t start = job.pos * opt.batch_size;
     const std::int64_t b = std::min(opt.batch_size, n - start);
@@ -111,22 +128,33 @@ struct DataLoader::Impl {
     fs.insert(fs.end(), feature_shape.begin(), feature_shape.end());
     ls.insert(ls.end(), label_shape.begin(), label_shape.end());
     const std::int64_t* idx = ord.data() + start;
-    Batch out;
-    out.epoch = job.epoch;
-    out.index = job.pos;
+    Made out;
+    out.batch.epoch = job.epoch;
+    out.batch.index = job.pos;
     if (opt.device.is_cpu()) {
-      out.features = Tensor::empty(fs, feature_dtype);
-      out.labels = Tensor::empty(ls, label_dtype);
-      dataset->get_batch(idx, b, out.features.data(), out.labels.data());
-    } else {
-      // Regular (pageable) host staging: the copy reads it before returning, so the buffers
-      // can be reused for the next batch at once.
-      stage_f.resize(static_cast<std::size_t>(b) * feature_bytes);
-      stage_l.resize(static_cast<std::size_t>(b) * label_bytes);
-      dataset->get_batch(idx, b, stage_f.data(), stage_l.data());
-      out.features = Tensor::from_host(stage_f.data(), fs, feature_dtype, opt.device);
-      out.labels = Tensor::from_host(stage_l.data(), ls, label_dtype, opt.device);
+      out.batch.features = Tensor::empty(fs, feature_dtype);
+      out.batch.labels = Tensor::empty(ls, label_dtype);
+      dataset->get_batch(idx, b, out.batch.features.data(), out.batch.labels.data());
+      return out;
     }
+    // Regular (pageable) host staging: the copy reads it before returning, so the buffers
+    // can be reused for the next batch at once.
+    stage_f.resize(static_cast<std::size_t>(b) * feature_bytes);
+    stage_l.resize(static_cast<std::size_t>(b) * label_bytes);
+    dataset->get_batch(idx, b, stage_f.data(), stage_l.data());
+    out.f.swap(stage_f);
+    out.l.swap(stage_l);
+    out.fs = std::move(fs);
+    out.ls = std::move(ls);
+    out.staged = true;
+    auto up = [&] { upload(out); };
+    if (worker) {
+      if (!detail::upload_unless_capturing(opt.device, up)) return out;  // staged: next() uploads
+    } else {
+      up();
+    }
+    out.f.swap(stage_f);  // reused by the next batch
+    out.l.swap(stage_l);
     return out;
   }
 
@@ -140,10 +168,10 @@ struct DataLoader::Impl {
       busy = true;
       busy_job = job;
       lock.unlock();
-      Batch b;
+      Made b;
       std::exception_ptr err;
       try {
-        b = make(job);
+        b = make(job, true);
       } catch (...) {
         err = std::current_exception();
       }
@@ -168,13 +196,13 @@ struct DataLoader::Impl {
   }
 
   Batch fetch(const Job& job) {
-    if (!opt.prefetch) return make(job);
+    if (!opt.prefetch) return std::move(make(job, false).batch);
     std::unique_lock<std::mutex> lock(mu);
     if (!worker.joinable()) worker = std::thread([this] { run(); });
     for (;;) {
       if (has_result && !(result_job == job)) {  // stale (after set_epoch / load_state_dict)
         has_result = false;
-        result = Batch();
+        result = Made();
         result_error = nullptr;
       }
       if (has_result) break;
@@ -182,10 +210,16 @@ struct DataLoader::Impl {
       cv.wait(lock);
     }
     has_result = false;
-    Batch b = std::move(result);
-    result = Batch();
+    Made made = std::move(result);
+    result = Made();
     std::exception_ptr err = std::exchange(result_error, nullptr);
     if (err) std::rethrow_exception(err);
+    if (made.staged) {
+      lock.unlock();  // the upload of a batch staged during a capture (see make)
+      upload(made);
+      lock.lock();
+    }
+    Batch b = std::move(made.batch);
     // Prepare the next batch (the first of the next epoch after the last one).
     if (job.pos + 1 < batches) {
       ensure_requested(Job{job.epoch, job.pos + 1});
