@@ -798,6 +798,49 @@ TEST(DataLoader, BadOptionsAndStates) {
   s = a.state_dict();
   s.scalars["position"] = 2.5;
   EXPECT_HAS(error_of([&] { a.load_state_dict(s); }), "'position' must be a non-negative integer");
+  // Past the uint64 range: refused before any conversion (that of 1e30 is undefined; UBSan's
+  // float-cast-overflow in scripts/sanitize.sh catches it).
+  for (double v : {1e30, 18446744073709551616.0, std::numeric_limits<double>::infinity(),
+                   std::numeric_limits<double>::quiet_NaN()}) {
+    s = a.state_dict();
+    s.scalars["epoch"] = v;
+    EXPECT_HAS(error_of([&] { a.load_state_dict(s); }), "'epoch' must be a non-negative integer");
+  }
+  // The seed halves are 32-bit: 2^32 in seed_hi was shifted away (and seed 1 matched).
+  s = a.state_dict();
+  s.scalars["seed_hi"] = 4294967296.0;
+  EXPECT_HAS(error_of([&] { a.load_state_dict(s); }),
+             "must be 32-bit halves, got 1 and 4294967296");
+  s = a.state_dict();
+  s.scalars["seed_lo"] = 4294967297.0;
+  EXPECT_HAS(error_of([&] { a.load_state_dict(s); }), "must be 32-bit halves");
+  EXPECT_EQ(a.epoch(), 0u);
+  EXPECT_EQ(a.position(), 0);
+
+  // A batch size near INT64_MAX is one batch (n + b - 1 overflowed: -1 or 0 batches).
+  for (std::int64_t bs :
+       {std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::max() - 1}) {
+    DataLoaderOptions big;
+    big.batch_size = bs;
+    DataLoader l(indexed_dataset(5), big);
+    EXPECT_EQ(l.num_batches(), 1);
+    Batch b;
+    ASSERT_TRUE(l.next(b));
+    EXPECT_EQ(b.size(), 5);
+    big.drop_last = true;
+    EXPECT_EQ(DataLoader(indexed_dataset(5), big).num_batches(), 0);
+  }
+  // An order that cannot be held is an Error, not std::bad_alloc / std::length_error.
+  EXPECT_HAS(error_of([&] { (void)trainrt::shuffled_order(std::int64_t{1} << 62, 1, 0); }),
+             "does not fit in memory");
+
+  // A moved-from loader refuses to be used (was a null dereference).
+  DataLoader moved(std::move(a));
+  Batch b;
+  EXPECT_HAS(error_of([&] { a.next(b); }),
+             "this loader was moved from");  // NOLINT(bugprone-use-after-move)
+  EXPECT_HAS(error_of([&] { (void)a.num_batches(); }), "moved from");  // NOLINT
+  EXPECT_TRUE(moved.next(b));
 }
 
 /// A dataset that counts calls, can sleep in get_batch, and throws for one index.

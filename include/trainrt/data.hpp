@@ -221,6 +221,7 @@ class TRAINRT_API DataLoader {
 
  private:
   struct Impl;
+  Impl& live() const;  // throws for a moved-from loader
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,6 +1,7 @@
 // DataLoader: batches of a Dataset in a seeded order, one batch prepared ahead on a thread.
 #include <Random123/philox.h>
 
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
@@ -13,10 +14,26 @@
 
 namespace trainrt {
 
+namespace {
+
+/// 0, 1, ..., n - 1; an Error (not std::bad_alloc / std::length_error) when it does not fit.
+std::vector<std::int64_t> identity_order(std::int64_t n, const char* op) {
+  std::vector<std::int64_t> order;
+  try {
+    order.resize(static_cast<std::size_t>(n));
+  } catch (const std::exception&) {  // std::bad_alloc, std::length_error
+    detail::fail("{}: the order of {} examples ({} bytes) does not fit in memory", op, n,
+                 static_cast<double>(n) * sizeof(std::int64_t));
+  }
+  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+  return order;
+}
+
+}  // namespace
+
 std::vector<std::int64_t> shuffled_order(std::int64_t n, std::uint64_t seed, std::uint64_t epoch) {
   if (n < 0) detail::fail("shuffled_order: n must be >= 0, got {}", n);
-  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+  std::vector<std::int64_t> order = identity_order(n, "shuffled_order");
   // Fisher-Yates from the top: step i swaps position i with j uniform in [0, i]. Philox4x32-10,
   // key = seed, counter = (i, epoch): the draw of a step depends on nothing but (seed, epoch, i).
   // j = r mod (i + 1) over a 64-bit r; the bias is below (i + 1) / 2^64.
@@ -99,12 +116,7 @@ struct DataLoader::Impl {
 
   const std::vector<std::int64_t>& order_for(std::uint64_t e) {
     if (!order_valid || order_epoch != e) {
-      if (opt.shuffle) {
-        order = shuffled_order(n, opt.seed, e);
-      } else {
-        order.resize(static_cast<std::size_t>(n));
-        for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
-      }
+      order = opt.shuffle ? shuffled_order(n, opt.seed, e) : identity_order(n, "DataLoader");
       order_epoch = e;
       order_valid = true;
     }
@@ -240,8 +252,8 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, const DataLoaderO
   m.opt = options;
   m.n = dataset->size();
   if (m.n < 0) detail::fail("DataLoader: dataset size {} is negative", m.n);
-  m.batches = options.drop_last ? m.n / options.batch_size
-                                : (m.n + options.batch_size - 1) / options.batch_size;
+  // n / b, rounded up without drop_last (n + b - 1 overflowed for a b near INT64_MAX)
+  m.batches = m.n / options.batch_size + (!options.drop_last && m.n % options.batch_size != 0);
   m.feature_shape = dataset->feature_shape();
   m.label_shape = dataset->label_shape();
   m.feature_dtype = dataset->feature_dtype();
@@ -256,8 +268,13 @@ DataLoader::~DataLoader() = default;
 DataLoader::DataLoader(DataLoader&&) noexcept = default;
 DataLoader& DataLoader::operator=(DataLoader&&) noexcept = default;
 
+DataLoader::Impl& DataLoader::live() const {
+  if (!impl_) detail::fail("DataLoader: this loader was moved from");
+  return *impl_;
+}
+
 bool DataLoader::next(Batch& out) {
-  Impl& m = *impl_;
+  Impl& m = live();
   if (m.position >= m.batches) {
     ++m.epoch;
     m.position = 0;
@@ -268,31 +285,30 @@ bool DataLoader::next(Batch& out) {
   return true;
 }
 
-std::int64_t DataLoader::num_batches() const { return impl_->batches; }
-std::int64_t DataLoader::dataset_size() const { return impl_->n; }
-const DataLoaderOptions& DataLoader::options() const { return impl_->opt; }
-const Dataset& DataLoader::dataset() const { return *impl_->dataset; }
-std::uint64_t DataLoader::epoch() const { return impl_->epoch; }
-std::int64_t DataLoader::position() const { return impl_->position; }
+std::int64_t DataLoader::num_batches() const { return live().batches; }
+std::int64_t DataLoader::dataset_size() const { return live().n; }
+const DataLoaderOptions& DataLoader::options() const { return live().opt; }
+const Dataset& DataLoader::dataset() const { return *live().dataset; }
+std::uint64_t DataLoader::epoch() const { return live().epoch; }
+std::int64_t DataLoader::position() const { return live().position; }
 
 void DataLoader::set_epoch(std::uint64_t epoch, std::int64_t position) {
-  if (position < 0 || position > impl_->batches) {
-    detail::fail("DataLoader::set_epoch: position must be in [0, {}], got {}", impl_->batches,
-                 position);
+  Impl& m = live();
+  if (position < 0 || position > m.batches) {
+    detail::fail("DataLoader::set_epoch: position must be in [0, {}], got {}", m.batches, position);
   }
-  impl_->epoch = epoch;
-  impl_->position = position;
+  m.epoch = epoch;
+  m.position = position;
 }
 
 std::vector<std::int64_t> DataLoader::epoch_order(std::uint64_t epoch) const {
-  if (impl_->opt.shuffle) return shuffled_order(impl_->n, impl_->opt.seed, epoch);
-  std::vector<std::int64_t> order(static_cast<std::size_t>(impl_->n));
-  for (std::int64_t i = 0; i < impl_->n; ++i) order[static_cast<std::size_t>(i)] = i;
-  return order;
+  const Impl& m = live();
+  if (m.opt.shuffle) return shuffled_order(m.n, m.opt.seed, epoch);
+  return identity_order(m.n, "DataLoader::epoch_order");
 }
 
 StateDict DataLoader::state_dict() const {
-  const Impl& m = *impl_;
+  const Impl& m = live();
   StateDict s;
   // Numbers are doubles: the seed is split into two exact 32-bit halves.
   s.scalars["epoch"] = static_cast<double>(m.epoch);
@@ -307,14 +323,15 @@ StateDict DataLoader::state_dict() const {
 }
 
 void DataLoader::load_state_dict(const StateDict& s) {
-  const Impl& m = *impl_;
+  const Impl& m = live();
   auto get = [&](const char* key) {
     auto it = s.scalars.find(key);
     if (it == s.scalars.end()) {
       detail::fail("DataLoader::load_state_dict: the state has no '{}'", key);
     }
     const double v = it->second;
-    if (!(v >= 0) || v != static_cast<double>(static_cast<std::uint64_t>(v))) {
+    // Range first: the conversion of a double at or past 2^64 (or NaN) is undefined.
+    if (!(v >= 0 && v < 18446744073709551616.0) || v != std::floor(v)) {
       detail::fail("DataLoader::load_state_dict: '{}' must be a non-negative integer, got {}", key,
                    v);
     }
@@ -334,7 +351,13 @@ void DataLoader::load_state_dict(const StateDict& s) {
   expect("shuffle", m.opt.shuffle ? 1 : 0);
   expect("drop_last", m.opt.drop_last ? 1 : 0);
   if (m.opt.shuffle) {
-    const std::uint64_t seed = get("seed_lo") | get("seed_hi") << 32;
+    const std::uint64_t lo = get("seed_lo"), hi = get("seed_hi");
+    if (lo > 0xffffffffu || hi > 0xffffffffu) {
+      detail::fail(
+          "DataLoader::load_state_dict: seed_lo and seed_hi must be 32-bit halves, got {} and {}",
+          lo, hi);
+    }
+    const std::uint64_t seed = lo | hi << 32;
     if (seed != m.opt.seed) {
       detail::fail("DataLoader::load_state_dict: seed is {} in the state but {} in this loader",
                    seed, m.opt.seed);
