@@ -497,9 +497,13 @@ bool parse_double(const std::string& s, double* out) {
 
 // ---- checkpoint directory ------------------------------------------------------------------
 
+/// A name a checkpoint directory holds: one of its three files, or the temporary file of one
+/// ("." + name + ".tmp." + ..., see AtomicFile) that a crash left.
 bool is_checkpoint_entry(const std::string& name) {
-  return name == kModelFile || name == kStateFile || name == kManifestFile ||
-         (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos);
+  for (const char* f : {kModelFile, kStateFile, kManifestFile}) {
+    if (name == f || name.rfind("." + std::string(f) + ".tmp.", 0) == 0) return true;
+  }
+  return false;
 }
 
 std::vector<std::string> list_dir(const std::string& dir, const char* op) {
@@ -528,7 +532,8 @@ void remove_checkpoint_dir(const std::string& dir) {
     if (is_checkpoint_entry(name)) ::unlink(join(dir, name).c_str());
   }
   if (::rmdir(dir.c_str()) != 0) {
-    detail::log().warn("save_checkpoint: could not remove '{}': {}", dir, errno_str(errno));
+    const std::string why = errno_str(errno);  // before the logger can change errno
+    detail::log().warn("save_checkpoint: could not remove '{}': {}", dir, why);
   }
 }
 
@@ -612,13 +617,26 @@ void save_checkpoint(const std::string& path_in, const CheckpointContents& c) {
   if (::lstat(path.c_str(), &st) == 0) {
     exists = true;
     if (!S_ISDIR(st.st_mode)) fail("{}: '{}' exists and is not a checkpoint directory", op, path);
-    for (const auto& e : list_dir(path, op)) {
-      if (!is_checkpoint_entry(e)) {
+    // Replaced only if empty, or a checkpoint: manifest.json and nothing but checkpoint files
+    // (regular files; a directory or link of such a name is someone else's).
+    const std::vector<std::string> entries = list_dir(path, op);
+    bool manifest = false;
+    for (const auto& e : entries) {
+      struct stat es;
+      const bool file = ::lstat(join(path, e).c_str(), &es) == 0 && S_ISREG(es.st_mode);
+      if (!is_checkpoint_entry(e) || !file) {
         fail(
-            "{}: '{}' exists and holds '{}': not a trainrt checkpoint directory, refusing to "
+            "{}: '{}' exists and holds '{}'{}: not a trainrt checkpoint directory, refusing to "
             "replace it",
-            op, path, e);
+            op, path, e, file ? "" : " (not a regular file)");
       }
+      manifest = manifest || e == kManifestFile;
+    }
+    if (!entries.empty() && !manifest) {
+      fail(
+          "{}: '{}' exists and holds no manifest.json: not a trainrt checkpoint directory, "
+          "refusing to replace it",
+          op, path);
     }
   } else if (errno != ENOENT) {
     fail("{}: cannot stat '{}': {}", op, path, errno_str(errno));

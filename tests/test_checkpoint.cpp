@@ -530,6 +530,31 @@ TEST(Checkpoint, RejectsBadArgumentsAndForeignDirectories) {
     EXPECT_NE(std::string(e.what()).find("precious.txt"), std::string::npos) << e.what();
   }
   EXPECT_EQ(TempDir::list(dir / "foreign"), std::vector<std::string>{"precious.txt"});
+  // Nor one holding only files with checkpoint names but no manifest.json (a user's own
+  // model.safetensors), a hidden name with ".tmp." that no checkpoint write makes, or a
+  // directory named like a checkpoint file (was replaced: the user's files gone).
+  auto refused = [&](const std::string& d, const std::string& needle) {
+    const std::vector<std::string> before = TempDir::list(d);
+    try {
+      trainrt::save_checkpoint(d, c);
+      ADD_FAILURE() << "no error for " << d;
+    } catch (const trainrt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(TempDir::list(d), before);
+  };
+  ::mkdir((dir / "weights").c_str(), 0777);
+  write_file(dir / "weights/model.safetensors", "x", 1);
+  refused(dir / "weights", "holds no manifest.json");
+  ::mkdir((dir / "notes").c_str(), 0777);
+  write_file(dir / "notes/.notes.tmp.txt", "x", 1);
+  refused(dir / "notes", "holds '.notes.tmp.txt'");
+  ::mkdir((dir / "nested").c_str(), 0777);
+  ::mkdir((dir / "nested/model.safetensors").c_str(), 0777);
+  write_file(dir / "nested/manifest.json", "{}", 2);
+  write_file(dir / "nested/model.safetensors/mine.txt", "x", 1);
+  refused(dir / "nested", "holds 'model.safetensors' (not a regular file)");
+  EXPECT_EQ(TempDir::list(dir / "nested/model.safetensors"), std::vector<std::string>{"mine.txt"});
   write_file(dir / "file", "x", 1);
   EXPECT_THROW(trainrt::save_checkpoint(dir / "file", c), trainrt::Error);
   // An empty directory is fine.
