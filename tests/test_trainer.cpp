@@ -320,6 +320,100 @@ void check_resume(TrainerConfig cfg, std::int64_t n, std::int64_t k, const std::
 }
 }  // namespace
 
+// max_steps reached with the last batch of an epoch ends that epoch (its metrics, validation
+// and callbacks), as the uninterrupted run does (the epoch was dropped and left to the next
+// fit); a run stopped there and resumed equals the uninterrupted one, including the
+// validation of a shuffled val loader, which each validation starts at (epoch, 0).
+TEST(Trainer, MaxStepsAtAnEpochEndEndsTheEpoch) {
+  const std::string dir = tmp_dir("max_steps_epoch_end");
+  auto cfg = base_config();
+  cfg.epochs = 3;
+  auto ds = blobs(64, 3);   // 2 steps per epoch
+  auto vds = blobs(40, 4);  // drop_last, shuffled: each epoch validates other samples
+  auto val_loader = [&] {
+    DataLoaderOptions o;
+    o.batch_size = 16;
+    o.shuffle = true;
+    o.drop_last = true;
+    o.seed = 5;
+    return DataLoader(vds, o);
+  };
+  struct Count : Callback {
+    int epochs = 0;
+    void on_epoch_end(Trainer&, const EpochMetrics&) override { ++epochs; }
+  };
+  Trainer a(mlp(8), cfg);
+  auto la = loader(ds, 32, true);
+  auto va = val_loader();
+  const auto ha = a.fit(la, &va);
+  ASSERT_EQ(ha.size(), 3u);
+
+  cfg.max_steps = 4;
+  Trainer b(mlp(8), cfg);
+  auto count = std::make_shared<Count>();
+  b.add_callback(count);
+  auto lb = loader(ds, 32, true);
+  auto vb = val_loader();
+  EXPECT_EQ(b.fit(lb, &vb).size(), 2u);  // was 1: the second epoch's end was dropped
+  EXPECT_EQ(count->epochs, 2);
+  EXPECT_EQ(b.epoch(), 2);
+  EXPECT_EQ(b.global_step(), 4);
+  EXPECT_EQ(lb.epoch(), 2u);
+  EXPECT_EQ(lb.position(), 0);
+  b.save(dir + "/ck");
+
+  cfg.max_steps = 0;
+  Trainer c(mlp(9), cfg);
+  c.load(dir + "/ck");
+  auto lc = loader(ds, 32, true);
+  auto vc = val_loader();
+  vc.set_epoch(7, 1);  // wherever the caller's loader stands, each validation is (epoch, 0)
+  const auto hc = c.fit(lc, &vc);
+  ASSERT_EQ(hc.size(), 3u);
+  for (std::size_t e = 0; e < 3; ++e) {
+    SCOPED_TRACE(e);
+    EXPECT_EQ(hc[e].train_loss, ha[e].train_loss);
+    EXPECT_EQ(hc[e].val_loss, ha[e].val_loss);
+    EXPECT_EQ(hc[e].global_step, ha[e].global_step);
+  }
+  EXPECT_TRUE(bitwise_equal(weights(a.model()), weights(c.model())));
+}
+
+// A validation loader with no batches measures nothing: NaN, not a loss of 0 that
+// EarlyStopping, ModelCheckpoint and the plateau scheduler took for a perfect one.
+TEST(Trainer, AnEmptyValidationLoaderGivesNaN) {
+  auto cfg = base_config();
+  cfg.epochs = 1;
+  Trainer t(mlp(2), cfg);
+  DataLoaderOptions o;
+  o.batch_size = 16;
+  o.drop_last = true;
+  DataLoader empty(blobs(8, 1), o);
+  ASSERT_EQ(empty.num_batches(), 0);
+  const EvalResult e = t.evaluate(empty);
+  EXPECT_TRUE(std::isnan(e.loss)) << e.loss;
+  EXPECT_EQ(e.samples, 0);
+  auto tl = loader(blobs(64, 2), 32, false);
+  const auto& h = t.fit(tl, &empty);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_TRUE(std::isnan(h[0].val_loss)) << h[0].val_loss;
+}
+
+// An epoch whose every step the GradScaler skipped has no grad norm to average: NaN, not 0.
+TEST(Trainer, AnEpochOfSkippedStepsHasANaNGradNorm) {
+  trainrt_test::allow_warnings();
+  auto cfg = base_config();
+  cfg.amp = "fp16";
+  cfg.epochs = 1;
+  Trainer t(mlp(6), cfg);
+  auto tl = loader(blobs(32, 9, 3), 32, false);  // one step, with a NaN feature
+  const auto& h = t.fit(tl);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].skipped_steps, 1);
+  EXPECT_TRUE(std::isnan(h[0].grad_norm)) << h[0].grad_norm;
+  EXPECT_TRUE(std::isnan(h[0].grad_norm_clipped)) << h[0].grad_norm_clipped;
+}
+
 TEST(Trainer, ResumeIsBitwiseOnCpu) {
   auto cfg = base_config();
   cfg.epochs = 4;

@@ -99,7 +99,7 @@ struct TRAINRT_API EpochMetrics {
   double val_acc = std::numeric_limits<double>::quiet_NaN();
   double lr = 0.0;                 // at the end of the epoch
   double grad_norm = 0.0;          // mean total norm before clipping over the epoch's steps
-  double grad_norm_clipped = 0.0;  // mean after clipping
+  double grad_norm_clipped = 0.0;  // mean after clipping (both NaN if every step was skipped)
   double samples_per_sec = 0.0;
   double seconds = 0.0;
   std::int64_t skipped_steps = 0;  // steps skipped by the GradScaler in all
@@ -123,7 +123,7 @@ struct BatchInfo {
 };
 
 struct EvalResult {
-  double loss = 0.0;
+  double loss = std::numeric_limits<double>::quiet_NaN();  // NaN for a loader with no batches
   double acc = std::numeric_limits<double>::quiet_NaN();
   std::int64_t samples = 0;
 };
@@ -235,7 +235,11 @@ class TRAINRT_API Trainer {
 
   /// Trains until config.epochs epochs (or max_steps steps) are done, or a callback stops it.
   /// The loader's features must match the model's input; labels as the loss wants them.
-  /// Continues from the epoch/step/loader position of a load()ed checkpoint.
+  /// Continues from the epoch/step/loader position of a load()ed checkpoint. An epoch whose
+  /// batches all ran ends (metrics, validation, callbacks) even when max_steps or a stop
+  /// request comes with its last step; one stopped before that is continued by the next fit().
+  /// Before each validation the `val` loader is set to (epoch, 0), so a shuffled one is
+  /// resumable too.
   const std::vector<EpochMetrics>& fit(DataLoader& train, DataLoader* val = nullptr);
   /// LR range test: `num_iter` steps with the lr growing exponentially from start_lr to
   /// end_lr (stops early when the smoothed loss exceeds 4x its best); the model, optimizer

@@ -343,7 +343,7 @@ EvalResult Trainer::evaluate(DataLoader& loader) {
   if (res.samples > 0) {
     res.loss = loss_sum / static_cast<double>(res.samples);
     res.acc = correct_sum / static_cast<double>(res.samples);
-  }
+  }  // else NaN: an empty loader measured nothing (0 was taken for a perfect loss)
   return res;
 }
 
@@ -463,7 +463,9 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
     std::int64_t micro = 0;
     bool interrupted = false;
     for (;;) {
-      if (micro == 0 && (steps_done() || stop_)) {
+      // max_steps or a stop request ends the run here; at the end of the epoch's batches the
+      // epoch still ends (metrics, validation, callbacks), as an uninterrupted run's does.
+      if (micro == 0 && (steps_done() || stop_) && train.position() < nb) {
         interrupted = true;
         break;
       }
@@ -554,12 +556,18 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
                       ? acc.correct / acc.samples
                       : std::numeric_limits<double>::quiet_NaN();
     if (val) {
+      // Each validation starts the loader at (epoch, 0): a shuffled one gives a resumed run
+      // the same order as the uninterrupted one.
+      val->set_epoch(static_cast<std::uint64_t>(epoch_), 0);
       const EvalResult e = evaluate(*val);
       m.val_loss = e.loss;
       m.val_acc = e.acc;
     }
-    m.grad_norm = acc.steps > 0 ? acc.norm_sum / acc.steps : 0.0;
-    m.grad_norm_clipped = acc.steps > 0 ? acc.norm_clip_sum / acc.steps : 0.0;
+    // NaN when no step of the epoch had a finite norm (all skipped by the GradScaler)
+    m.grad_norm =
+        acc.steps > 0 ? acc.norm_sum / acc.steps : std::numeric_limits<double>::quiet_NaN();
+    m.grad_norm_clipped =
+        acc.steps > 0 ? acc.norm_clip_sum / acc.steps : std::numeric_limits<double>::quiet_NaN();
     m.seconds = acc.seconds;
     m.samples_per_sec = m.seconds > 0 ? acc.samples / m.seconds : 0.0;
     m.skipped_steps = skipped_;
