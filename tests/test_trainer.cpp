@@ -18,6 +18,7 @@
 
 namespace fs = std::filesystem;
 using namespace trainrt;
+using trainrt_test::expect_error;
 
 namespace {
 
@@ -158,8 +159,10 @@ TEST(Trainer, EarlyStoppingStopsAndRestoresBest) {
   auto cfg = base_config();
   cfg.epochs = 20;
   Trainer t(mlp(4), cfg);
-  // Nothing improves by 1e9: epoch 0 is the best, patience 2 stops after epoch 3.
-  auto es = std::make_shared<EarlyStopping>(2, 1e9, "val_loss", true);
+  // Nothing improves by 1e9: epoch 0 is the best, patience 3 stops after epoch 3, the third
+  // epoch without improvement (Keras, Lightning and SEMANTICS.md: counter >= patience; it
+  // stopped one epoch later).
+  auto es = std::make_shared<EarlyStopping>(3, 1e9, "val_loss", true);
   struct Snap : Callback {
     std::vector<std::vector<float>> w0;
     void on_epoch_end(Trainer& tr, const EpochMetrics& m) override {
@@ -185,6 +188,117 @@ TEST(Trainer, EarlyStoppingStopsAndRestoresBest) {
   EXPECT_EQ(t3.fit(tl2).size(), 4u);
   EXPECT_THROW(EarlyStopping(-1), Error);
   EXPECT_THROW(EarlyStopping(1, 0.0, "val_loss", true, "sideways"), Error);
+
+  // Patience p stops after the p-th epoch in a row without improvement; 0 after the first.
+  for (std::int64_t p : {0, 1, 2}) {
+    SCOPED_TRACE(p);
+    cfg.epochs = 10;
+    Trainer tp(mlp(4), cfg);
+    auto esp = std::make_shared<EarlyStopping>(p, 1e9, "train_loss", false);
+    tp.add_callback(esp);
+    auto tlp = loader(blobs(64, 5), 32, true);
+    EXPECT_EQ(tp.fit(tlp).size(), static_cast<std::size_t>(p + 1 + (p == 0 ? 1 : 0)));
+    EXPECT_TRUE(esp->stopped());
+  }
+  // A monitor no epoch has was NaN at every epoch, so never improved: an Error now.
+  expect_error([] { EarlyStopping(3, 0.0, "val_los"); },
+               "EarlyStopping: unknown monitor 'val_los'; one of train_loss, loss");
+  expect_error([] { ModelCheckpoint("d", "bogus"); }, "ModelCheckpoint: unknown monitor 'bogus'");
+  for (const auto& name : EpochMetrics::names()) {
+    EpochMetrics m;
+    m.epoch = 3;
+    m.global_step = 7;
+    m.skipped_steps = 2;
+    m.seconds = 1.5;
+    EXPECT_EQ(EarlyStopping(1, 0.0, name).state_key(), "early_stopping_" + name);
+    if (name == "epoch") EXPECT_EQ(m.get(name), 3.0);
+    if (name == "global_step") EXPECT_EQ(m.get(name), 7.0);
+    if (name == "skipped_steps") EXPECT_EQ(m.get(name), 2.0);
+    if (name == "seconds") EXPECT_EQ(m.get(name), 1.5);
+  }
+}
+
+// A run interrupted by max_steps and resumed stops, restores and reports as the uninterrupted
+// one: EarlyStopping's state (best, epochs waited, best weights) is in the checkpoint, and an
+// interrupted fit() leaves the weights of its last step (restoring the best ones there put
+// them beside the optimizer state of the last step, and the resumed run went elsewhere).
+TEST(Trainer, EarlyStoppingStateResumes) {
+  const std::string dir = tmp_dir("early_stopping_resume");
+  auto cfg = base_config();
+  cfg.epochs = 12;
+  cfg.lr = 0.2;             // large enough to bounce: some epochs do not improve
+  auto ds = blobs(96, 12);  // 3 steps per epoch
+  auto vds = blobs(48, 13);
+  auto es_of = [] { return std::make_shared<EarlyStopping>(2, 0.01, "val_loss", true); };
+  Trainer a(mlp(3), cfg);
+  auto esa = es_of();
+  a.add_callback(esa);
+  auto mca = std::make_shared<ModelCheckpoint>(dir + "/mc_a", "val_loss");
+  a.add_callback(mca);
+  auto la = loader(ds, 32, true);
+  auto va = loader(vds, 16, false);
+  const auto ha = a.fit(la, &va);
+  ASSERT_TRUE(esa->stopped()) << "the case must stop early to test the resume of a stop";
+  ASSERT_LT(ha.size(), 12u);
+  ASSERT_GE(ha.size(), 3u);
+
+  for (bool add_after_load : {false, true}) {
+    SCOPED_TRACE(add_after_load ? "added after load" : "added before load");
+    const std::int64_t k = 3 * static_cast<std::int64_t>(ha.size() - 2) + 1;  // mid-epoch
+    cfg.max_steps = k;
+    Trainer b(mlp(3), cfg);
+    auto esb = es_of();
+    b.add_callback(esb);
+    b.add_callback(std::make_shared<ModelCheckpoint>(dir + "/mc_b", "val_loss"));
+    auto lb = loader(ds, 32, true);
+    auto vb = loader(vds, 16, false);
+    b.fit(lb, &vb);
+    ASSERT_EQ(b.global_step(), k);
+    EXPECT_FALSE(esb->stopped());
+    Trainer r(mlp(3), cfg);  // the same k steps without EarlyStopping
+    auto lr = loader(ds, 32, true);
+    auto vr = loader(vds, 16, false);
+    r.fit(lr, &vr);
+    const auto w_last = weights(r.model());
+    EXPECT_TRUE(bitwise_equal(weights(b.model()), w_last));
+    b.save(dir + "/ck");
+
+    cfg.max_steps = 0;
+    Trainer c(mlp(30), cfg);
+    auto esc = es_of();
+    // ModelCheckpoint's best value resumes too: a worse epoch after the resume does not
+    // overwrite best (its first epoch always did).
+    auto mcc = std::make_shared<ModelCheckpoint>(dir + "/mc_c", "val_loss");
+    if (!add_after_load) c.add_callback(esc);
+    if (!add_after_load) c.add_callback(mcc);
+    c.load(dir + "/ck");
+    if (add_after_load) c.add_callback(esc);
+    if (add_after_load) c.add_callback(mcc);
+    EXPECT_EQ(esc->best_epoch(), esb->best_epoch());
+    auto lc = loader(ds, 32, true);
+    auto vc = loader(vds, 16, false);
+    const auto hc = c.fit(lc, &vc);
+    EXPECT_EQ(hc.size(), ha.size());
+    EXPECT_TRUE(esc->stopped());
+    EXPECT_EQ(esc->best_epoch(), esa->best_epoch());
+    EXPECT_EQ(esc->best(), esa->best());
+    EXPECT_EQ(mcc->best_epoch(), mca->best_epoch());
+    EXPECT_TRUE(bitwise_equal(weights(a.model()), weights(c.model())));  // both restored
+    // The interrupted run's checkpoint held the weights of its last step.
+    Trainer d(mlp(31), cfg);
+    d.load(dir + "/ck");
+    EXPECT_TRUE(bitwise_equal(weights(d.model()), w_last));
+  }
+  // A state for another monitor or mode is refused, and the load changes nothing.
+  Trainer e(mlp(3), cfg);
+  auto other = std::make_shared<EarlyStopping>(2, 0.01, "val_loss", true, "max");
+  e.add_callback(other);
+  const auto w0 = weights(e.model());
+  expect_error([&] { e.load(dir + "/ck"); }, "the state's mode (min/max) differs");
+  EXPECT_TRUE(bitwise_equal(weights(e.model()), w0));
+  EXPECT_EQ(e.global_step(), 0);
+  expect_error([&] { e.add_callback(std::make_shared<EarlyStopping>(1, 0.0, "val_loss")); },
+               "two callbacks with the state key 'early_stopping_val_loss'");
 }
 
 TEST(Trainer, ModelCheckpointWritesBestAndLast) {
@@ -1025,8 +1139,8 @@ TEST(TrainerLogging, LoggingCallbackEarlyStoppingCheckpointAndSkippedSteps) {
   cfg.epochs = 8;
   Trainer t(mlp(6), cfg);
   t.add_callback(std::make_shared<LoggingCallback>(2));
-  // Nothing improves by 1e9: epoch 0 stays the best, patience 1 stops after epoch 2.
-  t.add_callback(std::make_shared<EarlyStopping>(1, 1e9, "val_loss", true));
+  // Nothing improves by 1e9: epoch 0 stays the best, patience 2 stops after epoch 2.
+  t.add_callback(std::make_shared<EarlyStopping>(2, 1e9, "val_loss", true));
   t.add_callback(std::make_shared<ModelCheckpoint>(dir, "val_acc", "max"));
   auto tl = loader(blobs(128, 9, 70), 32, false);  // row 70: batch 2 of every epoch is NaN
   auto vl = loader(blobs(64, 8), 32, false);

@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -103,8 +104,12 @@ struct TRAINRT_API EpochMetrics {
   double samples_per_sec = 0.0;
   double seconds = 0.0;
   std::int64_t skipped_steps = 0;  // steps skipped by the GradScaler in all
-  /// "train_loss", "train_acc", "val_loss", "val_acc", "lr", ...; NaN if unknown.
+  /// The value named `name` (one of names()); NaN for any other name.
   double get(const std::string& name) const;
+  /// The names get() knows: "train_loss" ("loss"), "train_acc" ("acc", "accuracy"),
+  /// "val_loss", "val_acc" ("val_accuracy"), "lr", "grad_norm", "grad_norm_clipped",
+  /// "samples_per_sec", "seconds", "skipped_steps", "epoch", "global_step".
+  static const std::vector<std::string>& names();
 };
 
 struct BatchInfo {
@@ -145,10 +150,28 @@ class TRAINRT_API Callback {
   virtual void on_batch_end(Trainer&, const BatchInfo&) {}
   virtual void on_epoch_end(Trainer&, const EpochMetrics&) {}
   virtual void on_train_end(Trainer&) {}
+
+  /// A callback with state that a resumed run needs names it by a key unique among the
+  /// trainer's callbacks (letters, digits, '_', '-', '.'; "" = no state, the default).
+  /// Trainer::save stores state_dict() as the checkpoint section "callback.<key>", and
+  /// Trainer::load hands it to load_state_dict() of the callback with that key, whether it was
+  /// added before the load or after it (add_callback).
+  virtual std::string state_key() const { return std::string(); }
+  virtual StateDict state_dict() const { return StateDict(); }
+  virtual void load_state_dict(const StateDict& /*state*/) {}
 };
 
-/// Stops when `monitor` has not improved by more than min_delta for `patience` epochs; with
-/// restore_best, the weights of the best epoch are copied back at the end.
+/// Stops when `monitor` (one of EpochMetrics::names(); a val_* one falls back to its train_*
+/// twin without validation) has not improved by more than min_delta for `patience` epochs in
+/// a row (Keras' and Lightning's rule: patience 2 stops after the second epoch without
+/// improvement; a NaN value is no improvement). mode "auto" maximizes a monitor whose name
+/// holds "acc". With restore_best, the weights of the best epoch are copied back when the
+/// training ends: when this callback stops it, or after the last of config.epochs; not when
+/// fit() returns for max_steps or a request_stop() of another caller, since that run may be
+/// resumed (restore_best_weights() does it on demand). Its state (best value and epoch, the
+/// epochs waited, the best weights) is saved with Trainer::save (state_key
+/// "early_stopping_<monitor>"), so a resumed run stops where the uninterrupted one does; it
+/// starts afresh only in a fit() from epoch 0, step 0.
 class TRAINRT_API EarlyStopping : public Callback {
  public:
   explicit EarlyStopping(std::int64_t patience = 3, double min_delta = 0.0,
@@ -157,6 +180,11 @@ class TRAINRT_API EarlyStopping : public Callback {
   void on_train_begin(Trainer& t) override;
   void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
   void on_train_end(Trainer& t) override;
+  std::string state_key() const override;
+  StateDict state_dict() const override;
+  void load_state_dict(const StateDict& state) override;
+  /// Copies the best epoch's weights into the model (false if there are none).
+  bool restore_best_weights(Trainer& t);
   std::int64_t best_epoch() const { return best_epoch_; }
   double best() const { return best_; }
   bool stopped() const { return stopped_; }
@@ -174,13 +202,21 @@ class TRAINRT_API EarlyStopping : public Callback {
   std::vector<Tensor> best_weights_;
 };
 
-/// Writes <dir>/last after every epoch and <dir>/best when `monitor` improves, through
-/// save_checkpoint (atomic). A run that throws (non-finite loss) writes nothing for that epoch.
+/// Writes <dir>/last after every epoch and <dir>/best when `monitor` (as EarlyStopping's)
+/// improves, through save_checkpoint (atomic). A run that throws (non-finite loss) writes
+/// nothing for that epoch. The best value so far is saved with Trainer::save (state_key
+/// "model_checkpoint_<monitor>"), so a resumed run overwrites best only with a better epoch.
+/// Its checkpoints hold the state other callbacks have when it runs: add it after
+/// EarlyStopping, so that a run resumed from them continues EarlyStopping's count.
 class TRAINRT_API ModelCheckpoint : public Callback {
  public:
   explicit ModelCheckpoint(std::string dir, std::string monitor = "val_loss",
                            std::string mode = "auto");
+  void on_train_begin(Trainer& t) override;
   void on_epoch_end(Trainer& t, const EpochMetrics& m) override;
+  std::string state_key() const override;
+  StateDict state_dict() const override;
+  void load_state_dict(const StateDict& state) override;
   std::string best_path() const;
   std::string last_path() const;
   std::int64_t best_epoch() const { return best_epoch_; }
@@ -306,6 +342,8 @@ class TRAINRT_API Trainer {
   StateDict last_loader_;     // the loader's state when the last fit() returned
   std::int64_t steps_per_epoch_ = 0;
   StateDict epoch_accum_;  // running sums of a partly trained epoch (resume)
+  // Callback states from load() whose callback has not been added yet (add_callback).
+  std::map<std::string, StateDict> pending_callbacks_;
 };
 
 }  // namespace trainrt

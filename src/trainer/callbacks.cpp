@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,11 +14,46 @@
 namespace trainrt {
 namespace {
 
-bool resolve_max(const std::string& monitor, const std::string& mode) {
+bool resolve_max(const char* op, const std::string& monitor, const std::string& mode) {
+  const auto& names = EpochMetrics::names();
+  if (std::find(names.begin(), names.end(), monitor) == names.end()) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    // An unknown name was NaN at every epoch: never an improvement.
+    throw Error(fmt::format("{}: unknown monitor '{}'; one of {}", op, monitor, list));
+  }
   if (mode == "max") return true;
   if (mode == "min") return false;
-  if (mode != "auto") throw Error("callback mode must be auto, min or max, got " + mode);
+  if (mode != "auto")
+    throw Error(fmt::format("{}: mode must be auto, min or max, got {}", op, mode));
   return monitor.find("acc") != std::string::npos;
+}
+
+/// A fit() from the very start: the callbacks' state begins afresh (a resumed or continued
+/// one keeps it).
+bool fresh_run(const Trainer& t) { return t.epoch() == 0 && t.global_step() == 0; }
+
+double scalar_of(const StateDict& s, const char* op, const char* key) {
+  auto it = s.scalars.find(key);
+  if (it == s.scalars.end()) throw Error(fmt::format("{}: the state has no '{}'", op, key));
+  return it->second;
+}
+
+std::int64_t count_of(const StateDict& s, const char* op, const char* key, std::int64_t lo) {
+  const double v = scalar_of(s, op, key);
+  if (!(v >= static_cast<double>(lo) && v <= 9007199254740992.0) || v != std::floor(v))
+    throw Error(fmt::format("{}: '{}' must be a whole number >= {}, got {}", op, key, lo, v));
+  return static_cast<std::int64_t>(v);
+}
+
+void check_monitor(const StateDict& s, const char* op, const std::string& monitor, bool maximize) {
+  auto it = s.strings.find("monitor");
+  if (it == s.strings.end() || it->second != monitor) {
+    throw Error(fmt::format("{}: the state is for monitor '{}', this callback monitors '{}'", op,
+                            it == s.strings.end() ? std::string("(none)") : it->second, monitor));
+  }
+  if ((scalar_of(s, op, "maximize") != 0.0) != maximize)
+    throw Error(fmt::format("{}: the state's mode (min/max) differs from this callback's", op));
 }
 
 // The monitored value; without validation, val_* falls back to the training metric.
@@ -41,16 +77,20 @@ EarlyStopping::EarlyStopping(std::int64_t patience, double min_delta, std::strin
       min_delta_(min_delta),
       monitor_(std::move(monitor)),
       restore_(restore_best),
-      maximize_(resolve_max(monitor_, mode)) {
+      maximize_(resolve_max("EarlyStopping", monitor_, mode)) {
   if (patience < 0) throw Error("EarlyStopping: patience must be >= 0");
   if (!(min_delta >= 0)) throw Error("EarlyStopping: min_delta must be >= 0");
 }
 
-void EarlyStopping::on_train_begin(Trainer&) {
-  best_epoch_ = -1;
-  wait_ = 0;
-  stopped_ = false;
-  best_weights_.clear();
+void EarlyStopping::on_train_begin(Trainer& t) {
+  if (fresh_run(t)) {
+    best_epoch_ = -1;
+    wait_ = 0;
+    stopped_ = false;
+    best_weights_.clear();
+  } else if (stopped_) {
+    t.request_stop();  // it stopped this run (before a save and load): it stays stopped
+  }
 }
 
 void EarlyStopping::on_epoch_end(Trainer& t, const EpochMetrics& m) {
@@ -65,7 +105,7 @@ void EarlyStopping::on_epoch_end(Trainer& t, const EpochMetrics& m) {
     }
     return;
   }
-  if (++wait_ > patience_) {
+  if (++wait_ >= patience_) {
     stopped_ = true;
     t.request_stop();
     detail::log().info(
@@ -76,18 +116,105 @@ void EarlyStopping::on_epoch_end(Trainer& t, const EpochMetrics& m) {
 }
 
 void EarlyStopping::on_train_end(Trainer& t) {
-  if (!restore_ || best_weights_.empty()) return;
+  // The training is over when this callback stopped it or the last epoch is done; a fit()
+  // that returned for max_steps or another caller's request_stop() may be resumed, and its
+  // weights must stay those of its last step.
+  if (!restore_ || !(stopped_ || t.epoch() >= t.config().epochs)) return;
+  restore_best_weights(t);
+}
+
+bool EarlyStopping::restore_best_weights(Trainer& t) {
+  if (best_weights_.empty()) return false;
   const auto params = t.model().parameters();
-  if (params.size() != best_weights_.size()) return;
+  if (params.size() != best_weights_.size()) {
+    throw Error(fmt::format("EarlyStopping: {} best weights for a model of {} parameters",
+                            best_weights_.size(), params.size()));
+  }
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (best_weights_[i].shape() != params[i].value().shape() ||
+        best_weights_[i].dtype() != params[i].value().dtype()) {
+      throw Error(fmt::format("EarlyStopping: best weight {} is {}, the parameter {}", i,
+                              best_weights_[i].str(), params[i].value().str()));
+    }
+  }
   for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(best_weights_[i]);
   t.sync_model_copies();  // amp: the f16/bf16 copies follow the restored masters
   detail::log().info("EarlyStopping: restored the weights of epoch {} ({} {:.6g})", best_epoch_,
                      monitor_, best_);
+  return true;
+}
+
+std::string EarlyStopping::state_key() const { return "early_stopping_" + monitor_; }
+
+StateDict EarlyStopping::state_dict() const {
+  StateDict s;
+  s.scalars = {{"best", best_},
+               {"best_epoch", static_cast<double>(best_epoch_)},
+               {"wait", static_cast<double>(wait_)},
+               {"stopped", stopped_ ? 1.0 : 0.0},
+               {"maximize", maximize_ ? 1.0 : 0.0},
+               {"best_weights", static_cast<double>(best_weights_.size())}};
+  s.strings["monitor"] = monitor_;
+  for (std::size_t i = 0; i < best_weights_.size(); ++i)
+    s.tensors["best_weight." + std::to_string(i)] = best_weights_[i];
+  return s;
+}
+
+void EarlyStopping::load_state_dict(const StateDict& s) {
+  const char* op = "EarlyStopping::load_state_dict";
+  check_monitor(s, op, monitor_, maximize_);
+  const double best = scalar_of(s, op, "best");
+  const std::int64_t best_epoch = count_of(s, op, "best_epoch", -1);
+  const std::int64_t wait = count_of(s, op, "wait", 0);
+  const double stopped = scalar_of(s, op, "stopped");
+  if (stopped != 0.0 && stopped != 1.0)
+    throw Error(fmt::format("{}: 'stopped' must be 0 or 1, got {}", op, stopped));
+  const std::int64_t n = count_of(s, op, "best_weights", 0);
+  std::vector<Tensor> w;
+  for (std::int64_t i = 0; i < n; ++i) {
+    auto it = s.tensors.find("best_weight." + std::to_string(i));
+    if (it == s.tensors.end())
+      throw Error(fmt::format("{}: the state has no 'best_weight.{}'", op, i));
+    w.push_back(it->second.clone());
+  }
+  if (s.tensors.size() != w.size())
+    throw Error(fmt::format("{}: the state has {} tensors, {} best weights", op, s.tensors.size(),
+                            w.size()));
+  best_ = best;
+  best_epoch_ = best_epoch;
+  wait_ = wait;
+  stopped_ = stopped != 0.0;
+  best_weights_ = std::move(w);
 }
 
 ModelCheckpoint::ModelCheckpoint(std::string dir, std::string monitor, std::string mode)
-    : dir_(std::move(dir)), monitor_(std::move(monitor)), maximize_(resolve_max(monitor_, mode)) {
+    : dir_(std::move(dir)),
+      monitor_(std::move(monitor)),
+      maximize_(resolve_max("ModelCheckpoint", monitor_, mode)) {
   if (dir_.empty()) throw Error("ModelCheckpoint: empty directory");
+}
+
+void ModelCheckpoint::on_train_begin(Trainer& t) {
+  if (fresh_run(t)) best_epoch_ = -1;
+}
+
+std::string ModelCheckpoint::state_key() const { return "model_checkpoint_" + monitor_; }
+
+StateDict ModelCheckpoint::state_dict() const {
+  StateDict s;
+  s.scalars = {{"best", best_},
+               {"best_epoch", static_cast<double>(best_epoch_)},
+               {"maximize", maximize_ ? 1.0 : 0.0}};
+  s.strings["monitor"] = monitor_;
+  return s;
+}
+
+void ModelCheckpoint::load_state_dict(const StateDict& s) {
+  const char* op = "ModelCheckpoint::load_state_dict";
+  check_monitor(s, op, monitor_, maximize_);
+  const double best = scalar_of(s, op, "best");
+  best_epoch_ = count_of(s, op, "best_epoch", -1);
+  best_ = best;
 }
 
 std::string ModelCheckpoint::best_path() const {

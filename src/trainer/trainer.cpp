@@ -156,7 +156,31 @@ double EpochMetrics::get(const std::string& name) const {
   if (name == "grad_norm") return grad_norm;
   if (name == "grad_norm_clipped") return grad_norm_clipped;
   if (name == "samples_per_sec") return samples_per_sec;
+  if (name == "seconds") return seconds;
+  if (name == "skipped_steps") return static_cast<double>(skipped_steps);
+  if (name == "epoch") return static_cast<double>(epoch);
+  if (name == "global_step") return static_cast<double>(global_step);
   return std::numeric_limits<double>::quiet_NaN();
+}
+
+const std::vector<std::string>& EpochMetrics::names() {
+  static const auto* n = new std::vector<std::string>{"train_loss",
+                                                      "loss",
+                                                      "train_acc",
+                                                      "acc",
+                                                      "accuracy",
+                                                      "val_loss",
+                                                      "val_acc",
+                                                      "val_accuracy",
+                                                      "lr",
+                                                      "grad_norm",
+                                                      "grad_norm_clipped",
+                                                      "samples_per_sec",
+                                                      "seconds",
+                                                      "skipped_steps",
+                                                      "epoch",
+                                                      "global_step"};
+  return *n;
 }
 
 Callback::~Callback() = default;
@@ -221,6 +245,18 @@ Trainer::~Trainer() = default;
 
 void Trainer::add_callback(std::shared_ptr<Callback> callback) {
   if (!callback) throw Error("Trainer::add_callback: null callback");
+  const std::string key = callback->state_key();
+  if (!key.empty()) {
+    for (const auto& cb : callbacks_) {
+      if (cb->state_key() == key)
+        throw Error("Trainer::add_callback: two callbacks with the state key '" + key + "'");
+    }
+    auto it = pending_callbacks_.find(key);  // its state from an earlier load()
+    if (it != pending_callbacks_.end()) {
+      callback->load_state_dict(it->second);
+      pending_callbacks_.erase(it);
+    }
+  }
   callbacks_.push_back(std::move(callback));
 }
 
@@ -638,6 +674,11 @@ void Trainer::save(const std::string& path) const {
   t.strings = {{"history", h.dump()}, {"config", config_.to_json()}};
   c.states["trainer"] = t;
   if (!epoch_accum_.empty()) c.states["epoch_accum"] = epoch_accum_;
+  for (const auto& [key, state] : pending_callbacks_) c.states["callback." + key] = state;
+  for (const auto& cb : callbacks_) {
+    const std::string key = cb->state_key();
+    if (!key.empty()) c.states["callback." + key] = cb->state_dict();
+  }
   c.metadata = {{"trainrt_checkpoint", "trainer"}};
   save_checkpoint(path, c);
 }
@@ -706,7 +747,23 @@ void Trainer::load(const std::string& path) {
   const StateDict scheduler_before = had_scheduler ? scheduler_->state_dict() : StateDict();
   const StateDict scaler_before = scaler_ ? scaler_->state_dict() : StateDict();
   const std::int64_t spe_before = steps_per_epoch_;
+  // Callback states: to the callbacks added already, the others kept for add_callback.
+  std::map<std::string, StateDict> pending;
+  for (const auto& [name, state] : c.states)
+    if (name.rfind("callback.", 0) == 0) pending[name.substr(9)] = state;
+  std::vector<std::pair<Callback*, StateDict>> callbacks_before;
   try {
+    for (const auto& cb : callbacks_) {
+      auto it = pending.find(cb->state_key());
+      if (cb->state_key().empty() || it == pending.end()) continue;
+      callbacks_before.emplace_back(cb.get(), cb->state_dict());
+      try {
+        cb->load_state_dict(it->second);
+      } catch (const Error& e) {
+        throw Error(fmt::format("Trainer::load: {}: {}", path, e.what()));
+      }
+      pending.erase(it);
+    }
     // Dropout seeds and offsets: it checks the structure and changes nothing on error.
     const StateDict* modules = st("modules");
     try {
@@ -730,9 +787,11 @@ void Trainer::load(const std::string& path) {
     }
     if (scaler_) scaler_->load_state_dict(scaler_before);
     model_->load_extra_states(modules_before);
+    for (auto& [cb, state] : callbacks_before) cb->load_state_dict(state);
     steps_per_epoch_ = spe_before;
     throw;
   }
+  pending_callbacks_ = std::move(pending);
   for (const auto& [name, p] : named) p.value().copy_(c.model.at(name));
   sync_model_copies();  // the f16/bf16 copies are derived from the masters, not saved
   pending_loader_ = st("loader") ? *st("loader") : StateDict();
