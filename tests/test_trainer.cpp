@@ -833,6 +833,27 @@ TEST(Trainer, LrFindSweepsAndRestores) {
   EXPECT_THROW(t.lr_find(tl, 1.0, 0.1), Error);
 }
 
+// lr_find leaves nothing of its sweep behind: with Dropout (whose mask offsets it advanced)
+// and the grads of its last step (left set), a fit() after it went elsewhere than a fit()
+// without it. Found by a differential fuzz of the Trainer.
+TEST(Trainer, FitAfterLrFindIsTheFitWithoutIt) {
+  auto cfg = base_config();
+  cfg.epochs = 2;
+  auto ds = blobs(96, 14);
+  Trainer a(mlp(5, 0.3), cfg);
+  auto la = loader(ds, 32, true);
+  a.fit(la);
+  Trainer b(mlp(5, 0.3), cfg);
+  auto lb = loader(ds, 32, true);
+  const StateDict dropout0 = b.model().extra_states();
+  b.lr_find(lb, 1e-4, 1.0, 10);
+  for (const auto& p : b.model().parameters()) EXPECT_FALSE(p.has_grad());
+  const StateDict dropout1 = b.model().extra_states();
+  EXPECT_EQ(dropout1.scalars, dropout0.scalars);
+  b.fit(lb);
+  EXPECT_TRUE(bitwise_equal(weights(a.model()), weights(b.model())));
+}
+
 // With amp, lr_find's clip sees the unscaled grads, as fit()'s does (it clipped the scaled
 // grads, scale times their norm, and so shrank every step; found by a review). A grad_clip above
 // the true norms clips nothing: the sweep equals the one without a clip.

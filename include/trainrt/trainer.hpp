@@ -278,8 +278,10 @@ class TRAINRT_API Trainer {
   /// resumable too.
   const std::vector<EpochMetrics>& fit(DataLoader& train, DataLoader* val = nullptr);
   /// LR range test: `num_iter` steps with the lr growing exponentially from start_lr to
-  /// end_lr (stops early when the smoothed loss exceeds 4x its best); the model, optimizer
-  /// and scaler are restored afterwards. Writes lr,loss,smoothed_loss to csv_path when set.
+  /// end_lr (stops early when the smoothed loss exceeds 4x its best); the model (weights,
+  /// grads, Dropout states), optimizer, scaler and loader position are restored afterwards,
+  /// so a fit() after it is the fit() without it. Writes lr,loss,smoothed_loss to csv_path
+  /// when set.
   LRFindResult lr_find(DataLoader& train, double start_lr = 1e-7, double end_lr = 10.0,
                        std::int64_t num_iter = 100, const std::string& csv_path = std::string());
   /// Loss and accuracy over one pass of `loader` in eval mode (no grads).

@@ -391,8 +391,12 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
                     "{}, {}, {}",
                     start_lr, end_lr, num_iter));
   const auto params = model_->parameters();
-  std::vector<Tensor> saved;
-  for (const auto& p : params) saved.push_back(p.value().clone());
+  std::vector<Tensor> saved, saved_grads;
+  for (const auto& p : params) {
+    saved.push_back(p.value().clone());
+    saved_grads.push_back(p.has_grad() ? p.grad().clone() : Tensor());
+  }
+  const StateDict modules_state = model_->extra_states();  // Dropout seeds and offsets
   const StateDict opt_state = optimizer_->state_dict();
   const StateDict scaler_state = scaler_ ? scaler_->state_dict() : StateDict();
   const StateDict loader_state = train.state_dict();
@@ -444,6 +448,8 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
   for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(saved[i]);
   sync_model_copies();
   optimizer_->load_state_dict(opt_state);
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].set_grad(saved_grads[i]);
+  model_->load_extra_states(modules_state);
   if (scaler_) scaler_->load_state_dict(scaler_state);
   train.load_state_dict(loader_state);
   if (!csv_path.empty()) {
