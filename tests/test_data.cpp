@@ -339,20 +339,31 @@ TEST(Idx, CorruptAndTruncatedGzipGiveClearErrors) {
 
 // A small gzip file that inflates past memory is an Error, not std::bad_alloc, with 256 MiB
 // to spare in a child process (test_util.hpp): 1024 concatenated members of 1 MiB of zeros
-// (1 GiB inflated, from a file of about 1 MiB). A trailer that declares 2 GiB for a small
-// file (gunzip reserves what the trailer declares, as a hint) gives the error it gives
-// with memory to spare: the size does not match.
+// (1 GiB inflated, from a file of about 1 MiB), read as CSV, whose size nothing declares. An
+// IDX file inflates only as much as its header declares: the same gigabyte after a header of
+// 10 elements is refused as the wrong size within the limit (it inflated everything first:
+// gigabytes for a few MB of gzip). A trailer that declares 2 GiB for a small file (gunzip
+// reserves what the trailer declares, as a hint) gives the error it gives with memory to
+// spare: the size does not match.
 TEST(Idx, GzipThatInflatesPastMemoryIsAnError) {
   const std::string dir = temp_dir();
   const Bytes member = gzip(Bytes(std::size_t{1} << 20, 0));
   Bytes bomb;
   for (int i = 0; i < 1024; ++i) bomb.insert(bomb.end(), member.begin(), member.end());
-  write_bytes(dir + "/bomb.gz", bomb);
+  write_bytes(dir + "/bomb.csv.gz", bomb);
   const std::string got = trainrt_test::outcome_under_memory_limit(
-      [&] { trainrt::read_idx(dir + "/bomb.gz"); }, std::size_t{256} << 20);
+      [&] { trainrt::read_csv(dir + "/bomb.csv.gz"); }, std::size_t{256} << 20);
   if (got.empty()) GTEST_SKIP() << "no address-space limit under AddressSanitizer";
-  EXPECT_EQ(got.rfind("error: '" + dir + "/bomb.gz': out of memory inflating the gzip data", 0), 0u)
+  EXPECT_EQ(got.rfind("error: '" + dir + "/bomb.csv.gz': out of memory inflating the gzip data", 0),
+            0u)
       << got;
+  Bytes idx_bomb = gzip(idx_file(0x08, {10}, Bytes(10, 7)));
+  idx_bomb.insert(idx_bomb.end(), bomb.begin(), bomb.end());
+  write_bytes(dir + "/bomb.gz", idx_bomb);
+  EXPECT_HAS(trainrt_test::outcome_under_memory_limit([&] { trainrt::read_idx(dir + "/bomb.gz"); },
+                                                      std::size_t{256} << 20),
+             "wrong size of data: the header declares 10 u8 elements of shape [10], 18 bytes in "
+             "all, the gzip data inflates to more");
 
   Bytes declared = gzip(idx_file(0x08, {3}, {1, 2, 3}));
   const std::uint32_t two_gib = 1u << 31;

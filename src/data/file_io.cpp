@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -43,7 +44,8 @@ bool is_gzip(const std::vector<unsigned char>& bytes) {
   return bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
 }
 
-std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const std::string& path) {
+std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const std::string& path,
+                                  std::size_t limit) {
   std::vector<unsigned char> out;
   // The last four bytes hold the size of the last member modulo 2^32: a good first guess.
   if (in.size() >= 18) {
@@ -51,10 +53,12 @@ std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const st
     const std::size_t isize =
         static_cast<std::size_t>(in[n - 4]) | static_cast<std::size_t>(in[n - 3]) << 8 |
         static_cast<std::size_t>(in[n - 2]) << 16 | static_cast<std::size_t>(in[n - 1]) << 24;
-    // Only a hint (a corrupt trailer may lie): if that much memory is not there, inflating
-    // finds out whether the data really needs it, and says so.
+    // Only a hint (a corrupt trailer may lie): no more than the limit, nor than deflate's
+    // largest ratio (1032:1) allows; if that much memory is not there, inflating finds out
+    // whether the data really needs it, and says so.
+    const std::size_t most = std::min(limit, in.size() * 1032);
     try {
-      if (isize <= (std::size_t{1} << 31)) out.reserve(isize);
+      if (isize <= (std::size_t{1} << 31)) out.reserve(std::min(isize, most));
     } catch (const std::bad_alloc&) {
     }
   }
@@ -84,6 +88,7 @@ std::vector<unsigned char> gunzip(const std::vector<unsigned char>& in, const st
       detail::fail("'{}': out of memory inflating the gzip data ({} bytes decompressed so far)",
                    path, out.size());
     }
+    if (out.size() > limit) break;  // more than the caller wants: it knows enough
     const std::size_t consumed = in.size() - zs.avail_in;
     if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR || rc == Z_MEM_ERROR || rc == Z_STREAM_ERROR) {
       detail::fail("'{}': corrupt gzip data at compressed byte {} of {} ({})", path, consumed,

@@ -35,7 +35,16 @@ bool idx_type(unsigned code, IdxType* t) {
   }
 }
 
-Tensor parse_idx(const std::vector<unsigned char>& b, const std::string& path) {
+struct IdxHeader {
+  IdxType type;
+  Shape shape;
+  std::uint64_t count = 0;     // elements
+  std::size_t header = 0;      // bytes of the header
+  std::uint64_t expected = 0;  // bytes of the whole file
+};
+
+/// The header of an IDX file from its first bytes (all of them or at least the header's).
+IdxHeader parse_idx_header(const std::vector<unsigned char>& b, const std::string& path) {
   if (b.size() < 4) {
     detail::fail("IDX file '{}': truncated header: expected at least 4 bytes, the file has {}",
                  path, b.size());
@@ -71,16 +80,22 @@ Tensor parse_idx(const std::vector<unsigned char>& b, const std::string& path) {
     }
     count *= n;
   }
-  const std::uint64_t expected = header + count * type.bytes;
+  return IdxHeader{type, shape, count, header, header + count * type.bytes};
+}
+
+Tensor parse_idx(const std::vector<unsigned char>& b, const std::string& path) {
+  const IdxHeader h = parse_idx_header(b, path);
+  const std::uint64_t expected = h.expected;
+  const Shape& shape = h.shape;
   if (b.size() != expected) {
     detail::fail(
         "IDX file '{}': {} data: the header declares {} {} elements of shape {}, {} bytes in all, "
         "the file has {} bytes",
-        path, b.size() < expected ? "truncated" : "wrong size of", count, type.name,
+        path, b.size() < expected ? "truncated" : "wrong size of", h.count, h.type.name,
         shape_str(shape), expected, b.size());
   }
-  const unsigned char* p = b.data() + header;
-  const std::size_t n = static_cast<std::size_t>(count);
+  const unsigned char* p = b.data() + h.header;
+  const std::size_t n = static_cast<std::size_t>(h.count);
   switch (b[2]) {
     case 0x08: return Tensor::from_host(p, shape, DType::u8);
     case 0x09: {
@@ -132,11 +147,26 @@ std::string find_split_file(const std::string& dir, const std::string& stem) {
   detail::fail("Fashion-MNIST / MNIST: neither '{}' nor '{}.gz' exists", base, base);
 }
 
+/// The bytes of an IDX file, inflated if gzip-compressed: only as many as its header declares
+/// (one more chunk tells that there are more), so a small file that inflates to gigabytes is
+/// refused without them.
+std::vector<unsigned char> read_idx_bytes(const std::string& path) {
+  std::vector<unsigned char> bytes = data_detail::read_file(path);
+  if (!data_detail::is_gzip(bytes)) return bytes;
+  const IdxHeader h = parse_idx_header(data_detail::gunzip(bytes, path, 4 + 4 * 255), path);
+  std::vector<unsigned char> all = data_detail::gunzip(bytes, path, h.expected);
+  if (all.size() > h.expected) {
+    detail::fail(
+        "IDX file '{}': wrong size of data: the header declares {} {} elements of shape {}, {} "
+        "bytes in all, the gzip data inflates to more",
+        path, h.count, h.type.name, shape_str(h.shape), h.expected);
+  }
+  return all;
+}
+
 }  // namespace
 
-Tensor read_idx(const std::string& path) {
-  return parse_idx(data_detail::read_maybe_gzip(path), path);
-}
+Tensor read_idx(const std::string& path) { return parse_idx(read_idx_bytes(path), path); }
 
 Tensor read_idx_images(const std::string& path, const ImageNormalization& norm, bool flatten) {
   if (!(norm.stddev > 0.0f) || !std::isfinite(norm.stddev) || !std::isfinite(norm.mean)) {
@@ -145,7 +175,7 @@ Tensor read_idx_images(const std::string& path, const ImageNormalization& norm, 
         "stddev {}",
         norm.mean, norm.stddev);
   }
-  const std::vector<unsigned char> bytes = data_detail::read_maybe_gzip(path);
+  const std::vector<unsigned char> bytes = read_idx_bytes(path);
   if (bytes.size() >= 4 && bytes[0] == 0 && bytes[1] == 0 && (bytes[2] != 0x08 || bytes[3] != 3)) {
     detail::fail(
         "IDX image file '{}': expected unsigned bytes in 3 dimensions (magic 0x00000803), got "
@@ -173,7 +203,7 @@ Tensor read_idx_images(const std::string& path, const ImageNormalization& norm, 
 }
 
 Tensor read_idx_labels(const std::string& path) {
-  const std::vector<unsigned char> bytes = data_detail::read_maybe_gzip(path);
+  const std::vector<unsigned char> bytes = read_idx_bytes(path);
   if (bytes.size() >= 4 && bytes[0] == 0 && bytes[1] == 0 && (bytes[2] != 0x08 || bytes[3] != 1)) {
     detail::fail(
         "IDX label file '{}': expected unsigned bytes in 1 dimension (magic 0x00000801), got type "
