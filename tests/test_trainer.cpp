@@ -785,6 +785,14 @@ TEST(TrainerConfig, JsonParsing) {
   expect_error(R"({"lr": )" + std::string(100000, '[') + std::string(100000, ']') + "}",
                "nests deeper than 64 levels");
   EXPECT_THROW(TrainerConfig::from_json_file("/nonexistent/cfg.json"), Error);
+  // Only a regular file: a directory read as empty, a FIFO blocked, /dev/zero never ended.
+  trainrt_test::expect_error([] { TrainerConfig::from_json_file("/tmp"); },
+                             "/tmp is not a regular file");
+  trainrt_test::expect_error([] { TrainerConfig::from_json_file("/dev/zero"); },
+                             "is not a regular file");
+  // INT64_MIN is out of range (its llabs overflowed, undefined behaviour under UBSan).
+  expect_error(R"({"epochs": -9223372036854775808})",
+               "\"epochs\" must be an integer of at most 2^53 in magnitude");
 }
 
 TEST(Trainer, RegressionLoss) {

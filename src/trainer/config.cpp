@@ -1,5 +1,9 @@
 // TrainerConfig: JSON parsing (nlohmann-json, private) and validation.
+#include <sys/stat.h>
+
 #include <fmt/format.h>
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <cmath>
@@ -33,7 +37,8 @@ std::int64_t get_int(const json& j, const char* key) {
   const bool small_int =
       (j.is_number_unsigned() && j.get<std::uint64_t>() <= 9007199254740992ull) ||
       (j.is_number_integer() && !j.is_number_unsigned() &&
-       std::llabs(j.get<std::int64_t>()) <= 9007199254740992ll);
+       j.get<std::int64_t>() >= -9007199254740992ll &&  // no llabs: INT64_MIN overflowed
+       j.get<std::int64_t>() <= 9007199254740992ll);
   if (!whole_float && !small_int) {
     bad(fmt::format("\"{}\" must be an integer of at most 2^53 in magnitude, got {}", key,
                     j.dump()));
@@ -137,6 +142,15 @@ TrainerConfig TrainerConfig::from_json(const std::string& text) {
 }
 
 TrainerConfig TrainerConfig::from_json_file(const std::string& path) {
+  // A regular file only (a FIFO blocked, /dev/zero read until memory ran out, a directory
+  // read as empty), at most 64 MiB.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    throw Error("TrainerConfig: cannot open " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw Error("TrainerConfig: " + path + " is not a regular file");
+  if (st.st_size > (std::int64_t{64} << 20))
+    throw Error(fmt::format("TrainerConfig: {} is {} bytes; a config is at most 64 MiB", path,
+                            static_cast<std::int64_t>(st.st_size)));
   std::ifstream in(path);
   if (!in) throw Error("TrainerConfig: cannot open " + path);
   std::stringstream ss;
