@@ -495,6 +495,22 @@ TEST(Csv, NoHeaderRegressionTargetsAndDelimiter) {
   EXPECT_EQ(i.labels.to_vector<std::int32_t>(), (std::vector<std::int32_t>{1, 3}));
 }
 
+// Underflow is the nearest double (0 or subnormal), as strtod and Python's float(); a quoted
+// header name's doubled quotes are one quote (RFC 4180, Python's csv module).
+TEST(Csv, UnderflowAndEscapedQuotesAsPython) {
+  const std::string dir = temp_dir();
+  write_text(dir + "/u.csv", "\"a\"\"b\",y\n1e-400,0\n-2.4e-320,1\n");
+  CsvOptions opt;
+  opt.label_column = "y";
+  opt.feature_dtype = DType::f64;
+  const auto t = trainrt::read_csv(dir + "/u.csv", opt);
+  EXPECT_EQ(t.feature_names, std::vector<std::string>{"a\"b"});
+  const std::vector<double> f = t.features.to_vector<double>();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0], 0.0);
+  EXPECT_EQ(f[1], -2.4e-320);
+}
+
 TEST(Csv, BadRowsNameTheLine) {
   const std::string dir = temp_dir();
   auto err = [&](const std::string& text, CsvOptions opt = {}) {
@@ -512,6 +528,11 @@ TEST(Csv, BadRowsNameTheLine) {
   EXPECT_HAS(m, "line 2: label column 3 ('y'): '0.5' is not an integer class index");
   m = err("a,b,y\n1,nan,1\n");
   EXPECT_HAS(m, "line 2: column 2 ('b'): 'nan' is not a finite number");
+  // A number past f64 is one (not a header, whose row was silently lost), out of range.
+  m = err("1e400,2,0\n3,4,1\n");
+  EXPECT_HAS(m, "line 1: column 1 ('col0'): '1e400' is out of the range of f64");
+  m = err("a,b,y\n+-1,2,0\n");  // was -1
+  EXPECT_HAS(m, "line 2: column 1 ('a'): '+-1' is not a number");
   m = err("a,b,y\n1,2,3,4\n");
   EXPECT_HAS(m, "line 2: expected 3 columns, got 4");
   m = err("a,b,y\n");

@@ -62,7 +62,9 @@ class TRAINRT_API Dataset {
   std::size_t label_bytes() const;
 };
 
-/// Features [N, ...] and labels [N, ...] held in memory (as host copies of the tensors given).
+/// Features [N, ...] and labels [N, ...] held in memory: CPU tensors are shared, as PyTorch's
+/// TensorDataset shares them (writing into them changes the dataset; while a DataLoader
+/// prefetches from it, that is a data race), tensors on another device are copied to the host.
 class TRAINRT_API TensorDataset : public Dataset {
  public:
   TensorDataset() = default;
@@ -148,8 +150,12 @@ struct CsvTable {
   TensorDataset dataset() const { return TensorDataset(features, labels); }
 };
 
-/// Reads a CSV file of numbers (blank lines skipped, CRLF accepted, fields may be quoted).
-/// Bad rows throw trainrt::Error naming the file, the line, and the column and value.
+/// Reads a CSV file of numbers (blank lines skipped, CRLF accepted, fields may be quoted, a
+/// doubled quote in a quoted header name is one quote; a quoted field cannot hold a line
+/// break). Numbers are decimal (std::from_chars' grammar, plus an optional '+'); one that
+/// underflows is its nearest double (0 or subnormal, as Python's float()), one past the f64
+/// range, nan and inf are errors. Bad rows throw trainrt::Error naming the file, the line, and
+/// the column and value.
 TRAINRT_API CsvTable read_csv(const std::string& path, const CsvOptions& options = {});
 
 // ---- DataLoader --------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 // Numeric CSV files: one example per line, one label column, every other column a feature.
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <string_view>
 
 #include "../internal.hpp"
@@ -34,11 +36,36 @@ std::vector<std::string_view> split(std::string_view line, char delim) {
   return out;
 }
 
-bool parse_number(std::string_view s, double* v) {
-  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
-  if (s.empty()) return false;
+enum class Num { ok, not_a_number, overflow };
+
+/// A decimal number, with an optional sign ('+' as well); one that underflows is its nearest
+/// double (0 or subnormal, as strtod and Python's float() give), one that overflows f64 is
+/// `overflow` (still a number for the header detection, so its row is not taken for a header).
+Num parse_number(std::string_view s, double* v) {
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (!s.empty() && (s.front() == '-' || s.front() == '+')) return Num::not_a_number;  // "+-1"
+  }
+  if (s.empty()) return Num::not_a_number;
   const auto r = std::from_chars(s.data(), s.data() + s.size(), *v);
-  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+  if (r.ptr != s.data() + s.size()) return Num::not_a_number;
+  if (r.ec == std::errc()) return Num::ok;
+  if (r.ec != std::errc::result_out_of_range) return Num::not_a_number;
+  const std::string z(s);
+  const double x = std::strtod(z.c_str(), nullptr);
+  if (std::isinf(x)) return Num::overflow;
+  *v = x;
+  return Num::ok;
+}
+
+/// A quoted field's doubled quotes ("a""b" is a"b, as RFC 4180 and Python's csv module).
+std::string unescape_quotes(std::string_view f) {
+  std::string out;
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    out += f[i];
+    if (f[i] == '"' && i + 1 < f.size() && f[i + 1] == '"') ++i;
+  }
+  return out;
 }
 
 /// A cell for an error message: at most 40 characters of it.
@@ -94,10 +121,11 @@ CsvTable read_csv(const std::string& path, const CsvOptions& opt) {
       bool header = opt.header == CsvHeader::present;
       if (opt.header == CsvHeader::detect) {
         double v;
-        for (std::string_view f : fields) header = header || !parse_number(f, &v);
+        for (std::string_view f : fields)
+          header = header || parse_number(f, &v) == Num::not_a_number;
       }
       if (header) {
-        for (std::string_view f : fields) names.emplace_back(f);
+        for (std::string_view f : fields) names.push_back(unescape_quotes(f));
       } else {
         for (std::int64_t c = 0; c < columns; ++c) names.push_back("col" + std::to_string(c));
       }
@@ -135,9 +163,14 @@ CsvTable read_csv(const std::string& path, const CsvOptions& opt) {
         detail::fail("CSV file '{}', line {}: column {} ('{}') is empty", path, line_no, c + 1,
                      names[static_cast<std::size_t>(c)]);
       }
-      if (!parse_number(f, &v)) {
+      const Num parsed = parse_number(f, &v);
+      if (parsed == Num::not_a_number) {
         detail::fail("CSV file '{}', line {}: column {} ('{}'): '{}' is not a number", path,
                      line_no, c + 1, names[static_cast<std::size_t>(c)], shorten(f));
+      }
+      if (parsed == Num::overflow) {
+        detail::fail("CSV file '{}', line {}: column {} ('{}'): '{}' is out of the range of f64",
+                     path, line_no, c + 1, names[static_cast<std::size_t>(c)], shorten(f));
       }
       if (!std::isfinite(v)) {
         detail::fail("CSV file '{}', line {}: column {} ('{}'): '{}' is not a finite number", path,
