@@ -533,7 +533,7 @@ void remove_checkpoint_dir(const std::string& dir) {
   }
   if (::rmdir(dir.c_str()) != 0) {
     const std::string why = errno_str(errno);  // before the logger can change errno
-    detail::log().warn("save_checkpoint: could not remove '{}': {}", dir, why);
+    detail::log()->warn("save_checkpoint: could not remove '{}': {}", dir, why);
   }
 }
 

@@ -143,7 +143,7 @@ void probe_locked(CudaState& st, const std::vector<std::string>& candidates) {
       st.api = api;
       st.count = count;
       st.path = file;
-      log().debug("CUDA backend loaded from {} ({} device(s))", file, count);
+      log()->debug("CUDA backend loaded from {} ({} device(s))", file, count);
       return;
     }
     st.reason = reason;  // a module was found but is unusable: report that one
@@ -202,7 +202,7 @@ Device Device::best() {
   if (st.api != nullptr) return Device(DeviceKind::cuda, 0);
   if (!st.warned) {
     st.warned = true;
-    detail::log().warn("using the CPU backend: {}", st.reason);
+    detail::log()->warn("using the CPU backend: {}", st.reason);
   }
   return Device();
 }

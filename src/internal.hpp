@@ -60,7 +60,8 @@ bool upload_unless_capturing(Device device, const std::function<void()>& upload)
 std::unique_lock<std::shared_mutex> block_uploads();
 
 /// The named logger "trainrt" (created on first use unless the application registered it).
-spdlog::logger& log();
+/// Shared: it stays alive while used even if the application drops or replaces it meanwhile.
+std::shared_ptr<spdlog::logger> log();
 
 template <class... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {

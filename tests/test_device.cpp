@@ -8,12 +8,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "test_util.hpp"
+#include "trainrt/log.hpp"
 
 namespace {
 
@@ -280,4 +287,40 @@ TEST(CpuPrefetch, OverrideIsHonoured) {
           ? "optimizer prefetch: hardware only (TRAINRT_CPU_PREFETCH=off)"
           : "; TRAINRT_CPU_PREFETCH=" + v + " ignored: expected on, off, 1 or 0)";
   EXPECT_TRUE(contains(desc, want)) << desc << "\nexpected to contain: " << want;
+}
+
+// The application may drop and register its own "trainrt" logger at any time, from any thread,
+// while trainrt logs: trainrt uses whichever is registered (was: spdlog_ex "logger with name
+// 'trainrt' already exists" escaped set_log_level and every log call when the application
+// registered one between trainrt's lookup and its own registration, and the logger returned
+// by reference could die in the caller's hands). Found by a threading review.
+TEST(Logging, TheApplicationMayReplaceTheLoggerWhileTrainrtLogs) {
+  const std::shared_ptr<spdlog::logger> original = spdlog::get("trainrt");  // test_main's
+  std::atomic<bool> done{false};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> users;
+  for (int t = 0; t < 3; ++t) {
+    users.emplace_back([&] {
+      while (!done.load()) {
+        try {
+          trainrt::set_log_level("info");
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 3000; ++i) {
+    spdlog::drop("trainrt");
+    auto mine = std::make_shared<spdlog::logger>("trainrt");
+    try {
+      spdlog::register_logger(mine);
+    } catch (const spdlog::spdlog_ex&) {  // trainrt made its own in between: fine
+    }
+  }
+  done = true;
+  for (auto& u : users) u.join();
+  spdlog::drop("trainrt");
+  spdlog::register_logger(original);
+  EXPECT_EQ(failures.load(), 0);
 }

@@ -103,7 +103,7 @@ Blas load_blas() {
   const char* core = corename ? corename() : nullptr;
   const char* cfg = config ? config() : nullptr;
   b.info = fmt::format("{}; kernels {} ({})", cfg ? cfg : soname, core ? core : "unknown", how);
-  log().debug("CPU GEMM: {}", b.info);
+  log()->debug("CPU GEMM: {}", b.info);
   return b;
 }
 

@@ -108,7 +108,7 @@ void EarlyStopping::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   if (++wait_ >= patience_) {
     stopped_ = true;
     t.request_stop();
-    detail::log().info(
+    detail::log()->info(
         "EarlyStopping: {} did not improve by more than {} for {} epochs (best {:.6g} at epoch "
         "{}); stopping after epoch {}",
         monitor_, min_delta_, wait_, best_, best_epoch_, m.epoch);
@@ -139,8 +139,8 @@ bool EarlyStopping::restore_best_weights(Trainer& t) {
   }
   for (std::size_t i = 0; i < params.size(); ++i) params[i].value().copy_(best_weights_[i]);
   t.sync_model_copies();  // amp: the f16/bf16 copies follow the restored masters
-  detail::log().info("EarlyStopping: restored the weights of epoch {} ({} {:.6g})", best_epoch_,
-                     monitor_, best_);
+  detail::log()->info("EarlyStopping: restored the weights of epoch {} ({} {:.6g})", best_epoch_,
+                      monitor_, best_);
   return true;
 }
 
@@ -230,7 +230,7 @@ void ModelCheckpoint::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   if (ec)
     throw Error("ModelCheckpoint: cannot create the directory '" + dir_ + "': " + ec.message());
   t.save(last_path());
-  detail::log().debug("ModelCheckpoint: epoch {} saved to {}", m.epoch, last_path());
+  detail::log()->debug("ModelCheckpoint: epoch {} saved to {}", m.epoch, last_path());
   const double v = monitored(m, monitor_);
   if (improved(v, best_, maximize_, 0.0, best_epoch_ < 0)) {
     const bool first = best_epoch_ < 0;
@@ -239,11 +239,11 @@ void ModelCheckpoint::on_epoch_end(Trainer& t, const EpochMetrics& m) {
     best_epoch_ = m.epoch;
     t.save(best_path());
     if (first)
-      detail::log().info("ModelCheckpoint: epoch {}: {} {:.6g}, saved to {}", m.epoch, monitor_, v,
-                         best_path());
+      detail::log()->info("ModelCheckpoint: epoch {}: {} {:.6g}, saved to {}", m.epoch, monitor_, v,
+                          best_path());
     else
-      detail::log().info("ModelCheckpoint: epoch {}: {} improved {:.6g} -> {:.6g}, saved to {}",
-                         m.epoch, monitor_, previous, v, best_path());
+      detail::log()->info("ModelCheckpoint: epoch {}: {} improved {:.6g} -> {:.6g}, saved to {}",
+                          m.epoch, monitor_, previous, v, best_path());
   }
 }
 
@@ -299,7 +299,7 @@ void LoggingCallback::on_train_begin(Trainer& t) {
   std::int64_t numel = 0;
   for (const auto& p : params) numel += p.value().numel();
   const TrainerConfig& c = t.config();
-  detail::log().info(
+  detail::log()->info(
       "Trainer: {} parameters in {} tensors, {} lr {:.3g}, loss {}, amp {} (compute {}), {} "
       "on {}, epochs {} from epoch {} (step {})",
       numel, params.size(), t.optimizer().name(), t.current_lr(), c.loss, c.amp,
@@ -309,7 +309,8 @@ void LoggingCallback::on_train_begin(Trainer& t) {
 
 void LoggingCallback::on_batch_end(Trainer& t, const BatchInfo& b) {
   if (every_ == 0 || !b.step_end || b.global_step % every_ != 0) return;
-  spdlog::logger& log = detail::log();
+  const std::shared_ptr<spdlog::logger> logger = detail::log();
+  spdlog::logger& log = *logger;
   if (!log.should_log(spdlog::level::debug)) return;
   const std::string acc = std::isnan(b.acc) ? std::string() : fmt::format(" acc {:.4f}", b.acc);
   log.debug(
@@ -321,7 +322,7 @@ void LoggingCallback::on_batch_end(Trainer& t, const BatchInfo& b) {
 
 void LoggingCallback::on_epoch_end(Trainer& t, const EpochMetrics& m) {
   auto f = [](double v) { return std::isnan(v) ? std::string("-") : fmt::format("{:.4f}", v); };
-  detail::log().info(
+  detail::log()->info(
       "epoch {}/{} step {} train_loss {} train_acc {} val_loss {} val_acc {} lr {:.3g} "
       "grad_norm {:.4g} clipped {:.4g} {:.0f} samples/s {:.2f}s skipped_steps {}",
       m.epoch + 1, t.config().epochs, m.global_step, f(m.train_loss), f(m.train_acc), f(m.val_loss),
@@ -332,9 +333,9 @@ void LoggingCallback::on_epoch_end(Trainer& t, const EpochMetrics& m) {
 void LoggingCallback::on_train_end(Trainer& t) {
   double seconds = 0;
   for (const auto& m : t.history()) seconds += m.seconds;
-  detail::log().info("Trainer: {} after {} epochs, {} steps ({} skipped), {:.2f}s of training",
-                     t.stop_requested() ? "stopped early" : "done", t.epoch(), t.global_step(),
-                     t.skipped_steps(), seconds);
+  detail::log()->info("Trainer: {} after {} epochs, {} steps ({} skipped), {:.2f}s of training",
+                      t.stop_requested() ? "stopped early" : "done", t.epoch(), t.global_step(),
+                      t.skipped_steps(), seconds);
 }
 
 }  // namespace trainrt

@@ -551,7 +551,7 @@ const std::vector<EpochMetrics>& Trainer::fit(DataLoader& train, DataLoader* val
         }
         if (!stepped) {
           ++skipped_;
-          detail::log().warn(
+          detail::log()->warn(
               "Trainer: step {} (epoch {}, batch {}) skipped: inf/NaN gradients (batch loss {}); "
               "GradScaler scale now {}, {} skipped steps in all",
               global_step_ + 1, epoch_, b.index, loss, scaler_->get_scale(), skipped_);
