@@ -30,6 +30,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -44,8 +45,10 @@ namespace detail {
 const trainrt_backend_v1& cpu_backend();  // src/backend/cpu_backend.cpp, compiled in
 
 /// The core's logger, which cpu_gemm.cpp logs to: here a logger with no sinks.
-spdlog::logger& log() {
-  static spdlog::logger* l = new spdlog::logger("trainrt-fake-device");  // leaked, as the core's
+std::shared_ptr<spdlog::logger> log() {
+  // leaked, as the core's
+  static auto* l =
+      new std::shared_ptr<spdlog::logger>(std::make_shared<spdlog::logger>("trainrt-fake-device"));
   return *l;
 }
 }  // namespace detail
@@ -71,7 +74,13 @@ struct Graph {
 };
 
 thread_local std::string g_error;
+// Counted from any thread (a DataLoader's prefetch thread copies too): under g_counters_mu.
 trainrt_fake_counters_v1 g_counters{};
+std::mutex g_counters_mu;
+void count(std::int64_t trainrt_fake_counters_v1::*field) {
+  std::lock_guard<std::mutex> lock(g_counters_mu);
+  ++(g_counters.*field);
+}
 // The capture in progress (one device, one stream): its calls, and why it was invalidated.
 std::unique_ptr<Graph> g_capture;
 std::string g_invalidated;
@@ -103,7 +112,7 @@ int run_or_record(Call call) {
   }
   if (g_capture) {
     g_capture->calls.push_back(std::move(call));
-    ++g_counters.recorded;
+    count(&trainrt_fake_counters_v1::recorded);
     return 0;
   }
   return call();
@@ -147,7 +156,7 @@ int fake_free(int32_t d, void* p) {
   // CUDA: cudaFreeAsync in a capture takes only memory allocated in that capture, and this
   // device allocates none there. The block is leaked, as on CUDA.
   if (g_capture && p != nullptr) return illegal_in_capture("a free");
-  if (p != nullptr) ++g_counters.frees;
+  if (p != nullptr) count(&trainrt_fake_counters_v1::frees);
   return cpu_rc(cpu().free(d, p));
 }
 
@@ -156,7 +165,7 @@ int fake_copy(int32_t d, void* dst, const void* src, size_t bytes, int32_t kind)
     return run_or_record([=] { return cpu_rc(cpu().copy(d, dst, src, bytes, kind)); });
   }
   if (g_capture) return illegal_in_capture("a copy to or from the host");
-  ++(kind == TRAINRT_COPY_H2D ? g_counters.h2d : g_counters.d2h);
+  count(kind == TRAINRT_COPY_H2D ? &trainrt_fake_counters_v1::h2d : &trainrt_fake_counters_v1::d2h);
   return cpu_rc(cpu().copy(d, dst, src, bytes, kind));
 }
 
@@ -289,7 +298,7 @@ int fake_graph_launch(int32_t, void* graph) {
   if (graph == nullptr) return fail("fake device: no graph");
   if (g_capture) return fail("fake device: a graph launch during a capture");
   for (const Call& c : static_cast<Graph*>(graph)->calls) {
-    ++g_counters.replayed;
+    count(&trainrt_fake_counters_v1::replayed);
     const int rc = c();
     if (rc != 0) return rc;
   }
@@ -324,6 +333,7 @@ FAKE_EXPORT const trainrt_backend_v1* trainrt_backend_entry(uint32_t) {
 }
 
 FAKE_EXPORT trainrt_fake_counters_v1 trainrt_fake_counters(int reset) {
+  std::lock_guard<std::mutex> lock(g_counters_mu);
   const trainrt_fake_counters_v1 c = g_counters;
   if (reset) g_counters = trainrt_fake_counters_v1{};
   return c;
