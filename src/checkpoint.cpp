@@ -723,8 +723,12 @@ CheckpointContents load_checkpoint(const std::string& path_in, Device device) {
   json manifest;
   const char* mb = reinterpret_cast<const char*>(mbytes.data());
   const detail::JsonShape mshape =
-      detail::check_json_shape(mb, mb + mbytes.size(), detail::kMaxJsonDepth, false);
+      detail::check_json_shape(mb, mb + mbytes.size(), detail::kMaxJsonDepth, true);
   if (!mshape.error.empty()) fail("{}: '{}' is not a valid manifest: {}", op, mpath, mshape.error);
+  if (!mshape.duplicate.empty()) {
+    fail("{}: '{}' is not a valid manifest: the key \"{}\" is given twice", op, mpath,
+         mshape.duplicate);
+  }
   try {
     manifest = json::parse(mbytes.begin(), mbytes.end());
   } catch (const json::exception& ex) {

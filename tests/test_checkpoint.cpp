@@ -615,6 +615,12 @@ TEST(Checkpoint, DetectsDamagedOrMixedFiles) {
   write_file(path + "/manifest.json", deep.c_str(), deep.size());
   EXPECT_NE(checkpoint_error(path).find("nests deeper than 64 levels"), std::string::npos);
   EXPECT_NE(checkpoint_error(dir / "nothing").find("cannot open"), std::string::npos);
+  // A key given twice (nlohmann keeps the last one: a second "format" or file entry won).
+  std::string twice(manifest.begin(), manifest.end());
+  twice.insert(1, "\"format\":\"other\",");
+  write_file(path + "/manifest.json", twice.c_str(), twice.size());
+  EXPECT_NE(checkpoint_error(path).find("the key \"format\" is given twice"), std::string::npos)
+      << checkpoint_error(path);
   write_file(path + "/manifest.json", manifest);
   EXPECT_EQ(checkpoint_error(path), "(no error)");
 }

@@ -758,6 +758,7 @@ TEST(TrainerConfig, JsonParsing) {
   expect_error("{", "invalid JSON");
   expect_error("[1]", "object");
   expect_error(R"({"optimiser": "sgd"})", "unknown key \"optimiser\"");
+  expect_error(R"({"lr": 0.1, "epochs": 2, "lr": 5})", "the key \"lr\" is given twice");
   expect_error(R"({"optimizer": "adamax"})", "unknown optimizer");
   expect_error(R"({"lr": "fast"})", "\"lr\" must be a number");
   expect_error(R"({"lr": -1})", "lr must be > 0");

@@ -58,13 +58,15 @@ bool one_of(const std::string& v, std::initializer_list<const char*> options) {
 
 TrainerConfig TrainerConfig::from_json(const std::string& text) {
   json j;
-  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
+  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, true);
   if (!shape.error.empty()) bad("invalid JSON: " + shape.error);
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {
     bad(std::string("invalid JSON: ") + e.what());
   }
+  // nlohmann keeps the last of two equal keys: {"lr": 0.1, "lr": 5} was lr 5, silently.
+  if (!shape.duplicate.empty()) bad(fmt::format("the key \"{}\" is given twice", shape.duplicate));
   if (!j.is_object()) bad("the JSON must be an object");
   TrainerConfig c;
   for (auto it = j.begin(); it != j.end(); ++it) {
