@@ -97,6 +97,10 @@ if [ "$mode" = good ]; then
   [ -s "$dir/lr_find.csv" ] || fail "lr-find did not write lr_find.csv"
   head -n 1 "$dir/lr_find.csv" | grep -q '^lr,loss' || fail "lr_find.csv: expected an lr,loss header"
   [ "$(lines "$dir/lr_find.csv")" -ge 3 ] || fail "lr_find.csv: expected at least 2 rows"
+  # A subnormal start lr is a finite number > 0 (std::stod refused it as out of range).
+  run lr-find --config "$dir/train.json" --start 1e-320 --end 1 --iters 5 --out "$dir/lr_sub.csv"
+  [ "$rc" -eq 0 ] || fail "lr-find --start 1e-320 exited $rc"
+  [ -s "$dir/lr_sub.csv" ] || fail "lr-find --start 1e-320 did not write its CSV"
 
   run compare --config "$dir/train.json" --optimizers sgd,adam --out "$dir/compare.csv"
   [ "$rc" -eq 0 ] || fail "compare exited $rc"
@@ -160,6 +164,11 @@ if [ "$mode" = bad ]; then
   expect_error '--end needs a finite number' lr-find --config "$dir/opts.json" --end 1e400
   expect_error '--iters needs a positive integer' lr-find --config "$dir/opts.json" --iters 99999999999999999999
   expect_error '--lrs needs a finite number' compare --config "$dir/opts.json" --lrs 0.1,abc
+  # Leading blanks are malformed numbers too (stod / stoll skipped them); a value that underflows
+  # to 0 is not the number that was written.
+  expect_error "--iters needs a positive integer, got ' 10'" lr-find --config "$dir/opts.json" --iters " 10"
+  expect_error "--start needs a finite number, got ' 1e-3'" lr-find --config "$dir/opts.json" --start " 1e-3"
+  expect_error "--start: '1e-400' underflows to 0" lr-find --config "$dir/opts.json" --start 1e-400
 
   # Layer widths must be whole numbers in range (1.5 was truncated, a huge one ran out of memory).
   sed 's/"hidden": \[8\]/"hidden": [1.5]/' "$dir/opts.json" >"$dir/frac.json"

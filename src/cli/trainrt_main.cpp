@@ -8,8 +8,11 @@
 //   "checkpoint_dir": "runs/ckpt"      (best and last; optional)
 //   "early_stopping": {"patience": 3, "min_delta": 0, "monitor": "val_loss"}   (optional)
 //   "resume": "runs/ckpt/last"          (optional)
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -41,27 +44,37 @@ int usage(int rc) {
   return rc;
 }
 
-/// The whole of `text` as a finite number, or an Error naming the option.
+/// The whole of `text` as a finite number, or an Error naming the option. strtod, not std::stod:
+/// stod throws out_of_range on a subnormal result (1e-320, a valid lr); a value that underflows
+/// to 0 is refused (it is not the number written), as is one that overflows. No leading blanks
+/// (strtod skips them).
 double number_arg(const char* option, const std::string& text) {
-  std::size_t used = 0;
-  double v = 0.0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size() || !std::isfinite(v)) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const double v = text.empty() || std::isspace(static_cast<unsigned char>(text[0]))
+                       ? 0.0
+                       : std::strtod(begin, &end);
+  const int err = errno;
+  if (end == nullptr || end == begin || static_cast<std::size_t>(end - begin) != text.size() ||
+      !std::isfinite(v)) {
     throw Error(std::string("trainrt: ") + option + " needs a finite number, got '" + text + "'");
   }
-  return v;
+  if (err == ERANGE && v == 0.0) {
+    throw Error(std::string("trainrt: ") + option + ": '" + text +
+                "' underflows to 0 (the smallest positive double is about 4.9e-324)");
+  }
+  return v;  // ERANGE with v != 0: a subnormal, exact to its precision
 }
 
-/// The whole of `text` as a positive integer below 2^31, or an Error naming the option.
+/// The whole of `text` as a positive integer below 2^31, or an Error naming the option. No
+/// leading blanks (stoll skips them).
 long long integer_arg(const char* option, const std::string& text) {
   std::size_t used = 0;
   long long v = 0;
   try {
-    v = std::stoll(text, &used);
+    if (!text.empty() && !std::isspace(static_cast<unsigned char>(text[0])))
+      v = std::stoll(text, &used);
   } catch (const std::exception&) {
     used = 0;
   }

@@ -402,12 +402,18 @@ LRFindResult Trainer::lr_find(DataLoader& train, double start_lr, double end_lr,
   const StateDict loader_state = train.state_dict();
   LRFindResult r;
   const double ratio = std::pow(end_lr / start_lr, 1.0 / static_cast<double>(num_iter - 1));
+  // end / start overflows for a subnormal start_lr (1e-320 to 10): then the sweep goes through
+  // logs (start * ratio^i overflows too).
+  const bool by_logs = !std::isfinite(ratio) || !std::isfinite(end_lr / start_lr);
+  const double log_start = std::log(start_lr);
+  const double log_step = (std::log(end_lr) - log_start) / static_cast<double>(num_iter - 1);
   double avg = 0.0, best = std::numeric_limits<double>::infinity();
   model_->train();
   Batch b;
   for (std::int64_t i = 0; i < num_iter; ++i) {
     if (!train.next(b) && !train.next(b)) break;
-    const double lr = start_lr * std::pow(ratio, static_cast<double>(i));
+    const double lr = by_logs ? std::exp(log_start + log_step * static_cast<double>(i))
+                              : start_lr * std::pow(ratio, static_cast<double>(i));
     optimizer_->set_lr(lr);
     optimizer_->zero_grad(true);
     Tensor x = prepare_input(b.features);
