@@ -139,6 +139,21 @@ if [ "$mode" = good ]; then
       prev_b = $b; prev_l = $l }
     END { if (prev_l > 1e-9) bad = 1; exit bad }' "$dir/compare_lrs.csv" ||
     fail "compare_lrs.csv: lr is not the per-epoch cosine lr"
+  # Every run has its own name, also for two lrs that print alike with 9 digits; base_lr is the
+  # lr that ran, to the last digit.
+  sed 's/"epochs": 5/"epochs": 1/' "$dir/train.json" >"$dir/one_epoch.json"
+  run compare --config "$dir/one_epoch.json" --optimizers sgd --lrs 0.1,0.1000000001 \
+    --out "$dir/compare_close.csv"
+  [ "$rc" -eq 0 ] || fail "compare --lrs 0.1,0.1000000001 exited $rc"
+  [ "$(col "$dir/compare_close.csv" run | sort -u | wc -l | tr -d ' ')" -eq 2 ] ||
+    fail "compare_close.csv: the two runs have the same name"
+  [ "$(col "$dir/compare_close.csv" base_lr | sort -u | tr '\n' ' ')" = "0.1 0.1000000001 " ] ||
+    fail "compare_close.csv: base_lr must be the --lrs values"
+  # Without --optimizers, the optimizer column is the config's.
+  run compare --config "$dir/one_epoch.json" --lrs 0.1 --out "$dir/compare_cfg_opt.csv"
+  [ "$rc" -eq 0 ] || fail "compare --lrs 0.1 exited $rc"
+  [ "$(col "$dir/compare_cfg_opt.csv" optimizer)" = "adam" ] ||
+    fail "compare_cfg_opt.csv: the optimizer column must be the config's adam"
   echo "cli good: train, lr-find and compare passed"
   exit 0
 fi
@@ -169,6 +184,17 @@ if [ "$mode" = bad ]; then
   expect_error "--iters needs a positive integer, got ' 10'" lr-find --config "$dir/opts.json" --iters " 10"
   expect_error "--start needs a finite number, got ' 1e-3'" lr-find --config "$dir/opts.json" --start " 1e-3"
   expect_error "--start: '1e-400' underflows to 0" lr-find --config "$dir/opts.json" --start 1e-400
+
+  # --lrs values are lrs: finite and > 0 (-1 and 0 ran with the config's lr); a run twice is an
+  # error (its rows could not be told apart).
+  expect_error "--lrs needs finite numbers > 0, got '-1'" compare --config "$dir/opts.json" \
+    --lrs -1 --out "$dir/c.csv"
+  expect_error "--lrs needs finite numbers > 0, got '0'" compare --config "$dir/opts.json" \
+    --lrs 0.1,0 --out "$dir/c.csv"
+  expect_error "--lrs lists 0.1 twice" compare --config "$dir/opts.json" \
+    --lrs 0.1,0.10 --out "$dir/c.csv"
+  expect_error "--optimizers lists sgd twice" compare --config "$dir/opts.json" \
+    --optimizers sgd,adam,sgd --out "$dir/c.csv"
 
   # Layer widths must be whole numbers in range (1.5 was truncated, a huge one ran out of memory).
   sed 's/"hidden": \[8\]/"hidden": [1.5]/' "$dir/opts.json" >"$dir/frac.json"

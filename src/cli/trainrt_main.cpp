@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -85,6 +86,17 @@ long long integer_arg(const char* option, const std::string& text) {
   return v;
 }
 
+/// `v` with the fewest significant digits that read back as `v` (run names and base_lr: two lrs
+/// that print alike with %.9g are two runs).
+std::string exact_number(double v) {
+  char buf[40];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
 /// A layer width from the config: a whole number in [1, 2^24] (wider layers are surely a typo).
 std::int64_t width(const json& j, const char* key) {
   if (!j.is_number_integer() || j.get<std::int64_t>() < 1 || j.get<std::int64_t>() > (1 << 24)) {
@@ -109,11 +121,17 @@ struct LrFindArgs {
   std::string out = "lr_find.csv";
 };
 
-// history / base_lr: where compare collects the per-epoch metrics and the lr the run started
-// from (the config's after the overrides).
+// What compare reports of one run: the per-epoch metrics, the lr the run started from and its
+// optimizer (the config's after the overrides).
+struct CompareRun {
+  std::vector<EpochMetrics> history;
+  double base_lr = 0.0;
+  std::string optimizer;
+};
+
+// run: set by compare, which keeps no checkpoints and collects what ran there.
 int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
-          const json& overrides = json(), std::vector<EpochMetrics>* history = nullptr,
-          double* base_lr = nullptr) {
+          const json& overrides = json(), CompareRun* run = nullptr) {
   std::ifstream in(path);
   if (!in) throw Error("trainrt: cannot open " + path);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -134,7 +152,10 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
   if (overrides.is_object()) j.update(overrides);
   TrainerConfig cfg = TrainerConfig::from_json(j.dump());
-  if (base_lr) *base_lr = cfg.lr;
+  if (run) {
+    run->base_lr = cfg.lr;
+    run->optimizer = cfg.optimizer;
+  }
 
   std::shared_ptr<TensorDataset> train_ds, val_ds;
   const std::string format = data.value("format", std::string("idx"));
@@ -200,7 +221,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   Trainer trainer(model, cfg);
   trainer.add_callback(std::make_shared<ProgressBar>(100));
   std::shared_ptr<ModelCheckpoint> mc;
-  if (!ckpt_dir.empty() && !history) {  // compare runs keep no checkpoints
+  if (!ckpt_dir.empty() && !run) {  // compare runs keep no checkpoints
     mc = std::make_shared<ModelCheckpoint>(ckpt_dir, val_ds ? "val_loss" : "train_loss");
     trainer.add_callback(mc);
   }
@@ -221,7 +242,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
               static_cast<long long>(train_ds->size()), static_cast<long long>(in_features),
               static_cast<long long>(out_features), device_description(device).c_str());
   const auto& h = trainer.fit(train_loader, val_loader.get());
-  if (history) *history = h;
+  if (run) run->history = h;
   if (!h.empty()) {
     const auto& m = h.back();
     std::printf("final: train_loss %.4f val_loss %.4f val_acc %.4f\n", m.train_loss, m.val_loss,
@@ -303,20 +324,33 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         if (i + 1 >= argc) return usage(2);
         const std::string v = argv[++i];
-        if (a == "--config")
+        if (a == "--config") {
           config = v;
-        else if (a == "--optimizers")
+        } else if (a == "--optimizers") {
           optimizers = split(v);
-        else if (a == "--lrs")
-          for (const auto& p : split(v)) lrs.push_back(number_arg("--lrs", p));
-        else if (a == "--out")
+          for (std::size_t k = 0; k < optimizers.size(); ++k)
+            for (std::size_t m = 0; m < k; ++m)
+              if (optimizers[m] == optimizers[k])
+                throw Error("trainrt: --optimizers lists " + optimizers[k] + " twice");
+        } else if (a == "--lrs") {
+          lrs.clear();
+          for (const auto& p : split(v)) {
+            const double lr = number_arg("--lrs", p);
+            if (!(lr > 0)) throw Error("trainrt: --lrs needs finite numbers > 0, got '" + p + "'");
+            for (double seen : lrs)
+              if (seen == lr) throw Error("trainrt: --lrs lists " + exact_number(lr) + " twice");
+            lrs.push_back(lr);
+          }
+        } else if (a == "--out") {
           out = v;
-        else
+        } else {
           return usage(2);
+        }
       }
       if (config.empty() || (optimizers.empty() && lrs.empty())) return usage(2);
+      // "": the config's optimizer; NaN: the config's lr.
       if (optimizers.empty()) optimizers.push_back("");
-      if (lrs.empty()) lrs.push_back(0.0);  // 0: the config's lr
+      if (lrs.empty()) lrs.push_back(std::numeric_limits<double>::quiet_NaN());
       // base_lr: the run's starting lr (the --lrs value, else the config's); lr: the lr at the
       // end of each epoch (after the scheduler), as in metrics.csv.
       std::string csv =
@@ -333,18 +367,19 @@ int main(int argc, char** argv) {
         for (double lr : lrs) {
           json o = {{"output_dir", ""}};
           if (!opt.empty()) o["optimizer"] = opt;
-          if (lr > 0) o["lr"] = lr;
-          const std::string run =
-              (opt.empty() ? std::string("default") : opt) + (lr > 0 ? "@" + f(lr) : std::string());
-          std::printf("== %s\n", run.c_str());
-          std::vector<EpochMetrics> h;
-          double base_lr = lr;
-          train(config, LrFindArgs(), o, &h, &base_lr);
-          for (const auto& m : h)
-            csv += run + "," + opt + "," + f(base_lr) + "," + std::to_string(m.epoch) + "," +
-                   std::to_string(m.global_step) + "," + f(m.train_loss) + "," + f(m.train_acc) +
-                   "," + f(m.val_loss) + "," + f(m.val_acc) + "," + f(m.lr) + "," + f(m.grad_norm) +
-                   "," + f(m.samples_per_sec) + "\n";
+          if (!std::isnan(lr)) o["lr"] = lr;
+          // Unique: the optimizers and the lrs are distinct (lrs to the last digit).
+          const std::string name = (opt.empty() ? std::string("default") : opt) +
+                                   (std::isnan(lr) ? std::string() : "@" + exact_number(lr));
+          std::printf("== %s\n", name.c_str());
+          CompareRun r;
+          train(config, LrFindArgs(), o, &r);
+          for (const auto& m : r.history)
+            csv += name + "," + r.optimizer + "," + exact_number(r.base_lr) + "," +
+                   std::to_string(m.epoch) + "," + std::to_string(m.global_step) + "," +
+                   f(m.train_loss) + "," + f(m.train_acc) + "," + f(m.val_loss) + "," +
+                   f(m.val_acc) + "," + f(m.lr) + "," + f(m.grad_norm) + "," +
+                   f(m.samples_per_sec) + "\n";
         }
       }
       write_file_atomic(out, csv.data(), csv.size());
