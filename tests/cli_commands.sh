@@ -219,6 +219,58 @@ if [ "$mode" = bad ]; then
     >"$dir/bad_delta2.json"
   expect_error 'huber_delta must be a finite number > 0' train --config "$dir/bad_delta2.json"
 
+  # The keys inside data, model and early_stopping are checked as the Trainer's are: unknown
+  # keys (they were ignored), wrong types (nlohmann's message without the key), bad values.
+  # variant NAME SED: opts.json edited by SED, as NAME.json
+  variant() { sed "$2" "$dir/opts.json" >"$dir/$1.json"; }
+  variant hiden 's/"hidden"/"hiden"/'
+  expect_error 'unknown key "model.hiden"' train --config "$dir/hiden.json"
+  variant lable 's/"label_column"/"lable_column"/'
+  expect_error 'unknown key "data.lable_column"' train --config "$dir/lable.json"
+  variant vla 's/"val":/"vla":/'
+  expect_error 'unknown key "data.vla"' train --config "$dir/vla.json"
+  variant idx_key_in_csv 's/"format": "csv",/"format": "csv", "dir": "x",/'
+  expect_error 'unknown key "data.dir"' train --config "$dir/idx_key_in_csv.json"
+  variant patiense 's/"model": /"early_stopping": {"patiense": 3}, "model": /'
+  expect_error 'unknown key "early_stopping.patiense"' train --config "$dir/patiense.json"
+  variant es_array 's/"model": /"early_stopping": [1], "model": /'
+  expect_error '"early_stopping" must be an object, got [1]' train --config "$dir/es_array.json"
+  variant ckpt_num 's/"checkpoint_dir": "[^"]*"/"checkpoint_dir": 5/'
+  expect_error '"checkpoint_dir" must be a string, got 5' train --config "$dir/ckpt_num.json"
+  variant train_num 's/"train": "[^"]*"/"train": 5/'
+  expect_error '"data.train" must be a string, got 5' train --config "$dir/train_num.json"
+  variant act_num 's/"activation": "relu"/"activation": 3/'
+  expect_error '"model.activation" must be a string, got 3' train --config "$dir/act_num.json"
+  variant act_bad 's/"activation": "relu"/"activation": "elu"/'
+  expect_error '"model.activation" must be one of relu, gelu, tanh, sigmoid, got "elu"' \
+    train --config "$dir/act_bad.json"
+  variant pat_str 's/"model": /"early_stopping": {"patience": "3"}, "model": /'
+  expect_error '"early_stopping.patience" must be an integer' train --config "$dir/pat_str.json"
+  variant pat_neg 's/"model": /"early_stopping": {"patience": -1}, "model": /'
+  expect_error '"early_stopping.patience" must be >= 0, got -1' train --config "$dir/pat_neg.json"
+  variant delta_neg 's/"model": /"early_stopping": {"min_delta": -0.5}, "model": /'
+  expect_error '"early_stopping.min_delta" must be a finite number >= 0, got -0.5' \
+    train --config "$dir/delta_neg.json"
+  variant restore_num 's/"model": /"early_stopping": {"restore_best": 1}, "model": /'
+  expect_error '"early_stopping.restore_best" must be true or false, got 1' \
+    train --config "$dir/restore_num.json"
+  variant monitor 's/"model": /"early_stopping": {"monitor": "bogus"}, "model": /'
+  expect_error '"early_stopping.monitor" must be one of train_loss, loss, ' \
+    train --config "$dir/monitor.json"
+  grep -qF 'got "bogus"' "$dir/out.log" || fail "the monitor error does not show the value"
+  variant model_str 's/"model": {[^}]*}/"model": "mlp"/'
+  expect_error '"model" must be an object, got "mlp"' train --config "$dir/model_str.json"
+  cat >"$dir/mean_str.json" <<EOF
+{"device": "cpu", "data": {"format": "idx", "dir": "$dir", "mean": "x"}}
+EOF
+  expect_error '"data.mean" must be a number, got "x"' train --config "$dir/mean_str.json"
+  cat >"$dir/std_zero.json" <<EOF
+{"device": "cpu", "data": {"format": "idx", "dir": "$dir", "std": 0}}
+EOF
+  expect_error '"data.std" must be a finite number > 0, got 0' train --config "$dir/std_zero.json"
+  # A directory as the config is named as such (was basic_filebuf::underflow ... without it).
+  expect_error "cannot read $dir: it is a directory" train --config "$dir"
+
   cat >"$dir/no_train.json" <<EOF
 {"optimizer": "adam", "device": "cpu", "data": {"format": "csv"}}
 EOF

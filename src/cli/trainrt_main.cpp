@@ -2,17 +2,22 @@
 // (MNIST / Fashion-MNIST layout) or CSV data with the Trainer.
 //
 // FILE.json holds the TrainerConfig keys plus:
-//   "data":  {"format": "idx", "dir": "/usr/share/datasets/fashion-mnist"}
+//   "data":  {"format": "idx", "dir": "/usr/share/datasets/fashion-mnist", "mean": .., "std": ..}
 //         or {"format": "csv", "train": "train.csv", "val": "val.csv", "label_column": "label"}
-//   "model": {"hidden": [256, 128], "activation": "relu" | "gelu" | "tanh" | "sigmoid"}
+//   "model": {"hidden": [256, 128], "activation": "relu" | "gelu" | "tanh" | "sigmoid",
+//             "classes": N}
 //   "checkpoint_dir": "runs/ckpt"      (best and last; optional)
-//   "early_stopping": {"patience": 3, "min_delta": 0, "monitor": "val_loss"}   (optional)
+//   "early_stopping": {"patience": 3, "min_delta": 0, "monitor": "val_loss",
+//                      "restore_best": true}   (optional)
 //   "resume": "runs/ckpt/last"          (optional)
+// Unknown keys, wrong types and bad values are errors naming the key (read_config).
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -114,6 +119,161 @@ std::shared_ptr<nn::Module> activation(const std::string& name) {
   throw Error("trainrt: unknown activation \"" + name + "\"");
 }
 
+/// The config file: the TrainerConfig keys and the command line's own (data, model,
+/// checkpoint_dir, early_stopping, resume), all read and checked before any data is loaded.
+struct CliConfig {
+  TrainerConfig trainer;
+  std::string format = "idx";  // data
+  std::string dir;             // idx ("": default_fashion_mnist_dir())
+  ImageNormalization norm{0.2860f, 0.3530f};
+  std::string train, val, label_column;           // csv
+  std::vector<std::int64_t> hidden = {256, 128};  // model
+  std::string activation = "relu";
+  std::int64_t classes = 0;  // 0: the largest training label + 1
+  std::string checkpoint_dir, resume;
+  bool early_stopping = false;
+  std::int64_t patience = 3;
+  double min_delta = 0.0;
+  std::string monitor = "val_loss";
+  bool restore_best = true;
+};
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  return list;
+}
+
+/// Reads `path`; `overrides` (compare's optimizer and lr) replace TrainerConfig keys. Unknown
+/// keys, wrong types and bad values are Errors naming the key, as TrainerConfig's are (the
+/// typed reads of json_checks.hpp).
+CliConfig read_config(const std::string& path, const json& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw Error("trainrt: cannot read " + path + ": it is a directory");
+  std::ifstream in(path);
+  if (!in) throw Error("trainrt: cannot open " + path);
+  std::string text;
+  try {
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {  // libstdc++'s filebuf throws on a read error
+    throw Error("trainrt: cannot read " + path + ": " + e.what());
+  }
+  if (in.bad()) throw Error("trainrt: cannot read " + path);
+  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
+  if (!shape.error.empty()) throw Error("trainrt: " + path + ": invalid JSON: " + shape.error);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error("trainrt: " + path + ": invalid JSON: " + e.what());
+  }
+  const std::string what = "trainrt: " + path + ": ";
+  if (!j.is_object()) throw Error(what + "the JSON must be an object");
+  auto object = [&](const char* key) {
+    const json& v = j[key];
+    if (!v.is_object()) throw Error(what + "\"" + key + "\" must be an object, got " + v.dump());
+    return v;
+  };
+  // Each key of `obj` must be one of `known`, named as "<parent>.<key>".
+  auto known_keys = [&](const json& obj, const std::string& parent,
+                        std::initializer_list<const char*> known, const std::string& note) {
+    for (auto it = obj.begin(); it != obj.end(); ++it) {
+      bool ok = false;
+      for (const char* k : known) ok = ok || it.key() == k;
+      if (!ok) {
+        std::string list;
+        for (const char* k : known) list += std::string(list.empty() ? "" : ", ") + k;
+        throw Error(what + "unknown key \"" + parent + "." + it.key() + "\" (" + note + list + ")");
+      }
+    }
+  };
+  CliConfig c;
+  const json data = j.contains("data") ? object("data") : json::object();
+  const json model = j.contains("model") ? object("model") : json::object();
+  const json es = j.contains("early_stopping") ? object("early_stopping") : json();
+  if (j.contains("checkpoint_dir"))
+    c.checkpoint_dir = detail::json_string(j["checkpoint_dir"], what, "checkpoint_dir");
+  if (j.contains("resume")) c.resume = detail::json_string(j["resume"], what, "resume");
+  for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
+  if (overrides.is_object()) j.update(overrides);
+  c.trainer = TrainerConfig::from_json(j.dump());
+
+  if (data.contains("format")) c.format = detail::json_string(data["format"], what, "data.format");
+  if (c.format == "idx") {
+    known_keys(data, "data", {"format", "dir", "mean", "std"}, "format idx takes ");
+    if (data.contains("dir")) c.dir = detail::json_string(data["dir"], what, "data.dir");
+    auto finite = [&](const char* key, const char* name, bool positive) {
+      const double v = detail::json_number(data[key], what, name);
+      if (!std::isfinite(v) || (positive && !(v > 0)) || std::fabs(v) > 3.4e38) {
+        throw Error(what + "\"" + name + "\" must be a finite number" + (positive ? " > 0" : "") +
+                    ", got " + data[key].dump());
+      }
+      return static_cast<float>(v);
+    };
+    if (data.contains("mean")) c.norm.mean = finite("mean", "data.mean", false);
+    if (data.contains("std")) c.norm.stddev = finite("std", "data.std", true);
+  } else if (c.format == "csv") {
+    known_keys(data, "data", {"format", "train", "val", "label_column"}, "format csv takes ");
+    if (!data.contains("train")) throw Error(what + "data.train (a CSV path) is missing");
+    c.train = detail::json_string(data["train"], what, "data.train");
+    if (data.contains("val")) c.val = detail::json_string(data["val"], what, "data.val");
+    if (data.contains("label_column"))
+      c.label_column = detail::json_string(data["label_column"], what, "data.label_column");
+  } else {
+    throw Error(what + "data.format must be idx or csv, got \"" + c.format + "\"");
+  }
+
+  known_keys(model, "model", {"hidden", "activation", "classes"}, "one of ");
+  if (model.contains("hidden")) {
+    const json& hj = model["hidden"];
+    if (!hj.is_array()) throw Error("trainrt: model.hidden must be an array of layer widths");
+    c.hidden.clear();
+    for (const json& w : hj) c.hidden.push_back(width(w, "model.hidden"));
+  }
+  if (model.contains("activation")) {
+    c.activation = detail::json_string(model["activation"], what, "model.activation");
+    if (c.activation != "relu" && c.activation != "gelu" && c.activation != "tanh" &&
+        c.activation != "sigmoid") {
+      throw Error(what + "\"model.activation\" must be one of relu, gelu, tanh, sigmoid, got " +
+                  model["activation"].dump());
+    }
+  }
+  if (model.contains("classes")) {
+    if (c.trainer.loss != "cross_entropy")
+      throw Error(what + "\"model.classes\" is for the loss cross_entropy, not " + c.trainer.loss);
+    c.classes = width(model["classes"], "model.classes");
+  }
+
+  if (es.is_object()) {
+    c.early_stopping = true;
+    known_keys(es, "early_stopping", {"patience", "min_delta", "monitor", "restore_best"},
+               "one of ");
+    if (es.contains("patience")) {
+      c.patience = detail::json_int(es["patience"], what, "early_stopping.patience");
+      if (c.patience < 0)
+        throw Error(what + "\"early_stopping.patience\" must be >= 0, got " +
+                    es["patience"].dump());
+    }
+    if (es.contains("min_delta")) {
+      c.min_delta = detail::json_number(es["min_delta"], what, "early_stopping.min_delta");
+      if (!(c.min_delta >= 0) || !std::isfinite(c.min_delta))
+        throw Error(what + "\"early_stopping.min_delta\" must be a finite number >= 0, got " +
+                    es["min_delta"].dump());
+    }
+    if (es.contains("monitor")) {
+      c.monitor = detail::json_string(es["monitor"], what, "early_stopping.monitor");
+      const auto& names = EpochMetrics::names();
+      if (std::find(names.begin(), names.end(), c.monitor) == names.end())
+        throw Error(what + "\"early_stopping.monitor\" must be one of " + joined(names) + ", got " +
+                    es["monitor"].dump());
+    }
+    if (es.contains("restore_best"))
+      c.restore_best = detail::json_bool(es["restore_best"], what, "early_stopping.restore_best");
+  }
+  return c;
+}
+
 struct LrFindArgs {
   bool on = false;
   double start = 1e-7, end = 10.0;
@@ -132,50 +292,24 @@ struct CompareRun {
 // run: set by compare, which keeps no checkpoints and collects what ran there.
 int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
           const json& overrides = json(), CompareRun* run = nullptr) {
-  std::ifstream in(path);
-  if (!in) throw Error("trainrt: cannot open " + path);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
-  if (!shape.error.empty()) throw Error("trainrt: " + path + ": invalid JSON: " + shape.error);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error("trainrt: " + path + ": invalid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw Error("trainrt: " + path + ": the JSON must be an object");
-  const json data = j.value("data", json::object());
-  const json model_cfg = j.value("model", json::object());
-  const std::string ckpt_dir = j.value("checkpoint_dir", std::string());
-  const json es = j.value("early_stopping", json());
-  const std::string resume = j.value("resume", std::string());
-  for (const char* k : {"data", "model", "checkpoint_dir", "early_stopping", "resume"}) j.erase(k);
-  if (overrides.is_object()) j.update(overrides);
-  TrainerConfig cfg = TrainerConfig::from_json(j.dump());
+  const CliConfig c = read_config(path, overrides);
+  const TrainerConfig& cfg = c.trainer;
   if (run) {
     run->base_lr = cfg.lr;
     run->optimizer = cfg.optimizer;
   }
 
   std::shared_ptr<TensorDataset> train_ds, val_ds;
-  const std::string format = data.value("format", std::string("idx"));
-  if (format == "idx") {
-    const std::string dir = data.value("dir", default_fashion_mnist_dir());
-    const ImageNormalization norm{data.value("mean", 0.2860f), data.value("std", 0.3530f)};
-    train_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, true, norm, true));
-    val_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, false, norm, true));
-  } else if (format == "csv") {
-    CsvOptions o;
-    o.label_column = data.value("label_column", std::string());
-    if (cfg.loss != "cross_entropy") o.label_dtype = DType::f32;
-    if (!data.contains("train")) throw Error("trainrt: data.train (a CSV path) is missing");
-    train_ds =
-        std::make_shared<TensorDataset>(read_csv(data.at("train").get<std::string>(), o).dataset());
-    if (data.contains("val"))
-      val_ds =
-          std::make_shared<TensorDataset>(read_csv(data.at("val").get<std::string>(), o).dataset());
+  if (c.format == "idx") {
+    const std::string dir = c.dir.empty() ? default_fashion_mnist_dir() : c.dir;
+    train_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, true, c.norm, true));
+    val_ds = std::make_shared<TensorDataset>(load_fashion_mnist(dir, false, c.norm, true));
   } else {
-    throw Error("trainrt: data.format must be idx or csv, got \"" + format + "\"");
+    CsvOptions o;
+    o.label_column = c.label_column;
+    if (cfg.loss != "cross_entropy") o.label_dtype = DType::f32;
+    train_ds = std::make_shared<TensorDataset>(read_csv(c.train, o).dataset());
+    if (!c.val.empty()) val_ds = std::make_shared<TensorDataset>(read_csv(c.val, o).dataset());
   }
   const Shape fs = train_ds->feature_shape();
   const std::int64_t in_features = shape_numel(fs);
@@ -183,8 +317,7 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   if (cfg.loss == "cross_entropy") {
     std::int64_t max_label = 0;
     for (auto v : train_ds->labels().to_vector<std::int64_t>()) max_label = std::max(max_label, v);
-    out_features = model_cfg.contains("classes") ? width(model_cfg["classes"], "model.classes")
-                                                 : max_label + 1;
+    out_features = c.classes > 0 ? c.classes : max_label + 1;
   } else {
     out_features = std::max<std::int64_t>(1, shape_numel(train_ds->label_shape()));
   }
@@ -192,17 +325,9 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   nn::manual_seed(cfg.seed);
   auto model = std::make_shared<nn::Sequential>();
   std::int64_t prev = in_features;
-  const std::string act = model_cfg.value("activation", std::string("relu"));
-  std::vector<std::int64_t> hidden = {256, 128};
-  if (model_cfg.contains("hidden")) {
-    const json& hj = model_cfg["hidden"];
-    if (!hj.is_array()) throw Error("trainrt: model.hidden must be an array of layer widths");
-    hidden.clear();
-    for (const json& w : hj) hidden.push_back(width(w, "model.hidden"));
-  }
-  for (std::int64_t h : hidden) {
+  for (std::int64_t h : c.hidden) {
     model->add(std::make_shared<nn::Linear>(prev, h));
-    model->add(activation(act));
+    model->add(activation(c.activation));
     prev = h;
   }
   model->add(std::make_shared<nn::Linear>(prev, out_features));
@@ -221,16 +346,15 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   Trainer trainer(model, cfg);
   trainer.add_callback(std::make_shared<ProgressBar>(100));
   std::shared_ptr<ModelCheckpoint> mc;
-  if (!ckpt_dir.empty() && !run) {  // compare runs keep no checkpoints
-    mc = std::make_shared<ModelCheckpoint>(ckpt_dir, val_ds ? "val_loss" : "train_loss");
+  if (!c.checkpoint_dir.empty() && !run) {  // compare runs keep no checkpoints
+    mc = std::make_shared<ModelCheckpoint>(c.checkpoint_dir, val_ds ? "val_loss" : "train_loss");
     trainer.add_callback(mc);
   }
-  if (es.is_object()) {
-    trainer.add_callback(std::make_shared<EarlyStopping>(
-        es.value("patience", std::int64_t{3}), es.value("min_delta", 0.0),
-        es.value("monitor", std::string("val_loss")), es.value("restore_best", true)));
+  if (c.early_stopping) {
+    trainer.add_callback(
+        std::make_shared<EarlyStopping>(c.patience, c.min_delta, c.monitor, c.restore_best));
   }
-  if (!resume.empty()) trainer.load(resume);
+  if (!c.resume.empty()) trainer.load(c.resume);
   if (lf.on) {
     const LRFindResult r = trainer.lr_find(train_loader, lf.start, lf.end, lf.iters, lf.out);
     std::printf("trainrt lr-find: %zu steps from %g to %g; suggested lr %.3g\nloss-vs-lr: %s\n",

@@ -25,29 +25,15 @@ using json = nlohmann::json;
 
 [[noreturn]] void bad(const std::string& msg) { throw Error("TrainerConfig: " + msg); }
 
+// The typed reads shared with the command line's config parser (json_checks.hpp).
 double get_number(const json& j, const char* key) {
-  if (!j.is_number()) bad(fmt::format("\"{}\" must be a number, got {}", key, j.dump()));
-  return j.get<double>();
+  return detail::json_number(j, "TrainerConfig: ", key);
 }
 std::int64_t get_int(const json& j, const char* key) {
-  // Whole numbers up to 2^53 in magnitude (exact as doubles; no cast out of range).
-  constexpr double kMax = 9007199254740992.0;
-  const bool whole_float = j.is_number_float() && std::fabs(j.get<double>()) <= kMax &&
-                           j.get<double>() == std::floor(j.get<double>());
-  const bool small_int =
-      (j.is_number_unsigned() && j.get<std::uint64_t>() <= 9007199254740992ull) ||
-      (j.is_number_integer() && !j.is_number_unsigned() &&
-       j.get<std::int64_t>() >= -9007199254740992ll &&  // no llabs: INT64_MIN overflowed
-       j.get<std::int64_t>() <= 9007199254740992ll);
-  if (!whole_float && !small_int) {
-    bad(fmt::format("\"{}\" must be an integer of at most 2^53 in magnitude, got {}", key,
-                    j.dump()));
-  }
-  return whole_float ? static_cast<std::int64_t>(j.get<double>()) : j.get<std::int64_t>();
+  return detail::json_int(j, "TrainerConfig: ", key);
 }
 std::string get_string(const json& j, const char* key) {
-  if (!j.is_string()) bad(fmt::format("\"{}\" must be a string, got {}", key, j.dump()));
-  return j.get<std::string>();
+  return detail::json_string(j, "TrainerConfig: ", key);
 }
 
 bool one_of(const std::string& v, std::initializer_list<const char*> options) {
