@@ -139,6 +139,56 @@ if [ "$mode" = good ]; then
       prev_b = $b; prev_l = $l }
     END { if (prev_l > 1e-9) bad = 1; exit bad }' "$dir/compare_lrs.csv" ||
     fail "compare_lrs.csv: lr is not the per-epoch cosine lr"
+  # max_steps inside an epoch (6 steps per epoch: step 8 is batch 2 of the second epoch). fit() writes
+  # metrics and checkpoints at epoch ends only: the run prints that it stopped, saves the
+  # trainer to checkpoint_dir/last, prints only what exists, and resumes from there.
+  sed -e 's|"seed": 1,|"seed": 1, "max_steps": 8,|' -e "s|$dir/run|$dir/ms_run|" \
+    -e "s|$dir/ckpt|$dir/ms_ckpt|" "$dir/train.json" >"$dir/ms.json"
+  run train --config "$dir/ms.json"
+  [ "$rc" -eq 0 ] || fail "train with max_steps 8 exited $rc"
+  grep -q '^stopped: max_steps 8 reached in epoch 2/5 after batch 2 of 6 (running train_loss [0-9]' \
+    "$dir/out.log" || fail "train with max_steps 8: no 'stopped: max_steps 8 ...' line"
+  grep -q '^final:' "$dir/out.log" && fail "train with max_steps 8: a final line for an unfinished epoch"
+  grep -qF "metrics: $dir/ms_run/metrics.csv" "$dir/out.log" || fail "max_steps 8: no metrics line"
+  [ "$(lines "$dir/ms_run/metrics.csv")" -eq 2 ] || fail "max_steps 8: expected 1 epoch in metrics.csv"
+  grep -qF "checkpoint: $dir/ms_ckpt/best (best), $dir/ms_ckpt/last (last)" "$dir/out.log" ||
+    fail "max_steps 8: no checkpoint line"
+  sed -e 's|"max_steps": 8,|"resume": "'"$dir"'/ms_ckpt/last",|' "$dir/ms.json" >"$dir/ms_resume.json"
+  run train --config "$dir/ms_resume.json"
+  [ "$rc" -eq 0 ] || fail "train resumed from max_steps 8 exited $rc"
+  grep -q '^final: train_loss' "$dir/out.log" || fail "the resumed run printed no final line"
+  # ... and it is the uninterrupted run (seconds and samples/s aside), to the last digit.
+  [ "$(cut -d, -f1-9 "$dir/ms_run/metrics.csv")" = "$(cut -d, -f1-9 "$dir/run/metrics.csv")" ] ||
+    fail "the run resumed from max_steps 8 differs from the uninterrupted one"
+  # max_steps inside the first epoch: no metrics and no best were written, so none is printed.
+  sed -e 's|"max_steps": 8|"max_steps": 3|' -e "s|$dir/ms_run|$dir/ms3_run|" \
+    -e "s|$dir/ms_ckpt|$dir/ms3_ckpt|" "$dir/ms.json" >"$dir/ms3.json"
+  run train --config "$dir/ms3.json"
+  [ "$rc" -eq 0 ] || fail "train with max_steps 3 exited $rc"
+  grep -q '^stopped: max_steps 3 reached in epoch 1/5 after batch 3 of 6' "$dir/out.log" ||
+    fail "train with max_steps 3: no stopped line"
+  grep -q '^metrics:' "$dir/out.log" && fail "max_steps 3 printed a metrics.csv it did not write"
+  [ ! -e "$dir/ms3_run/metrics.csv" ] || fail "max_steps 3 wrote a metrics.csv without an epoch"
+  grep -qxF "checkpoint: $dir/ms3_ckpt/last (last)" "$dir/out.log" ||
+    fail "max_steps 3: expected only the last checkpoint"
+  [ -s "$dir/ms3_ckpt/last/manifest.json" ] || fail "max_steps 3 did not save ms3_ckpt/last"
+  [ ! -e "$dir/ms3_ckpt/best" ] || fail "max_steps 3 wrote a best checkpoint"
+  sed -e 's|"max_steps": 3,|"resume": "'"$dir"'/ms3_ckpt/last",|' "$dir/ms3.json" >"$dir/ms3_resume.json"
+  run train --config "$dir/ms3_resume.json"
+  [ "$rc" -eq 0 ] || fail "train resumed from max_steps 3 exited $rc"
+  [ "$(cut -d, -f1-9 "$dir/ms3_run/metrics.csv")" = "$(cut -d, -f1-9 "$dir/run/metrics.csv")" ] ||
+    fail "the run resumed from max_steps 3 differs from the uninterrupted one"
+  # compare reports the unfinished epoch as a row with partial 1 (it wrote only the header).
+  run compare --config "$dir/ms.json" --optimizers sgd,adam --out "$dir/compare_ms.csv"
+  [ "$rc" -eq 0 ] || fail "compare with max_steps 8 exited $rc"
+  head -n 1 "$dir/compare_ms.csv" | grep -q ',partial$' || fail "compare_ms.csv: no partial column"
+  for o in sgd adam; do
+    [ "$(grep -c "^$o,$o,.*,0$" "$dir/compare_ms.csv")" -eq 1 ] ||
+      fail "compare_ms.csv: expected 1 whole epoch of $o"
+    grep -q "^$o,$o,0.05,1,8,[0-9][^,]*,[0-9][^,]*,[0-9][^,]*,[0-9][^,]*,0.05,.*,1$" \
+      "$dir/compare_ms.csv" || fail "compare_ms.csv: expected $o's partial epoch 1 at step 8"
+  done
+
   # Every run has its own name, also for two lrs that print alike with 9 digits; base_lr is the
   # lr that ran, to the last digit.
   sed 's/"epochs": 5/"epochs": 1/' "$dir/train.json" >"$dir/one_epoch.json"

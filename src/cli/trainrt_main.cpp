@@ -287,6 +287,32 @@ struct CompareRun {
   std::vector<EpochMetrics> history;
   double base_lr = 0.0;
   std::string optimizer;
+  // When max_steps ended the run inside an epoch: that epoch so far (running train loss and
+  // accuracy, validation at the stop, lr, mean grad norm and samples/s of this run's steps).
+  bool partial = false;
+  EpochMetrics partial_epoch;
+};
+
+/// The last batch of the epoch in progress, and the grad norms of its steps: what there is of
+/// an epoch that max_steps ended (fit() keeps no metrics for it).
+struct LastBatch : Callback {
+  bool seen = false;
+  BatchInfo last;
+  double norm_sum = 0.0;
+  std::int64_t norm_steps = 0;
+  void on_epoch_begin(Trainer&, std::int64_t) override {
+    seen = false;
+    norm_sum = 0.0;
+    norm_steps = 0;
+  }
+  void on_batch_end(Trainer&, const BatchInfo& b) override {
+    seen = true;
+    last = b;
+    if (b.step_end && std::isfinite(b.grad_norm)) {
+      norm_sum += b.grad_norm;
+      ++norm_steps;
+    }
+  }
 };
 
 // run: set by compare, which keeps no checkpoints and collects what ran there.
@@ -345,6 +371,8 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
 
   Trainer trainer(model, cfg);
   trainer.add_callback(std::make_shared<ProgressBar>(100));
+  auto last_batch = std::make_shared<LastBatch>();
+  trainer.add_callback(last_batch);
   std::shared_ptr<ModelCheckpoint> mc;
   if (!c.checkpoint_dir.empty() && !run) {  // compare runs keep no checkpoints
     mc = std::make_shared<ModelCheckpoint>(c.checkpoint_dir, val_ds ? "val_loss" : "train_loss");
@@ -365,18 +393,92 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   std::printf("trainrt train: %s, %lld train samples, model %lld -> %lld on %s\n", path.c_str(),
               static_cast<long long>(train_ds->size()), static_cast<long long>(in_features),
               static_cast<long long>(out_features), device_description(device).c_str());
+  const std::size_t epochs_before = trainer.history().size();  // a resumed run's
   const auto& h = trainer.fit(train_loader, val_loader.get());
-  if (run) run->history = h;
-  if (!h.empty()) {
+  const bool new_epochs = h.size() > epochs_before;  // metrics.csv and the checkpoints written
+  // fit() returns inside an epoch only for max_steps (EarlyStopping stops at an epoch's end):
+  // steps after the last epoch's end. That epoch has no metrics row and no checkpoint.
+  const bool mid_epoch = trainer.global_step() > (h.empty() ? 0 : h.back().global_step);
+  const LastBatch& lb = *last_batch;
+  const bool classification = cfg.loss == "cross_entropy";
+  bool saved_last = false;
+  if (mid_epoch && mc) {
+    // What ModelCheckpoint writes at epoch ends (Trainer::save), at the stop: "resume" from it
+    // continues the run (with a larger max_steps) as the uninterrupted one.
+    std::error_code ec;
+    std::filesystem::create_directories(c.checkpoint_dir, ec);
+    if (ec)
+      throw Error("trainrt: cannot create the checkpoint_dir '" + c.checkpoint_dir +
+                  "': " + ec.message());
+    trainer.save(mc->last_path());
+    saved_last = true;
+  }
+  if (run) {
+    run->history = h;
+    if (mid_epoch) {
+      EpochMetrics& p = run->partial_epoch;
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      p.epoch = trainer.epoch();
+      p.global_step = trainer.global_step();
+      p.train_loss = lb.seen ? lb.last.loss : nan;
+      p.train_acc = lb.seen && classification ? lb.last.acc : nan;
+      if (val_loader) {  // as fit() validates: the loader from (epoch, 0)
+        val_loader->set_epoch(static_cast<std::uint64_t>(trainer.epoch()), 0);
+        const EvalResult e = trainer.evaluate(*val_loader);
+        p.val_loss = e.loss;
+        p.val_acc = e.acc;
+      }
+      p.lr = trainer.current_lr();
+      p.grad_norm = lb.norm_steps > 0 ? lb.norm_sum / static_cast<double>(lb.norm_steps) : nan;
+      p.samples_per_sec = lb.seen ? lb.last.samples_per_sec : nan;
+      run->partial = true;
+    }
+  }
+  if (mid_epoch) {
+    // Epochs counted from 1 here, as ProgressBar does (metrics.csv and compare from 0).
+    std::string where =
+        "in epoch " + std::to_string(trainer.epoch() + 1) + "/" + std::to_string(cfg.epochs);
+    if (lb.seen) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, " after batch %lld of %lld (running train_loss %.4f",
+                    static_cast<long long>(lb.last.batch + 1),
+                    static_cast<long long>(lb.last.num_batches), lb.last.loss);
+      where += buf;
+      if (classification) {
+        std::snprintf(buf, sizeof buf, " train_acc %.4f", lb.last.acc);
+        where += buf;
+      }
+      where += ")";
+    }
+    std::printf(
+        "stopped: max_steps %lld reached %s; the epoch did not end (no validation, no "
+        "metrics row)%s\n",
+        static_cast<long long>(cfg.max_steps), where.c_str(),
+        saved_last ? "; \"resume\" from the last checkpoint with a larger max_steps "
+                     "continues it"
+                   : "");
+  } else if (!h.empty()) {
     const auto& m = h.back();
     std::printf("final: train_loss %.4f val_loss %.4f val_acc %.4f\n", m.train_loss, m.val_loss,
                 m.val_acc);
+    if (cfg.max_steps > 0 && trainer.global_step() >= cfg.max_steps && trainer.epoch() < cfg.epochs)
+      std::printf("stopped: max_steps %lld reached at the end of epoch %lld/%lld\n",
+                  static_cast<long long>(cfg.max_steps), static_cast<long long>(trainer.epoch()),
+                  static_cast<long long>(cfg.epochs));
   }
-  if (!trainer.metrics_csv_path().empty())
+  // Only what this run wrote.
+  std::error_code ec;
+  if (new_epochs && !trainer.metrics_csv_path().empty() &&
+      std::filesystem::exists(trainer.metrics_csv_path(), ec))
     std::printf("metrics: %s\n", trainer.metrics_csv_path().c_str());
-  if (mc)
-    std::printf("checkpoint: %s (best), %s (last)\n", mc->best_path().c_str(),
-                mc->last_path().c_str());
+  if (mc) {
+    std::string written;
+    if (new_epochs && mc->best_epoch() >= 0 && std::filesystem::exists(mc->best_path(), ec))
+      written = mc->best_path() + " (best)";
+    if ((new_epochs || saved_last) && std::filesystem::exists(mc->last_path(), ec))
+      written += (written.empty() ? "" : ", ") + mc->last_path() + " (last)";
+    if (!written.empty()) std::printf("checkpoint: %s\n", written.c_str());
+  }
   return 0;
 }
 
@@ -479,7 +581,7 @@ int main(int argc, char** argv) {
       // end of each epoch (after the scheduler), as in metrics.csv.
       std::string csv =
           "run,optimizer,base_lr,epoch,global_step,train_loss,train_acc,val_loss,val_acc,lr,"
-          "grad_norm,samples_per_sec\n";
+          "grad_norm,samples_per_sec,partial\n";
       // %.9g as metrics.csv (std::to_string's 6 decimals would print an lr of 1e-7 as 0).
       auto f = [](double v) {
         if (!std::isfinite(v)) return std::string();
@@ -498,12 +600,17 @@ int main(int argc, char** argv) {
           std::printf("== %s\n", name.c_str());
           CompareRun r;
           train(config, LrFindArgs(), o, &r);
-          for (const auto& m : r.history)
+          // partial 1: the epoch that max_steps ended (running train loss/accuracy, validation
+          // at the stop).
+          auto row = [&](const EpochMetrics& m, bool partial) {
             csv += name + "," + r.optimizer + "," + exact_number(r.base_lr) + "," +
                    std::to_string(m.epoch) + "," + std::to_string(m.global_step) + "," +
                    f(m.train_loss) + "," + f(m.train_acc) + "," + f(m.val_loss) + "," +
                    f(m.val_acc) + "," + f(m.lr) + "," + f(m.grad_norm) + "," +
-                   f(m.samples_per_sec) + "\n";
+                   f(m.samples_per_sec) + (partial ? ",1\n" : ",0\n");
+          };
+          for (const auto& m : r.history) row(m, false);
+          if (r.partial) row(r.partial_epoch, true);
         }
       }
       write_file_atomic(out, csv.data(), csv.size());
