@@ -320,6 +320,17 @@ EOF
   expect_error '"data.std" must be a finite number > 0, got 0' train --config "$dir/std_zero.json"
   # A directory as the config is named as such (was basic_filebuf::underflow ... without it).
   expect_error "cannot read $dir: it is a directory" train --config "$dir"
+  # A patience past the int64 range (nlohmann's unchecked cast: undefined under UBSan), a key
+  # given twice (the last one won), and a label that would make a 1e8-class output layer (9.5
+  # GB) are errors (found by a file-format fuzz).
+  variant pat_huge 's/"model": /"early_stopping": {"patience": 1e300}, "model": /'
+  expect_error '"early_stopping.patience" must be an integer of at most 2^53' \
+    train --config "$dir/pat_huge.json"
+  variant lr_twice 's/"lr": 0.05,/"lr": 0.05, "lr": 5,/'
+  expect_error 'the key "lr" is given twice' train --config "$dir/lr_twice.json"
+  printf 'f0,label\n0.5,0\n0.25,100000000\n' >"$dir/huge_label.csv"
+  variant huge_label "s|\"train\": \"[^\"]*\"|\"train\": \"$dir/huge_label.csv\"|; s|, \"val\": \"[^\"]*\"||"
+  expect_error 'the largest training label is 100000000' train --config "$dir/huge_label.json"
 
   cat >"$dir/no_train.json" <<EOF
 {"optimizer": "adam", "device": "cpu", "data": {"format": "csv"}}

@@ -160,8 +160,11 @@ CliConfig read_config(const std::string& path, const json& overrides) {
     throw Error("trainrt: cannot read " + path + ": " + e.what());
   }
   if (in.bad()) throw Error("trainrt: cannot read " + path);
-  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, false);
+  const detail::JsonShape shape = detail::check_json_shape(text, detail::kMaxJsonDepth, true);
   if (!shape.error.empty()) throw Error("trainrt: " + path + ": invalid JSON: " + shape.error);
+  if (!shape.duplicate.empty()) {  // nlohmann keeps the last of two: a silent override
+    throw Error("trainrt: " + path + ": the key \"" + shape.duplicate + "\" is given twice");
+  }
   json j;
   try {
     j = json::parse(text);
@@ -343,6 +346,11 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   if (cfg.loss == "cross_entropy") {
     std::int64_t max_label = 0;
     for (auto v : train_ds->labels().to_vector<std::int64_t>()) max_label = std::max(max_label, v);
+    if (c.classes == 0 && max_label >= (1 << 24)) {  // as model.classes: surely not a class count
+      throw Error("trainrt: the largest training label is " + std::to_string(max_label) +
+                  ": the output layer would have " + std::to_string(max_label + 1) +
+                  " classes (at most 16777216); set model.classes or check the labels");
+    }
     out_features = c.classes > 0 ? c.classes : max_label + 1;
   } else {
     out_features = std::max<std::int64_t>(1, shape_numel(train_ds->label_shape()));
@@ -373,14 +381,16 @@ int train(const std::string& path, const LrFindArgs& lf = LrFindArgs(),
   trainer.add_callback(std::make_shared<ProgressBar>(100));
   auto last_batch = std::make_shared<LastBatch>();
   trainer.add_callback(last_batch);
+  // EarlyStopping before ModelCheckpoint: the checkpoints then hold its state after the epoch,
+  // so a run resumed from them goes on counting as the uninterrupted one.
+  if (c.early_stopping) {
+    trainer.add_callback(
+        std::make_shared<EarlyStopping>(c.patience, c.min_delta, c.monitor, c.restore_best));
+  }
   std::shared_ptr<ModelCheckpoint> mc;
   if (!c.checkpoint_dir.empty() && !run) {  // compare runs keep no checkpoints
     mc = std::make_shared<ModelCheckpoint>(c.checkpoint_dir, val_ds ? "val_loss" : "train_loss");
     trainer.add_callback(mc);
-  }
-  if (c.early_stopping) {
-    trainer.add_callback(
-        std::make_shared<EarlyStopping>(c.patience, c.min_delta, c.monitor, c.restore_best));
   }
   if (!c.resume.empty()) trainer.load(c.resume);
   if (lf.on) {
